@@ -1,0 +1,57 @@
+//! What can go wrong running tenant SQL, sorted by whose fault it is.
+
+/// Errors of the tenant runtime. The first group is the tenant's doing (the API answers
+/// 4xx with the message); the second is silo's (5xx, message logged, not shown).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Malformed request: bad params, several statements in one query, empty SQL.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// SQLite rejected the tenant's own statement (syntax, constraint, type, …).
+    #[error("{0}")]
+    Sql(String),
+    /// The sandbox refused the statement; the message says which rule.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the statement ran past its time budget and was stopped")]
+    Timeout,
+    #[error("the result is larger than the result size cap; select fewer rows or columns")]
+    ResultTooLarge,
+    #[error("the database stayed busy with another writer past the busy timeout; retry")]
+    Busy,
+    /// The error happened in statement `index` (0-based) of a batch.
+    #[error("statement {index}: {source}")]
+    InStatement {
+        index: usize,
+        #[source]
+        source: Box<RuntimeError>,
+    },
+
+    /// The DB token does not open the file (wrong or swapped token, or not a database).
+    #[error("the DB token does not open the tenant database")]
+    WrongKey,
+    /// The tenant's database file is not there.
+    #[error("the tenant database file is missing")]
+    Missing,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn in_statement(self, index: usize) -> Self {
+        RuntimeError::InStatement {
+            index,
+            source: Box::new(self),
+        }
+    }
+
+    /// The error itself, without the batch position.
+    pub fn root(&self) -> &RuntimeError {
+        match self {
+            RuntimeError::InStatement { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

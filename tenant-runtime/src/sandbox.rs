@@ -1,0 +1,428 @@
+//! The sandbox every tenant connection runs in: tenant SQL can do anything to its own
+//! database and nothing outside it.
+//!
+//! Three layers, all installed by [`install`] before the first tenant statement:
+//! 1. an authorizer ([`authorize`]) consulted by SQLite while it *compiles* each statement:
+//!    no ATTACH/DETACH (which also stops `VACUUM` and `VACUUM INTO`, both of which attach),
+//!    no PRAGMA but read-only introspection, no file- or key-touching functions, no virtual
+//!    table modules but full-text and r-tree, no transaction control (the server owns
+//!    transactions), no writes to silo's own `_silo_*` tables;
+//! 2. connection hardening: defensive mode, `trusted_schema` off, extension loading never
+//!    enabled, and [`SandboxLimits`] (`sqlite3_limit`), including `ATTACHED = 0`;
+//! 3. a time budget per request, enforced by a progress handler that interrupts the
+//!    statement once the deadline set by [`SandboxState::start_budget`] has passed.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
+
+/// `sqlite3_limit` values applied to every tenant connection.
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    pub length: i32,
+    pub sql_length: i32,
+    pub column: i32,
+    pub expr_depth: i32,
+    pub compound_select: i32,
+    pub function_arg: i32,
+    pub like_pattern_length: i32,
+    pub variable_number: i32,
+    pub trigger_depth: i32,
+}
+
+impl Default for SandboxLimits {
+    /// The starting values the foundation issue fixed; generous for applications, small
+    /// enough that one statement cannot take the process's memory.
+    fn default() -> Self {
+        SandboxLimits {
+            length: 1_000_000,
+            sql_length: 100_000,
+            column: 100,
+            expr_depth: 100,
+            compound_select: 5,
+            function_arg: 32,
+            like_pattern_length: 50,
+            variable_number: 999,
+            trigger_depth: 10,
+        }
+    }
+}
+
+/// PRAGMAs a tenant may run with an argument that names an object (`PRAGMA table_info(t)`),
+/// also reachable as table-valued functions (`pragma_table_info('t')`). All read-only.
+const INTROSPECTION_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+];
+
+/// PRAGMAs a tenant may *read* (no argument, no assignment). Note what is absent:
+/// `database_list` (it prints the file's path) and every `cipher_*`/`key`/`rekey`.
+const READABLE_PRAGMAS: &[&str] = &[
+    "application_id",
+    "auto_vacuum",
+    "collation_list",
+    "compile_options",
+    "data_version",
+    "encoding",
+    "foreign_keys",
+    "freelist_count",
+    "function_list",
+    "journal_mode",
+    "module_list",
+    "page_count",
+    "page_size",
+    "pragma_list",
+    "schema_version",
+    "user_version",
+];
+
+/// Virtual table modules a tenant may create: they keep their data in ordinary tables of
+/// the same database.
+const ALLOWED_VTAB_MODULES: &[&str] = &["fts3", "fts4", "fts5", "rtree", "rtree_i32"];
+
+/// Tables whose name starts with this belong to silo (migration bookkeeping, metadata).
+/// Tenants may read them but not create, change or drop them.
+pub const RESERVED_TABLE_PREFIX: &str = "_silo_";
+
+/// Per-connection sandbox state shared between the connection's owner and the callbacks
+/// SQLite calls (authorizer, progress handler). Owned by one tenant handle; never shared
+/// across tenants.
+#[derive(Debug)]
+pub struct SandboxState {
+    /// Reference point for `deadline_nanos` (an `Instant` cannot live in an atomic).
+    epoch: Instant,
+    /// Nanoseconds after `epoch` at which the running statement must stop; 0 = no budget.
+    deadline_nanos: AtomicU64,
+    /// Set by the progress handler when it interrupted a statement for the time budget, so
+    /// the caller can tell a timeout from any other interruption.
+    timed_out: AtomicBool,
+    /// Set only while silo itself runs `BEGIN`/`COMMIT`/`ROLLBACK` on the tenant's behalf.
+    server_transaction_control: AtomicBool,
+    /// Why the authorizer refused the last statement, for the 403 message. A std mutex: it is
+    /// touched only from the thread that is preparing a statement on this connection.
+    denial: Mutex<Option<String>>,
+}
+
+impl SandboxState {
+    fn new() -> Self {
+        SandboxState {
+            epoch: Instant::now(),
+            deadline_nanos: AtomicU64::new(0),
+            timed_out: AtomicBool::new(false),
+            server_transaction_control: AtomicBool::new(false),
+            denial: Mutex::new(None),
+        }
+    }
+
+    /// Starts the time budget of one request. Call [`SandboxState::end_budget`] after.
+    pub fn start_budget(&self, budget: Duration) {
+        let deadline = self.epoch.elapsed() + budget;
+        self.timed_out.store(false, Ordering::Relaxed);
+        self.deadline_nanos.store(
+            u64::try_from(deadline.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn end_budget(&self) {
+        self.deadline_nanos.store(0, Ordering::Relaxed);
+    }
+
+    /// True if the last interruption came from the time budget.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// Takes the reason recorded by the last refusal.
+    pub fn take_denial(&self) -> Option<String> {
+        self.denial.lock().map(|mut d| d.take()).unwrap_or(None)
+    }
+
+    /// Runs `f` with silo's own transaction statements allowed. Only for statements silo
+    /// writes itself (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`), never tenant text.
+    pub fn with_server_transaction_control<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.server_transaction_control
+            .store(true, Ordering::Relaxed);
+        let out = f();
+        self.server_transaction_control
+            .store(false, Ordering::Relaxed);
+        out
+    }
+
+    fn over_budget(&self) -> bool {
+        let deadline = self.deadline_nanos.load(Ordering::Relaxed);
+        if deadline != 0 && self.epoch.elapsed().as_nanos() >= u128::from(deadline) {
+            self.timed_out.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn deny(&self, reason: String) -> Authorization {
+        if let Ok(mut d) = self.denial.lock() {
+            *d = Some(reason);
+        }
+        Authorization::Deny
+    }
+}
+
+/// The SQLite error code of `e`, including errors rusqlite reports with a position in the
+/// SQL text (`SqlInputError`), whose `sqlite_error_code()` is `None`.
+pub fn error_code(e: &rusqlite::Error) -> Option<rusqlite::ErrorCode> {
+    match e {
+        rusqlite::Error::SqlInputError { error, .. } => Some(error.code),
+        other => other.sqlite_error_code(),
+    }
+}
+
+/// The authorizer's decision for one action of a tenant statement.
+/// `Ok(())` allows; `Err(reason)` refuses with a message meant for the tenant.
+pub fn authorize(action: &AuthAction<'_>, server_txn: bool) -> Result<(), String> {
+    use AuthAction as A;
+    let reserved = |table: &str| {
+        if table
+            .to_ascii_lowercase()
+            .starts_with(RESERVED_TABLE_PREFIX)
+        {
+            Err(format!(
+                "tables named {RESERVED_TABLE_PREFIX}* belong to silo: they can be read, not changed"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match action {
+        A::Attach { .. } | A::Detach { .. } => Err(
+            "ATTACH, DETACH and VACUUM are not allowed: a tenant reaches only its own database"
+                .to_owned(),
+        ),
+        A::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let allowed = INTROSPECTION_PRAGMAS.contains(&name.as_str())
+                || (pragma_value.is_none() && READABLE_PRAGMAS.contains(&name.as_str()));
+            if allowed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "PRAGMA {name}{} is not allowed: only read-only introspection PRAGMAs are",
+                    if pragma_value.is_some() {
+                        " with a value"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        }
+        A::Function { function_name } => {
+            let name = function_name.to_ascii_lowercase();
+            if name == "load_extension" || name.starts_with("sqlcipher") || name == "fts3_tokenizer"
+            {
+                Err(format!("function {name}() is not allowed"))
+            } else {
+                Ok(())
+            }
+        }
+        A::CreateVtable { module_name, .. } | A::DropVtable { module_name, .. } => {
+            if ALLOWED_VTAB_MODULES.contains(&module_name.to_ascii_lowercase().as_str()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "virtual table module {module_name} is not allowed (allowed: {})",
+                    ALLOWED_VTAB_MODULES.join(", ")
+                ))
+            }
+        }
+        A::Transaction { .. } | A::Savepoint { .. } if !server_txn => Err(
+            "transaction statements are not allowed here: send the statements together to \
+             /v1/db/batch (atomic by default) or use an interactive libSQL stream"
+                .to_owned(),
+        ),
+        A::Transaction { .. } | A::Savepoint { .. } => Ok(()),
+        A::Insert { table_name }
+        | A::Delete { table_name }
+        | A::Update { table_name, .. }
+        | A::CreateTable { table_name }
+        | A::DropTable { table_name }
+        | A::AlterTable { table_name, .. }
+        | A::CreateIndex { table_name, .. }
+        | A::DropIndex { table_name, .. }
+        | A::CreateTrigger { table_name, .. }
+        | A::DropTrigger { table_name, .. } => reserved(table_name),
+        A::Unknown { code, .. } => Err(format!("statement kind {code} is not allowed")),
+        _ => Ok(()),
+    }
+}
+
+/// Installs the sandbox on a freshly keyed connection. Must run before any tenant SQL, and
+/// after silo's own setup PRAGMAs (which the authorizer would refuse).
+pub fn install(
+    conn: &mut Connection,
+    limits: &SandboxLimits,
+) -> rusqlite::Result<std::sync::Arc<SandboxState>> {
+    // Hardening first, while PRAGMAs are still allowed.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+    conn.execute_batch("PRAGMA trusted_schema = OFF;")?;
+    for (limit, value) in [
+        (Limit::SQLITE_LIMIT_LENGTH, limits.length),
+        (Limit::SQLITE_LIMIT_SQL_LENGTH, limits.sql_length),
+        (Limit::SQLITE_LIMIT_COLUMN, limits.column),
+        (Limit::SQLITE_LIMIT_EXPR_DEPTH, limits.expr_depth),
+        (Limit::SQLITE_LIMIT_COMPOUND_SELECT, limits.compound_select),
+        (Limit::SQLITE_LIMIT_FUNCTION_ARG, limits.function_arg),
+        (Limit::SQLITE_LIMIT_ATTACHED, 0),
+        (
+            Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH,
+            limits.like_pattern_length,
+        ),
+        (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, limits.variable_number),
+        (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, limits.trigger_depth),
+    ] {
+        conn.set_limit(limit, value)?;
+    }
+
+    let state = std::sync::Arc::new(SandboxState::new());
+    let auth_state = state.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let server_txn = auth_state
+            .server_transaction_control
+            .load(Ordering::Relaxed);
+        match authorize(&ctx.action, server_txn) {
+            Ok(()) => Authorization::Allow,
+            Err(reason) => auth_state.deny(reason),
+        }
+    }))?;
+    let progress_state = state.clone();
+    // Checked every 1,000 virtual machine steps: a few microseconds apart, so a statement
+    // overruns its budget by well under a millisecond, and the clock read is amortised.
+    conn.progress_handler(1_000, Some(move || progress_state.over_budget()))?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sandboxed() -> (Connection, std::sync::Arc<SandboxState>) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT); CREATE TABLE _silo_meta(k, v);",
+        )
+        .unwrap();
+        let state = install(&mut conn, &SandboxLimits::default()).unwrap();
+        (conn, state)
+    }
+
+    fn refused(conn: &Connection, state: &SandboxState, sql: &str) -> String {
+        state.take_denial();
+        if conn.execute_batch(sql).is_ok() {
+            panic!("the sandbox let this run: {sql}");
+        }
+        state
+            .take_denial()
+            .unwrap_or_else(|| panic!("failed, but not by the sandbox: {sql}"))
+    }
+
+    #[test]
+    fn file_and_key_touching_statements_are_refused() {
+        let (conn, state) = sandboxed();
+        for sql in [
+            "ATTACH DATABASE '/tmp/other.db' AS o",
+            "ATTACH ':memory:' AS m",
+            "DETACH DATABASE main",
+            "VACUUM",
+            "VACUUM INTO '/tmp/silo-sandbox-test-copy.db'",
+            "PRAGMA writable_schema = 1",
+            "PRAGMA journal_mode = DELETE",
+            "PRAGMA key = 'x'",
+            "PRAGMA rekey = 'x'",
+            "PRAGMA cipher_compatibility = 3",
+            "PRAGMA database_list",
+            "PRAGMA user_version = 3",
+            "SELECT load_extension('/tmp/evil.so')",
+            "SELECT sqlcipher_export('o')",
+            "BEGIN",
+            "COMMIT",
+            "SAVEPOINT s",
+            "INSERT INTO _silo_meta VALUES (1, 2)",
+            "DROP TABLE _silo_meta",
+            "CREATE TABLE _silo_mine(x)",
+        ] {
+            let reason = refused(&conn, &state, sql);
+            assert!(!reason.is_empty(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn ordinary_sql_and_introspection_still_work() {
+        let (conn, _state) = sandboxed();
+        conn.execute_batch(
+            "INSERT INTO t(b) VALUES ('x');
+             CREATE INDEX t_b ON t(b);
+             CREATE VIEW v AS SELECT * FROM t;
+             CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;
+             CREATE VIRTUAL TABLE docs USING fts5(body);
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) SELECT count(*) FROM c;
+             ALTER TABLE t ADD COLUMN c INTEGER;
+             DROP VIEW v;",
+        )
+        .unwrap();
+        let cols: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_table_info('t')", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(cols, 3);
+        conn.prepare("PRAGMA table_info(t)").unwrap();
+        conn.prepare("PRAGMA user_version").unwrap();
+        conn.prepare("SELECT * FROM _silo_meta").unwrap();
+    }
+
+    #[test]
+    fn time_budget_interrupts_a_runaway_statement_and_clears() {
+        let (conn, state) = sandboxed();
+        state.start_budget(Duration::from_millis(50));
+        let err = conn
+            .query_row(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::OperationInterrupted)
+        );
+        assert!(state.timed_out());
+        state.end_budget();
+        let one: i64 = conn.query_row("SELECT 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(one, 1);
+    }
+
+    #[test]
+    fn limits_are_applied() {
+        let (conn, _state) = sandboxed();
+        assert_eq!(conn.limit(Limit::SQLITE_LIMIT_ATTACHED).unwrap(), 0);
+        let long = format!("SELECT {}", "1+".repeat(60_000) + "1");
+        assert!(conn.prepare(&long).is_err());
+    }
+}
