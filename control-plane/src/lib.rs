@@ -1,1 +1,19 @@
-pub fn _x() {}
+//! silo's control plane: the HTTP API, the catalog, and the `silo` command.
+//!
+//! - [`config`]: the command line and its environment variables.
+//! - [`keys`]: loading (or, for development, generating) the master key.
+//! - [`app`]: [`app::Application`]: build from configuration, bind, serve, shut down.
+//! - [`http`]: the router, middleware and handlers.
+//! - [`auth`]: passwords, access tokens, and the [`auth::Principal`] extractor.
+//! - [`catalog`]: the control plane's own database.
+//! - [`state`]: [`state::AppState`], what every handler shares.
+//! - [`error`]: [`error::ApiError`], the one error type of the API.
+
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod state;

@@ -2,7 +2,7 @@
 
 /// Errors of the tenant runtime. The first group is the tenant's doing (the API answers
 /// 4xx with the message); the second is silo's (5xx, message logged, not shown).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     /// Malformed request: bad params, several statements in one query, empty SQL.
     #[error("{0}")]

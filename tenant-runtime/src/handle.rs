@@ -262,10 +262,15 @@ fn run(
             rows.push(out);
         }
     }
+    // SQLite reports rowid 0 when nothing was ever inserted on this connection: that is
+    // "none", not a row.
     let (rows_affected, last_insert_rowid) = if readonly {
         (0, None)
     } else {
-        (conn.changes(), Some(conn.last_insert_rowid()))
+        (
+            conn.changes(),
+            Some(conn.last_insert_rowid()).filter(|&id| id != 0),
+        )
     };
     Ok(QueryResult {
         columns,

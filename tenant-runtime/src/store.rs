@@ -7,7 +7,7 @@ use std::time::Duration;
 use moka::notification::RemovalCause;
 
 use crate::TenantId;
-use crate::error::{Result, RuntimeError};
+use crate::error::Result;
 use crate::handle::{ExecLimits, TenantHandle};
 
 /// Where local tenant databases live: `<dir>/<tenant-id>.db`. The file name comes from the
@@ -79,10 +79,8 @@ impl TenantStore {
         self.inner
             .cache
             .try_get_with(tenant, || open().map(Arc::new))
-            .map_err(|e: Arc<RuntimeError>| match Arc::try_unwrap(e) {
-                Ok(e) => e,
-                Err(shared) => RuntimeError::Internal(shared.to_string()),
-            })
+            // moka shares one open's error among every waiter.
+            .map_err(Arc::unwrap_or_clone)
     }
 
     /// Closes the tenant's cached handle (after its DB token changed or it was deleted).

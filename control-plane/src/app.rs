@@ -1,0 +1,161 @@
+//! Start-up and shutdown: build everything from the configuration, bind, serve, drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use silo_provisioner::migrations::TENANT_DIR;
+use silo_provisioner::{LocalPlacement, MigrationSet, Provisioner};
+use silo_tenant_runtime::{ExecLimits, StoreConfig, TenantStore};
+use tokio::net::TcpListener;
+
+use crate::auth::TokenKeys;
+use crate::catalog::Catalog;
+use crate::config::ServeArgs;
+use crate::keys::{KeySource, load_keyring};
+use crate::state::AppState;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often idle tenant handles are looked for and closed.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A built server: listener bound (so its port is known), state ready, crash leftovers
+/// reconciled.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+        let (keyring, source) = load_keyring(&args)?;
+        match &source {
+            KeySource::Generated(path) => tracing::warn!(
+                path = %path.display(),
+                "no master key configured: using a generated one. This suits development only; \
+                 set SILO_MASTER_KEY or --master-key-file in production, and back the key up: \
+                 without it no tenant database can be opened"
+            ),
+            KeySource::Env => tracing::info!("master key: from SILO_MASTER_KEY"),
+            KeySource::File(path) => {
+                tracing::info!(path = %path.display(), "master key: from file")
+            }
+        }
+        tracing::info!(key_id = %keyring.primary_id(), "encryption: enabled (AES-256-GCM envelopes, SQLCipher tenant databases)");
+        let keyring = Arc::new(keyring);
+        let tokens = Arc::new(TokenKeys::from_keyring(&keyring)?);
+
+        let data_dir = args.data_dir.clone();
+        let pause = args.test_pause_provisioning_ms.map(Duration::from_millis);
+        let (catalog, provisioner) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let catalog = Catalog::open(&data_dir.join("catalog.db")).context("open catalog")?;
+            let placement = LocalPlacement::new(data_dir.join("tenants"))?;
+            let migrations = MigrationSet::embedded(&TENANT_DIR)?;
+            let provisioner = Provisioner::new(placement, migrations).with_test_pause(pause);
+            let rolled_back = provisioner
+                .reconcile(&catalog)
+                .context("reconcile tenants left in provisioning")?;
+            if !rolled_back.is_empty() {
+                tracing::warn!(
+                    count = rolled_back.len(),
+                    "rolled back interrupted provisioning"
+                );
+            }
+            Ok((catalog, provisioner))
+        })
+        .await??;
+
+        let store = TenantStore::new(StoreConfig {
+            max_handles: args.max_open_tenants,
+            idle_timeout: Duration::from_secs(args.tenant_idle_secs),
+            limits: ExecLimits {
+                time_budget: Duration::from_millis(args.query_timeout_ms),
+                max_result_bytes: args.max_result_bytes,
+                ..ExecLimits::default()
+            },
+        });
+        let state = AppState {
+            catalog,
+            keyring,
+            tokens,
+            store,
+            provisioner: Arc::new(provisioner),
+            max_body_bytes: args.max_body_bytes,
+        };
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        Ok(Application { listener, state })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until ctrl-c or SIGTERM, then drains in-flight requests (bounded by
+    /// [`DRAIN_TIMEOUT`]) and closes every tenant database cleanly.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application { listener, state } = self;
+        let store = state.store.clone();
+        let maintenance = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let store = store.clone();
+                    // Closing a database checkpoints its WAL: file I/O, so a blocking thread.
+                    let _ = tokio::task::spawn_blocking(move || store.run_maintenance()).await;
+                }
+            }
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(
+            listener,
+            crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = stop_tx.send(());
+        });
+        let server = tokio::spawn(async move { server.await });
+        // Drain with a time limit: once the signal came, give requests DRAIN_TIMEOUT.
+        let result = tokio::select! {
+            r = server => r.context("server task")?.map_err(anyhow::Error::from),
+            () = async {
+                let _ = stop_rx.await;
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } => {
+                tracing::warn!("drain timed out; closing with requests in flight");
+                Ok(())
+            }
+        };
+        maintenance.abort();
+        tokio::task::spawn_blocking(move || store.close_all()).await?;
+        tracing::info!("stopped; tenant databases closed");
+        result
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,375 @@
+//! Who is calling: passwords (argon2id), access tokens (JWT), refresh tokens, and the
+//! [`Principal`] extractor that turns a bearer credential into exactly one tenant.
+//!
+//! The tenant of a request comes from its credential and nothing else: no route takes a
+//! tenant id from the URL, the body or a header for tenant data.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use silo_crypto::Keyring;
+use silo_provisioner::TenantStatus;
+use silo_tenant_runtime::TenantId;
+
+use crate::catalog::now_unix;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Access tokens live 15 minutes (the contract's figure).
+pub const ACCESS_TOKEN_TTL_SECS: i64 = 15 * 60;
+/// Refresh tokens live 7 days after their session's last use.
+pub const REFRESH_TOKEN_TTL_SECS: i64 = 7 * 24 * 60 * 60;
+/// Clock skew tolerated when checking `exp` and `nbf` (jsonwebtoken's default is 60 s).
+const JWT_LEEWAY_SECS: u64 = 30;
+const JWT_ISSUER: &str = "silo";
+const JWT_AUDIENCE: &str = "silo-api";
+const JWT_TYPE_ACCESS: &str = "access";
+/// Prefix of refresh tokens, so a leaked one is recognisable (e.g. by secret scanners).
+pub const REFRESH_TOKEN_PREFIX: &str = "silo_rt_";
+
+/// Roles, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "owner" => Ok(Role::Owner),
+            "admin" => Ok(Role::Admin),
+            "member" => Ok(Role::Member),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(()),
+        }
+    }
+}
+
+// --- passwords ---
+
+/// argon2id with the OWASP-recommended parameters (19 MiB, 2 passes, 1 lane), which are
+/// the crate's defaults. Slow on purpose (~30 ms): call on a blocking thread.
+pub fn hash_password(password: &SecretString) -> anyhow::Result<String> {
+    let hash = Argon2::default()
+        .hash_password(password.expose_secret().as_bytes())
+        .map_err(|e| anyhow::anyhow!("hash password: {e}"))?;
+    Ok(hash.to_string())
+}
+
+/// Checks a password against a stored hash. For an unknown account pass `None`: the same
+/// work is done against a fixed dummy hash, so the answer takes as long whether or not the
+/// email exists.
+pub fn verify_password(stored_hash: Option<&str>, password: &SecretString) -> bool {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| {
+        hash_password(&SecretString::from("silo-dummy-password".to_owned())).unwrap_or_default()
+    });
+    let candidate = stored_hash.unwrap_or(dummy);
+    let ok = Argon2::default()
+        .verify_password(password.expose_secret().as_bytes(), candidate)
+        .is_ok();
+    ok && stored_hash.is_some()
+}
+
+// --- access tokens ---
+
+/// The claims of an access token. Everything a request needs to find its session again;
+/// the role is informative only (it is re-read from the catalog on every request).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    /// User id.
+    pub sub: String,
+    /// Tenant id.
+    pub tid: String,
+    /// Session id (revocation by session).
+    pub sid: String,
+    /// The user's session version when the session began.
+    pub sv: i64,
+    pub role: Role,
+    /// Token id.
+    pub jti: String,
+    pub typ: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+}
+
+/// Signs and verifies access tokens: HS256 with keys derived from the master keys, one per
+/// master key, named by `kid`. The primary master key's signs; every configured one
+/// verifies, so rotating the master key does not sign anybody out.
+pub struct TokenKeys {
+    primary_kid: String,
+    keys: Vec<(String, EncodingKey, DecodingKey)>,
+    validation: Validation,
+}
+
+impl TokenKeys {
+    pub fn from_keyring(keyring: &Keyring) -> anyhow::Result<Self> {
+        let mut keys = Vec::new();
+        for id in keyring.key_ids() {
+            let secret = keyring.derive_key(id, "jwt-signing/hs256")?;
+            keys.push((
+                format!("k-{id}"),
+                EncodingKey::from_secret(secret.expose_secret()),
+                DecodingKey::from_secret(secret.expose_secret()),
+            ));
+        }
+        // Pinned: only HS256 is accepted, whatever the token's header says.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = JWT_LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[JWT_ISSUER]);
+        validation.set_audience(&[JWT_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        Ok(TokenKeys {
+            primary_kid: format!("k-{}", keyring.primary_id()),
+            keys,
+            validation,
+        })
+    }
+
+    pub fn issue(
+        &self,
+        user_id: &str,
+        tenant: TenantId,
+        session_id: &str,
+        sv: i64,
+        role: Role,
+    ) -> anyhow::Result<SecretString> {
+        let now = now_unix();
+        let claims = AccessClaims {
+            iss: JWT_ISSUER.to_owned(),
+            aud: JWT_AUDIENCE.to_owned(),
+            sub: user_id.to_owned(),
+            tid: tenant.to_string(),
+            sid: session_id.to_owned(),
+            sv,
+            role,
+            jti: hex::encode(silo_crypto::random_bytes::<16>()),
+            typ: JWT_TYPE_ACCESS.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + ACCESS_TOKEN_TTL_SECS,
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.primary_kid.clone());
+        let key = &self
+            .keys
+            .iter()
+            .find(|(kid, ..)| *kid == self.primary_kid)
+            .expect("the primary key is always in the list")
+            .1;
+        Ok(jsonwebtoken::encode(&header, &claims, key)?.into())
+    }
+
+    /// Checks signature, algorithm, `kid`, `exp`/`nbf` (30 s leeway), issuer, audience and
+    /// token type. Says only "expired" or "invalid": details help attackers, not users.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, ApiError> {
+        let invalid = ApiError::Unauthenticated("the access token is not valid; sign in again");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
+        if header.alg != Algorithm::HS256 {
+            return Err(invalid);
+        }
+        let kid = header.kid.ok_or_else(invalid_token)?;
+        let key = &self
+            .keys
+            .iter()
+            .find(|(k, ..)| *k == kid)
+            .ok_or_else(invalid_token)?
+            .2;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthenticated(
+                    "the access token has expired; get a new one from /v1/auth/refresh",
+                ),
+                _ => invalid_token(),
+            },
+        )?;
+        if data.claims.typ != JWT_TYPE_ACCESS {
+            return Err(invalid_token());
+        }
+        Ok(data.claims)
+    }
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::Unauthenticated("the access token is not valid; sign in again")
+}
+
+// --- the caller ---
+
+/// Proof that a request carries a valid credential for exactly one tenant. Handlers that
+/// touch tenant data take this, and take the tenant from it alone.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant: TenantId,
+    pub user_id: String,
+    pub email: String,
+    /// Read fresh from the catalog on this request.
+    pub role: Role,
+    pub session_id: String,
+}
+
+impl Principal {
+    /// Refuses callers below `min`. The first line of every handler that needs a role.
+    pub fn require(&self, min: Role) -> Result<(), ApiError> {
+        if self.role >= min {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("your role does not allow this"))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let claims = state.tokens.verify(token.expose_secret())?;
+        let tenant: TenantId = claims.tid.parse().map_err(|_| invalid_token())?;
+        let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
+        let row = state
+            .catalog
+            .blocking(move |c| c.session(&sid, &sub, tenant))
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(invalid_token)?;
+        if row.revoked
+            || row.user_session_version != claims.sv
+            || row.session_session_version != claims.sv
+            || row.expires_at <= now_unix()
+        {
+            return Err(ApiError::Unauthenticated(
+                "this session has ended; sign in again",
+            ));
+        }
+        match row.tenant_status {
+            TenantStatus::Active => {}
+            TenantStatus::Suspended | TenantStatus::Deleting => {
+                return Err(ApiError::TenantSuspended);
+            }
+            TenantStatus::Provisioning | TenantStatus::Deleted => return Err(invalid_token()),
+        }
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+        Ok(Principal {
+            tenant,
+            user_id: claims.sub,
+            email: row.email,
+            role: row.role,
+            session_id: claims.sid,
+        })
+    }
+}
+
+/// The bearer credential of a request, as a secret.
+fn bearer(parts: &Parts) -> Result<SecretString, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthenticated(
+            "send a credential: Authorization: Bearer <access token>",
+        ))?
+        .to_str()
+        .map_err(|_| ApiError::Unauthenticated("the Authorization header is not valid"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthenticated(
+        "use Authorization: Bearer <access token>",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::Unauthenticated(
+            "use Authorization: Bearer <access token>",
+        ));
+    }
+    Ok(SecretString::from(token.trim().to_owned()))
+}
+
+/// Shared token machinery, cheap to clone into the state.
+pub type SharedTokenKeys = Arc<TokenKeys>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use silo_crypto::MasterKey;
+
+    #[test]
+    fn roles_order_from_viewer_to_owner() {
+        assert!(
+            Role::Owner > Role::Admin && Role::Admin > Role::Member && Role::Member > Role::Viewer
+        );
+        for r in [Role::Owner, Role::Admin, Role::Member, Role::Viewer] {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn passwords_verify_only_against_their_own_hash() {
+        let pw = SecretString::from("correct horse battery".to_owned());
+        let hash = hash_password(&pw).unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(Some(&hash), &pw));
+        assert!(!verify_password(
+            Some(&hash),
+            &SecretString::from("wrong".to_owned())
+        ));
+        assert!(!verify_password(None, &pw));
+    }
+
+    #[test]
+    fn tokens_signed_under_a_previous_master_key_still_verify() {
+        let old = [3u8; 32];
+        let old_ring = Keyring::new(MasterKey::from_bytes(old), vec![]);
+        let token = TokenKeys::from_keyring(&old_ring)
+            .unwrap()
+            .issue("u", TenantId::generate(), "s", 1, Role::Owner)
+            .unwrap();
+        let rotated = Keyring::new(MasterKey::generate(), vec![MasterKey::from_bytes(old)]);
+        assert!(
+            TokenKeys::from_keyring(&rotated)
+                .unwrap()
+                .verify(token.expose_secret())
+                .is_ok()
+        );
+        let unrelated = Keyring::new(MasterKey::generate(), vec![]);
+        assert!(
+            TokenKeys::from_keyring(&unrelated)
+                .unwrap()
+                .verify(token.expose_secret())
+                .is_err()
+        );
+    }
+}

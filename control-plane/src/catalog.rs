@@ -1,0 +1,495 @@
+//! The catalog: the control plane's own SQLite database (`<data-dir>/catalog.db`).
+//!
+//! What we store: tenants (status, placement, the *sealed* DB token, schema version),
+//! users (email, argon2id hash, session version), memberships with roles, sessions, and
+//! refresh tokens as SHA-256 hashes. Never a tenant's rows, never a secret in clear.
+//!
+//! One connection behind a std mutex: every call runs on a blocking thread
+//! ([`Catalog::blocking`]), holds the lock for one short statement or transaction, and
+//! never across an `.await`. WAL and `synchronous = FULL`: a committed change survives a
+//! crash of the process or the machine.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use silo_provisioner::migrations::{CATALOG_DIR, MigrationSet};
+use silo_provisioner::{Ledger, ProvisionError, TenantStatus};
+use silo_tenant_runtime::TenantId;
+
+use crate::auth::Role;
+
+/// Bookkeeping table of applied catalog migrations.
+const CATALOG_MIGRATIONS_TABLE: &str = "schema_migrations";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("that email address already has an account")]
+    EmailTaken,
+    #[error("catalog: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("catalog migrations: {0}")]
+    Migration(#[from] silo_provisioner::MigrationError),
+    #[error("catalog holds an invalid value: {0}")]
+    Corrupt(String),
+    #[error("catalog task did not finish: {0}")]
+    Join(String),
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// Cheap to clone; all clones share the one connection.
+#[derive(Clone)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// What signup records before any file exists: the provisioning intent.
+pub struct NewSignup {
+    pub tenant: TenantId,
+    pub tenant_name: String,
+    pub db_id: String,
+    pub sealed_db_token: Vec<u8>,
+    pub user_id: String,
+    pub email: String,
+    pub password_hash: String,
+}
+
+/// A user's credentials and membership, for login.
+pub struct LoginRow {
+    pub user_id: String,
+    pub password_hash: String,
+    pub session_version: i64,
+    pub tenant: TenantId,
+}
+
+/// Everything a request needs to know about its access token's session, read fresh.
+pub struct SessionRow {
+    pub role: Role,
+    pub email: String,
+    pub tenant_status: TenantStatus,
+    pub revoked: bool,
+    /// The user's session version now, and the one the session was made under.
+    pub user_session_version: i64,
+    pub session_session_version: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub plan: String,
+    pub placement: String,
+    pub schema_version: i64,
+    pub created_at: String,
+}
+
+/// A session just started.
+pub struct SessionStart {
+    pub session_id: String,
+    pub role: Role,
+    /// The user's session version, carried in the access token as `sv`.
+    pub session_version: i64,
+}
+
+/// What presenting a refresh token did.
+pub enum RefreshOutcome {
+    /// The token was valid and is now spent; `new_hash` is stored in its place.
+    Rotated {
+        session_id: String,
+        user_id: String,
+        tenant: TenantId,
+        role: Role,
+        session_version: i64,
+    },
+    /// The token had already been used: the whole session has been revoked.
+    Reused,
+    /// Unknown, expired, or its session is revoked or outdated.
+    Invalid,
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn parse_tenant(s: String) -> Result<TenantId> {
+    s.parse()
+        .map_err(|_| CatalogError::Corrupt(format!("tenant id {s:?}")))
+}
+
+fn parse_status(s: String) -> Result<TenantStatus> {
+    s.parse()
+        .map_err(|_| CatalogError::Corrupt(format!("tenant status {s:?}")))
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog and applies its migrations. Blocking.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )?;
+        MigrationSet::embedded(&CATALOG_DIR)?.apply(&mut conn, CATALOG_MIGRATIONS_TABLE)?;
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back
+        // a dropped transaction), so a poisoned connection is still consistent.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a blocking thread, inside the caller's span.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Catalog) -> Result<T> + Send + 'static,
+    {
+        let catalog = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&catalog)))
+            .await
+            .map_err(|e| CatalogError::Join(e.to_string()))?
+    }
+
+    pub fn ping(&self) -> Result<()> {
+        self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Records a signup's intent in one transaction: the tenant (`provisioning`, with its
+    /// sealed DB token), its owner's account and membership. Concurrent signups with one
+    /// email: the unique index lets exactly one through; the others get `EmailTaken`.
+    pub fn insert_signup(&self, s: &NewSignup) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE email = ?1)",
+            [&s.email],
+            |r| r.get(0),
+        )?;
+        if taken {
+            return Err(CatalogError::EmailTaken);
+        }
+        tx.execute(
+            "INSERT INTO tenants (id, name, status, db_id, db_token) VALUES (?1, ?2, 'provisioning', ?3, ?4)",
+            params![s.tenant.to_string(), s.tenant_name, s.db_id, s.sealed_db_token],
+        )?;
+        tx.execute(
+            "INSERT INTO users (id, email, password_hash) VALUES (?1, ?2, ?3)",
+            params![s.user_id, s.email, s.password_hash],
+        )?;
+        tx.execute(
+            "INSERT INTO memberships (tenant_id, user_id, role) VALUES (?1, ?2, 'owner')",
+            params![s.tenant.to_string(), s.user_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The tenant's database id and sealed DB token.
+    pub fn sealed_db_token(&self, tenant: TenantId) -> Result<Option<(String, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT db_id, db_token FROM tenants WHERE id = ?1",
+                [tenant.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn tenant(&self, tenant: TenantId) -> Result<Option<TenantRow>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, name, status, plan, placement, schema_version, created_at
+                 FROM tenants WHERE id = ?1",
+                [tenant.to_string()],
+                |r| {
+                    Ok(TenantRow {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        status: r.get(2)?,
+                        plan: r.get(3)?,
+                        placement: r.get(4)?,
+                        schema_version: r.get(5)?,
+                        created_at: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The account behind `email`, with its (first) tenant, for login.
+    pub fn find_login(&self, email: &str) -> Result<Option<LoginRow>> {
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT u.id, u.password_hash, u.session_version, m.tenant_id
+                 FROM users u JOIN memberships m ON m.user_id = u.id
+                 JOIN tenants t ON t.id = m.tenant_id
+                 WHERE u.email = ?1 AND t.status != 'provisioning'
+                 ORDER BY m.created_at LIMIT 1",
+                [email],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)),
+            )
+            .optional()?;
+        row.map(|(user_id, password_hash, session_version, tenant)| {
+            Ok(LoginRow {
+                user_id,
+                password_hash,
+                session_version,
+                tenant: parse_tenant(tenant)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Starts a session with its first refresh token (stored as its hash).
+    pub fn create_session(
+        &self,
+        user_id: &str,
+        tenant: TenantId,
+        refresh_hash: &[u8; 32],
+        refresh_ttl_secs: i64,
+    ) -> Result<SessionStart> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let (sv, role): (i64, String) = tx.query_row(
+            "SELECT u.session_version, m.role FROM users u
+             JOIN memberships m ON m.user_id = u.id AND m.tenant_id = ?2
+             WHERE u.id = ?1",
+            params![user_id, tenant.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let role: Role = role
+            .parse()
+            .map_err(|_| CatalogError::Corrupt(format!("role {role:?}")))?;
+        let session_id = hex::encode(silo_crypto::random_bytes::<16>());
+        let now = now_unix();
+        tx.execute(
+            "INSERT INTO sessions (id, user_id, tenant_id, session_version, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                session_id,
+                user_id,
+                tenant.to_string(),
+                sv,
+                now + refresh_ttl_secs
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![&refresh_hash[..], session_id, now, now + refresh_ttl_secs],
+        )?;
+        tx.commit()?;
+        Ok(SessionStart {
+            session_id,
+            role,
+            session_version: sv,
+        })
+    }
+
+    /// The session an access token names, with the user's current role, read fresh on
+    /// every request. `None` if the session, user or membership is gone.
+    pub fn session(
+        &self,
+        session_id: &str,
+        user_id: &str,
+        tenant: TenantId,
+    ) -> Result<Option<SessionRow>> {
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT m.role, u.email, t.status, s.revoked_at IS NOT NULL,
+                        u.session_version, s.session_version, s.expires_at
+                 FROM sessions s
+                 JOIN users u ON u.id = s.user_id
+                 JOIN memberships m ON m.user_id = s.user_id AND m.tenant_id = s.tenant_id
+                 JOIN tenants t ON t.id = s.tenant_id
+                 WHERE s.id = ?1 AND s.user_id = ?2 AND s.tenant_id = ?3",
+                params![session_id, user_id, tenant.to_string()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, bool>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(role, email, status, revoked, usv, ssv, expires_at)| {
+            Ok(SessionRow {
+                role: role
+                    .parse()
+                    .map_err(|_| CatalogError::Corrupt(format!("role {role:?}")))?,
+                email,
+                tenant_status: parse_status(status)?,
+                revoked,
+                user_session_version: usv,
+                session_session_version: ssv,
+                expires_at,
+            })
+        })
+        .transpose()
+    }
+
+    /// Spends a refresh token and stores its successor, in one transaction. Presenting a
+    /// token that was already spent revokes its whole session (the family): whoever holds
+    /// either copy, legitimate or stolen, is signed out.
+    pub fn rotate_refresh(
+        &self,
+        presented_hash: &[u8; 32],
+        new_hash: &[u8; 32],
+        refresh_ttl_secs: i64,
+    ) -> Result<RefreshOutcome> {
+        let now = now_unix();
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row = tx
+            .query_row(
+                "SELECT r.session_id, r.expires_at, r.used_at IS NOT NULL, s.revoked_at IS NOT NULL,
+                        s.user_id, s.tenant_id, s.session_version, u.session_version, m.role, t.status
+                 FROM refresh_tokens r
+                 JOIN sessions s ON s.id = r.session_id
+                 JOIN users u ON u.id = s.user_id
+                 JOIN memberships m ON m.user_id = s.user_id AND m.tenant_id = s.tenant_id
+                 JOIN tenants t ON t.id = s.tenant_id
+                 WHERE r.token_hash = ?1",
+                [&presented_hash[..]],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, bool>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, i64>(7)?,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, String>(9)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((session_id, expires_at, used, revoked, user_id, tenant, ssv, usv, role, status)) =
+            row
+        else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        if used {
+            tx.execute(
+                "UPDATE sessions SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                        revoked_reason = 'refresh_token_reuse'
+                 WHERE id = ?1 AND revoked_at IS NULL",
+                [&session_id],
+            )?;
+            tx.commit()?;
+            return Ok(RefreshOutcome::Reused);
+        }
+        if revoked
+            || expires_at <= now
+            || ssv != usv
+            || parse_status(status)? == TenantStatus::Deleted
+        {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        tx.execute(
+            "UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1",
+            params![&presented_hash[..], now],
+        )?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![&new_hash[..], session_id, now, now + refresh_ttl_secs],
+        )?;
+        // Each rotation extends the session's horizon: 7 days after the last use.
+        tx.execute(
+            "UPDATE sessions SET expires_at = ?2 WHERE id = ?1",
+            params![session_id, now + refresh_ttl_secs],
+        )?;
+        tx.commit()?;
+        Ok(RefreshOutcome::Rotated {
+            session_id,
+            user_id,
+            tenant: parse_tenant(tenant)?,
+            role: role
+                .parse()
+                .map_err(|_| CatalogError::Corrupt(format!("role {role:?}")))?,
+            session_version: ssv,
+        })
+    }
+}
+
+impl Ledger for Catalog {
+    fn provisioning(&self) -> silo_provisioner::Result<Vec<TenantId>> {
+        let conn = self.lock();
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM tenants WHERE status = 'provisioning'")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(ledger_err)?;
+        ids.into_iter()
+            .map(|s| parse_tenant(s).map_err(|e| ProvisionError::Ledger(e.to_string())))
+            .collect()
+    }
+
+    fn mark_active(&self, tenant: TenantId, schema_version: u32) -> silo_provisioner::Result<()> {
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE tenants SET status = 'active', schema_version = ?2,
+                        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE id = ?1 AND status IN ('provisioning', 'active')",
+                params![tenant.to_string(), schema_version],
+            )
+            .map_err(ledger_err)?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(ProvisionError::Ledger(format!(
+                "tenant {tenant} is no longer provisioning"
+            )))
+        }
+    }
+
+    fn forget(&self, tenant: TenantId) -> silo_provisioner::Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(ledger_err)?;
+        // Accounts that belong only to this tenant go with it (its signup created them).
+        tx.execute(
+            "DELETE FROM users WHERE id IN (
+                 SELECT user_id FROM memberships WHERE tenant_id = ?1
+             ) AND id NOT IN (
+                 SELECT user_id FROM memberships WHERE tenant_id != ?1
+             )",
+            [tenant.to_string()],
+        )
+        .map_err(ledger_err)?;
+        tx.execute(
+            "DELETE FROM tenants WHERE id = ?1 AND status = 'provisioning'",
+            [tenant.to_string()],
+        )
+        .map_err(ledger_err)?;
+        tx.commit().map_err(ledger_err)
+    }
+}
+
+fn ledger_err(e: rusqlite::Error) -> ProvisionError {
+    ProvisionError::Ledger(e.to_string())
+}

@@ -1,0 +1,79 @@
+//! The `silo` command line: every flag has an environment variable and a sane default, so
+//! `silo serve` runs with no configuration at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+
+/// silo: a database-per-tenant control plane for SQLite/libSQL.
+#[derive(Parser)]
+#[command(name = "silo", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the embedded local default: catalog and tenant databases in the
+    /// data directory).
+    Serve(ServeArgs),
+}
+
+/// Settings of `silo serve`. No `Debug` derive: it holds the master key.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port (printed at start-up).
+    #[arg(long, env = "SILO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the catalog, tenant databases and (when generated) the master key.
+    #[arg(long, env = "SILO_DATA_DIR", default_value = "./silo-data")]
+    pub data_dir: PathBuf,
+
+    /// Master key: base64 of 32 random bytes (`openssl rand -base64 32`). Everything silo
+    /// encrypts or signs derives from it. Without this or --master-key-file, silo generates
+    /// one into <data-dir>/master.key (development only).
+    #[arg(long, env = "SILO_MASTER_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub master_key: Option<SecretString>,
+
+    /// File holding the master key (base64 of 32 bytes).
+    #[arg(long, env = "SILO_MASTER_KEY_FILE", conflicts_with = "master_key")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Earlier master keys, comma-separated base64, kept so data sealed and tokens signed
+    /// under them still open after a rotation. The new key seals and signs.
+    #[arg(long, env = "SILO_PREVIOUS_MASTER_KEYS", hide_env_values = true, value_parser = parse_secret)]
+    pub previous_master_keys: Option<SecretString>,
+
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "SILO_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time budget of one data request (a statement or a whole batch), in milliseconds.
+    #[arg(long, env = "SILO_QUERY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub query_timeout_ms: u64,
+
+    /// Largest result one data request may return, in bytes.
+    #[arg(long, env = "SILO_MAX_RESULT_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_result_bytes: usize,
+
+    /// Most tenant databases kept open at once (least recently used are closed first).
+    #[arg(long, env = "SILO_MAX_OPEN_TENANTS", default_value_t = 1_000)]
+    pub max_open_tenants: u64,
+
+    /// Seconds after which an unused tenant database is closed.
+    #[arg(long, env = "SILO_TENANT_IDLE_SECS", default_value_t = 300)]
+    pub tenant_idle_secs: u64,
+
+    /// Test only: pause this many milliseconds inside provisioning, after the tenant's
+    /// database is published and before the tenant is marked active.
+    #[arg(long, env = "SILO_TEST_PAUSE_PROVISIONING_MS", hide = true)]
+    pub test_pause_provisioning_ms: Option<u64>,
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
+}

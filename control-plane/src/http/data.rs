@@ -1,0 +1,67 @@
+//! Tenant data over JSON: `/v1/db/query` and `/v1/db/batch`. The tenant is the caller's,
+//! from its credential; the SQL runs on that tenant's own handle, in the sandbox.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use silo_tenant_runtime::{QueryResult, Statement};
+
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ApiJson;
+use crate::state::AppState;
+
+/// Most statements in one batch.
+const MAX_BATCH_STATEMENTS: usize = 1_000;
+
+pub(crate) async fn handle_db_query(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(statement): ApiJson<Statement>,
+) -> ApiResult<Json<QueryResult>> {
+    principal.require(Role::Viewer)?;
+    let result = state
+        .with_tenant(principal.tenant, move |handle| handle.execute(&statement))
+        .await?;
+    Ok(Json(result))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    statements: Vec<Statement>,
+    /// All or nothing (default), or each statement on its own.
+    #[serde(default = "default_true")]
+    transaction: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize)]
+pub(crate) struct BatchResponse {
+    results: Vec<QueryResult>,
+}
+
+pub(crate) async fn handle_db_batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(batch): ApiJson<BatchRequest>,
+) -> ApiResult<Json<BatchResponse>> {
+    principal.require(Role::Viewer)?;
+    if batch.statements.is_empty() {
+        return Err(ApiError::InvalidInput("statements is empty".to_owned()));
+    }
+    if batch.statements.len() > MAX_BATCH_STATEMENTS {
+        return Err(ApiError::InvalidInput(format!(
+            "a batch holds at most {MAX_BATCH_STATEMENTS} statements"
+        )));
+    }
+    let results = state
+        .with_tenant(principal.tenant, move |handle| {
+            handle.batch(&batch.statements, batch.transaction)
+        })
+        .await?;
+    Ok(Json(BatchResponse { results }))
+}

@@ -1,0 +1,121 @@
+//! The HTTP API: routes, and the middleware every request passes through.
+//!
+//! Order, outermost first: request id → trace span (request id, method, route, tenant id)
+//! → panic guard → security headers → body limit → route.
+
+pub(crate) mod data;
+pub(crate) mod extract;
+pub(crate) mod ops;
+pub(crate) mod sessions;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole API as a router, for the server and for in-process tests.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_body_bytes;
+    let api = Router::new()
+        .route("/healthz", get(ops::handle_healthz))
+        .route("/readyz", get(ops::handle_readyz))
+        .route("/v1/signup", post(sessions::handle_signup))
+        .route("/v1/auth/login", post(sessions::handle_login))
+        .route("/v1/auth/refresh", post(sessions::handle_refresh))
+        .route("/v1/me", get(sessions::handle_me))
+        .route("/v1/db/query", post(data::handle_db_query))
+        .route("/v1/db/batch", post(data::handle_db_batch))
+        .fallback(handle_not_found)
+        .method_not_allowed_fallback(handle_method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state);
+
+    let security_headers = ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ));
+
+    api.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(CatchPanicLayer::custom(handle_panic))
+            .layer(security_headers),
+    )
+}
+
+/// One span per request. `tenant_id` is filled in once the credential names the tenant.
+/// The URI's query string is left out: nothing secret belongs there, but if a client puts
+/// one there anyway it must not reach the logs.
+fn request_span(req: &Request) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path(), MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %req.method(),
+        route,
+        tenant_id = tracing::field::Empty,
+    )
+}
+
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = hex::encode(silo_crypto::random_bytes::<12>());
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+async fn handle_not_found() -> ApiError {
+    ApiError::NotFound("no such route; see /openapi.json for the API".to_owned())
+}
+
+async fn handle_method_not_allowed() -> ApiError {
+    ApiError::NotFound("this route does not take that method".to_owned())
+}
+
+fn handle_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal(anyhow::anyhow!("a handler panicked")).into_response()
+}

@@ -1,0 +1,375 @@
+//! Signup and sessions: `/v1/signup`, `/v1/auth/login`, `/v1/auth/refresh`, `/v1/me`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use silo_crypto::{DbToken, hash_token, random_token};
+use silo_tenant_runtime::TenantId;
+
+use crate::auth::{
+    ACCESS_TOKEN_TTL_SECS, Principal, REFRESH_TOKEN_PREFIX, REFRESH_TOKEN_TTL_SECS, Role,
+    hash_password, verify_password,
+};
+use crate::catalog::{CatalogError, NewSignup, RefreshOutcome};
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ApiJson;
+use crate::state::AppState;
+
+const MIN_PASSWORD_CHARS: usize = 8;
+/// Long passphrases are welcome; the cap only bounds the work of hashing one.
+const MAX_PASSWORD_CHARS: usize = 1024;
+const MAX_ORG_CHARS: usize = 100;
+/// RFC 5321's limit on a forward path.
+const MAX_EMAIL_CHARS: usize = 254;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignupRequest {
+    org: String,
+    email: String,
+    password: SecretString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginRequest {
+    email: String,
+    password: SecretString,
+    /// Accepted now so clients can send it; checked once 2FA lands.
+    #[serde(default)]
+    #[allow(dead_code)]
+    totp: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefreshRequest {
+    refresh_token: SecretString,
+}
+
+/// A token pair. The only responses that ever carry these secrets.
+#[derive(Serialize)]
+pub(crate) struct Tokens {
+    access_token: String,
+    refresh_token: String,
+    expires_in: i64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SignupResponse {
+    tenant: TenantView,
+    user: UserView,
+    #[serde(flatten)]
+    tokens: Tokens,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TenantView {
+    id: String,
+    name: String,
+    status: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct UserView {
+    id: String,
+    email: String,
+    role: Role,
+}
+
+/// Trims and checks an organisation name.
+fn validate_org(org: &str) -> ApiResult<String> {
+    let org = org.trim();
+    if org.is_empty() {
+        return Err(ApiError::InvalidInput("org must not be empty".to_owned()));
+    }
+    if org.chars().count() > MAX_ORG_CHARS {
+        return Err(ApiError::InvalidInput(format!(
+            "org is longer than {MAX_ORG_CHARS} characters"
+        )));
+    }
+    if org.chars().any(char::is_control) {
+        return Err(ApiError::InvalidInput(
+            "org must not contain control characters".to_owned(),
+        ));
+    }
+    Ok(org.to_owned())
+}
+
+/// Normalises (trim, lower case) and checks an email address: one `@`, a non-empty local
+/// part, a dotted domain, no spaces or control characters. Deliverability is the mail
+/// system's business; this catches typos and garbage.
+pub(crate) fn normalize_email(email: &str) -> ApiResult<String> {
+    let email = email.trim().to_lowercase();
+    let bad = || {
+        ApiError::InvalidInput(
+            "email is not a valid address (expected something like name@example.com)".to_owned(),
+        )
+    };
+    if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS {
+        return Err(bad());
+    }
+    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+    let domain_ok = domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && !domain.contains('@');
+    if local.is_empty()
+        || !domain_ok
+        || email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
+    {
+        return Err(bad());
+    }
+    Ok(email)
+}
+
+fn validate_password(password: &SecretString) -> ApiResult<()> {
+    let n = password.expose_secret().chars().count();
+    if n < MIN_PASSWORD_CHARS {
+        return Err(ApiError::InvalidInput(format!(
+            "password must be at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    if n > MAX_PASSWORD_CHARS {
+        return Err(ApiError::InvalidInput(format!(
+            "password must be at most {MAX_PASSWORD_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+async fn hash_on_blocking_thread(password: SecretString) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// Starts a session and returns its tokens.
+async fn start_session(state: &AppState, user_id: String, tenant: TenantId) -> ApiResult<Tokens> {
+    let refresh = random_token(REFRESH_TOKEN_PREFIX);
+    let refresh_hash = hash_token(refresh.expose_secret());
+    let uid = user_id.clone();
+    let start = state
+        .catalog
+        .blocking(move |c| c.create_session(&uid, tenant, &refresh_hash, REFRESH_TOKEN_TTL_SECS))
+        .await
+        .map_err(ApiError::internal)?;
+    let access = state
+        .tokens
+        .issue(
+            &user_id,
+            tenant,
+            &start.session_id,
+            start.session_version,
+            start.role,
+        )
+        .map_err(ApiError::internal)?;
+    Ok(Tokens {
+        access_token: access.expose_secret().to_owned(),
+        refresh_token: refresh.expose_secret().to_owned(),
+        expires_in: ACCESS_TOKEN_TTL_SECS,
+    })
+}
+
+/// `POST /v1/signup`: a new tenant, its owner, and its own database, ready on return.
+pub(crate) async fn handle_signup(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SignupRequest>,
+) -> ApiResult<(StatusCode, Json<SignupResponse>)> {
+    let org = validate_org(&req.org)?;
+    let email = normalize_email(&req.email)?;
+    validate_password(&req.password)?;
+    let password_hash = hash_on_blocking_thread(req.password).await?;
+
+    let tenant = TenantId::generate();
+    tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+    let db_id = hex::encode(silo_crypto::random_bytes::<16>());
+    let token = DbToken::generate();
+    let signup = NewSignup {
+        tenant,
+        tenant_name: org.clone(),
+        sealed_db_token: state.seal_db_token(tenant, &db_id, &token),
+        db_id,
+        user_id: hex::encode(silo_crypto::random_bytes::<16>()),
+        email: email.clone(),
+        password_hash,
+    };
+    let user_id = signup.user_id.clone();
+    // 1. The intent, with the sealed token, before any file exists.
+    state
+        .catalog
+        .blocking(move |c| c.insert_signup(&signup))
+        .await
+        .map_err(|e| match e {
+            CatalogError::EmailTaken => ApiError::Conflict(
+                "that email address already has an account; sign in instead".to_owned(),
+            ),
+            other => ApiError::internal(other),
+        })?;
+    // 2. The database, published atomically, then the tenant marked active. On failure the
+    //    provisioner rolls the intent back, so the signup can be retried.
+    let (provisioner, catalog) = (state.provisioner.clone(), state.catalog.clone());
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| provisioner.provision(&catalog, tenant, &token))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    tracing::info!(tenant_id = %tenant, "tenant signed up and provisioned");
+
+    let tokens = start_session(&state, user_id.clone(), tenant).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SignupResponse {
+            tenant: TenantView {
+                id: tenant.to_string(),
+                name: org,
+                status: "active".to_owned(),
+            },
+            user: UserView {
+                id: user_id,
+                email,
+                role: Role::Owner,
+            },
+            tokens,
+        }),
+    ))
+}
+
+/// `POST /v1/auth/login`.
+pub(crate) async fn handle_login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Json<Tokens>> {
+    // A malformed email cannot have an account: same answer as a wrong password.
+    let email = normalize_email(&req.email).unwrap_or_default();
+    let row = state
+        .catalog
+        .blocking(move |c| c.find_login(&email))
+        .await
+        .map_err(ApiError::internal)?;
+    let stored = row.as_ref().map(|r| r.password_hash.clone());
+    let password = req.password;
+    // Always one argon2 verification, account or not, so timing does not reveal accounts.
+    let ok = tokio::task::spawn_blocking(move || verify_password(stored.as_deref(), &password))
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(row) = row.filter(|_| ok) else {
+        tracing::info!("login failed");
+        return Err(ApiError::InvalidCredentials);
+    };
+    tracing::Span::current().record("tenant_id", tracing::field::display(row.tenant));
+    let tokens = start_session(&state, row.user_id, row.tenant).await?;
+    Ok(Json(tokens))
+}
+
+/// `POST /v1/auth/refresh`: spends the refresh token and returns a new pair. A spent token
+/// presented again revokes the whole session.
+pub(crate) async fn handle_refresh(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<Tokens>> {
+    let presented = hash_token(req.refresh_token.expose_secret());
+    let next = random_token(REFRESH_TOKEN_PREFIX);
+    let next_hash = hash_token(next.expose_secret());
+    let outcome = state
+        .catalog
+        .blocking(move |c| c.rotate_refresh(&presented, &next_hash, REFRESH_TOKEN_TTL_SECS))
+        .await
+        .map_err(ApiError::internal)?;
+    match outcome {
+        RefreshOutcome::Rotated {
+            session_id,
+            user_id,
+            tenant,
+            role,
+            session_version,
+        } => {
+            let access = state
+                .tokens
+                .issue(&user_id, tenant, &session_id, session_version, role)
+                .map_err(ApiError::internal)?;
+            Ok(Json(Tokens {
+                access_token: access.expose_secret().to_owned(),
+                refresh_token: next.expose_secret().to_owned(),
+                expires_in: ACCESS_TOKEN_TTL_SECS,
+            }))
+        }
+        RefreshOutcome::Reused => {
+            tracing::warn!("a spent refresh token was presented again; its session is revoked");
+            Err(ApiError::Unauthenticated(
+                "this refresh token was already used; the session has been ended, sign in again",
+            ))
+        }
+        RefreshOutcome::Invalid => Err(ApiError::Unauthenticated(
+            "the refresh token is not valid or has expired; sign in again",
+        )),
+    }
+}
+
+/// `GET /v1/me`.
+pub(crate) async fn handle_me(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = principal.tenant;
+    let row = state
+        .catalog
+        .blocking(move |c| c.tenant(tenant))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound("tenant not found".to_owned()))?;
+    Ok(Json(serde_json::json!({
+        "user": { "id": principal.user_id, "email": principal.email },
+        "tenant": { "id": row.id, "name": row.name, "status": row.status, "plan": row.plan },
+        "role": principal.role,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(
+            normalize_email(" Ada@Example.COM ").ok().as_deref(),
+            Some("ada@example.com")
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@.com",
+            "ada@example..com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_counted_in_characters() {
+        assert!(validate_password(&SecretString::from("ééééééé".to_owned())).is_err());
+        assert!(validate_password(&SecretString::from("éééééééé".to_owned())).is_ok());
+        assert!(validate_password(&SecretString::from("x".repeat(1025))).is_err());
+    }
+
+    #[test]
+    fn org_names_are_trimmed_and_bounded() {
+        assert_eq!(validate_org("  Acme  ").ok().as_deref(), Some("Acme"));
+        assert!(validate_org("   ").is_err());
+        assert!(validate_org(&"a".repeat(101)).is_err());
+        assert!(validate_org("a\u{0}b").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Loading the master key: configured (env or file), or generated for development.
+//! Fails closed: a configured key that does not parse stops start-up.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
+use silo_crypto::{Keyring, MasterKey};
+
+use crate::config::ServeArgs;
+
+/// Where the primary master key came from (logged at start-up; never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Env,
+    File(PathBuf),
+    /// Generated into (or read back from) `<data-dir>/master.key`: development only.
+    Generated(PathBuf),
+}
+
+pub const GENERATED_KEY_FILE: &str = "master.key";
+
+pub fn load_keyring(args: &ServeArgs) -> anyhow::Result<(Keyring, KeySource)> {
+    let (primary, source) = if let Some(key) = &args.master_key {
+        let key = MasterKey::from_base64(key.expose_secret())
+            .context("SILO_MASTER_KEY / --master-key is invalid")?;
+        (key, KeySource::Env)
+    } else if let Some(path) = &args.master_key_file {
+        (read_key_file(path)?, KeySource::File(path.clone()))
+    } else {
+        let path = args.data_dir.join(GENERATED_KEY_FILE);
+        let key = if path.exists() {
+            read_key_file(&path)?
+        } else {
+            generate_key_file(&path)?
+        };
+        (key, KeySource::Generated(path))
+    };
+    let mut previous = Vec::new();
+    if let Some(list) = &args.previous_master_keys {
+        for (i, text) in list
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .enumerate()
+        {
+            previous.push(MasterKey::from_base64(text).with_context(|| {
+                format!("SILO_PREVIOUS_MASTER_KEYS entry {} is invalid", i + 1)
+            })?);
+        }
+    }
+    Ok((Keyring::new(primary, previous), source))
+}
+
+fn read_key_file(path: &Path) -> anyhow::Result<MasterKey> {
+    let text = secrecy::SecretString::from(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read master key file {}", path.display()))?,
+    );
+    MasterKey::from_base64(text.expose_secret())
+        .with_context(|| format!("master key file {} is invalid", path.display()))
+}
+
+/// Writes a new random key with mode 0600, refusing to overwrite anything.
+fn generate_key_file(path: &Path) -> anyhow::Result<MasterKey> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    }
+    let key = MasterKey::generate();
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create master key file {}", path.display()))?;
+    let text = key.to_base64();
+    file.write_all(text.expose_secret().as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    let meta = std::fs::metadata(path)?;
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+        bail!("master key file {} is readable by others", path.display());
+    }
+    Ok(key)
+}

@@ -1,0 +1,283 @@
+//! Numbered SQL migrations (`NNNN_name.sql`), applied in order and recorded in the database
+//! they changed, each with the SHA-256 of its text so a changed file is noticed (drift)
+//! instead of silently re-run or skipped.
+//!
+//! The same machinery serves the catalog (`schemas/catalog/`) and every tenant database
+//! (`schemas/tenant/`); only the bookkeeping table differs.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+/// `schemas/catalog/`, compiled into the binary.
+pub static CATALOG_DIR: include_dir::Dir<'_> =
+    include_dir::include_dir!("$CARGO_MANIFEST_DIR/../schemas/catalog");
+/// `schemas/tenant/`, compiled into the binary.
+pub static TENANT_DIR: include_dir::Dir<'_> =
+    include_dir::include_dir!("$CARGO_MANIFEST_DIR/../schemas/tenant");
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("migration file name {0:?} is not of the form NNNN_name.sql")]
+    BadName(String),
+    #[error("two migrations have version {0}")]
+    DuplicateVersion(u32),
+    #[error(
+        "migration {version} ({name}) has changed since it was applied (recorded checksum {recorded}, file {file}); write a new migration instead of editing an applied one"
+    )]
+    Drift {
+        version: u32,
+        name: String,
+        recorded: String,
+        file: String,
+    },
+    #[error(
+        "the database has migration {0} applied, which this silo does not know; is it older than the database?"
+    )]
+    Unknown(u32),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Failed {
+        version: u32,
+        name: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("read migrations: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("migration bookkeeping: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub version: u32,
+    pub name: String,
+    pub sql: String,
+    /// Hex SHA-256 of `sql`.
+    pub checksum: String,
+}
+
+/// An ordered set of migrations.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationSet {
+    migrations: Vec<Migration>,
+}
+
+impl MigrationSet {
+    /// The migrations compiled into the binary from one of [`CATALOG_DIR`], [`TENANT_DIR`].
+    pub fn embedded(dir: &include_dir::Dir<'_>) -> Result<Self, MigrationError> {
+        let files = dir.files().filter_map(|f| {
+            let name = f.path().file_name()?.to_str()?.to_owned();
+            Some((name, f.contents_utf8().unwrap_or_default().to_owned()))
+        });
+        Self::from_files(files)
+    }
+
+    /// The migrations in a directory on disk (operators ship schema changes this way without
+    /// rebuilding silo).
+    pub fn from_dir(dir: &Path) -> Result<Self, MigrationError> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sql") {
+                files.push((name, std::fs::read_to_string(entry.path())?));
+            }
+        }
+        Self::from_files(files)
+    }
+
+    fn from_files(
+        files: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, MigrationError> {
+        let mut migrations = Vec::new();
+        for (file_name, sql) in files {
+            let Some(stem) = file_name.strip_suffix(".sql") else {
+                continue;
+            };
+            let (num, name) = stem
+                .split_once('_')
+                .filter(|(n, rest)| {
+                    n.len() == 4 && n.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
+                })
+                .ok_or_else(|| MigrationError::BadName(file_name.clone()))?;
+            let version: u32 = num
+                .parse()
+                .map_err(|_| MigrationError::BadName(file_name.clone()))?;
+            let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
+            migrations.push(Migration {
+                version,
+                name: name.to_owned(),
+                sql,
+                checksum,
+            });
+        }
+        migrations.sort_by_key(|m| m.version);
+        if let Some(w) = migrations.windows(2).find(|w| w[0].version == w[1].version) {
+            return Err(MigrationError::DuplicateVersion(w[0].version));
+        }
+        Ok(MigrationSet { migrations })
+    }
+
+    pub fn latest_version(&self) -> u32 {
+        self.migrations.last().map_or(0, |m| m.version)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Migration> {
+        self.migrations.iter()
+    }
+
+    /// Applies every migration `conn` has not recorded in `table`, each in its own
+    /// transaction together with its record (all of a migration or none of it), after
+    /// checking that the recorded ones still match their files. Returns the version the
+    /// database is at afterwards.
+    ///
+    /// `table` is a fixed identifier chosen by silo (`_silo_migrations`, `schema_migrations`).
+    pub fn apply(&self, conn: &mut Connection, table: &str) -> Result<u32, MigrationError> {
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                version INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                checksum TEXT NOT NULL,
+                applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+            )"
+        ))?;
+        let recorded: Vec<(u32, String)> = conn
+            .prepare(&format!(
+                "SELECT version, checksum FROM {table} ORDER BY version"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (version, checksum) in &recorded {
+            let m = self
+                .migrations
+                .iter()
+                .find(|m| m.version == *version)
+                .ok_or(MigrationError::Unknown(*version))?;
+            if &m.checksum != checksum {
+                return Err(MigrationError::Drift {
+                    version: m.version,
+                    name: m.name.clone(),
+                    recorded: checksum.clone(),
+                    file: m.checksum.clone(),
+                });
+            }
+        }
+        for m in self
+            .migrations
+            .iter()
+            .filter(|m| !recorded.iter().any(|(v, _)| *v == m.version))
+        {
+            let failed = |source| MigrationError::Failed {
+                version: m.version,
+                name: m.name.clone(),
+                source,
+            };
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(&m.sql).map_err(failed)?;
+            tx.execute(
+                &format!("INSERT INTO {table} (version, name, checksum) VALUES (?1, ?2, ?3)"),
+                rusqlite::params![m.version, m.name, m.checksum],
+            )?;
+            tx.commit().map_err(failed)?;
+        }
+        Ok(current_version(conn, table)?.unwrap_or(0))
+    }
+}
+
+/// The highest migration recorded in `table`, if any.
+pub fn current_version(conn: &Connection, table: &str) -> rusqlite::Result<Option<u32>> {
+    conn.query_row(&format!("SELECT max(version) FROM {table}"), [], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map(Option::flatten)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn set(files: &[(&str, &str)]) -> Result<MigrationSet, MigrationError> {
+        MigrationSet::from_files(files.iter().map(|(n, s)| (n.to_string(), s.to_string())))
+    }
+
+    #[test]
+    fn the_shipped_migrations_parse() {
+        assert!(
+            MigrationSet::embedded(&CATALOG_DIR)
+                .unwrap()
+                .latest_version()
+                >= 1
+        );
+        assert!(
+            MigrationSet::embedded(&TENANT_DIR)
+                .unwrap()
+                .latest_version()
+                >= 1
+        );
+    }
+
+    #[test]
+    fn migrations_apply_in_order_once() {
+        let s = set(&[
+            ("0002_b.sql", "ALTER TABLE a ADD COLUMN y;"),
+            ("0001_a.sql", "CREATE TABLE a(x);"),
+        ])
+        .unwrap();
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(s.apply(&mut conn, "m").unwrap(), 2);
+        assert_eq!(s.apply(&mut conn, "m").unwrap(), 2);
+        conn.execute("INSERT INTO a(x, y) VALUES (1, 2)", [])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_the_database_at_the_previous_version() {
+        let s = set(&[
+            ("0001_a.sql", "CREATE TABLE a(x);"),
+            ("0002_b.sql", "CREATE TABLE b(x); CREATE TABLE a(x);"),
+        ])
+        .unwrap();
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert!(matches!(
+            s.apply(&mut conn, "m"),
+            Err(MigrationError::Failed { version: 2, .. })
+        ));
+        assert_eq!(current_version(&conn, "m").unwrap(), Some(1));
+        // Nothing of the failed migration remains.
+        assert!(conn.prepare("SELECT * FROM b").is_err());
+    }
+
+    #[test]
+    fn an_edited_applied_migration_is_reported_as_drift() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        set(&[("0001_a.sql", "CREATE TABLE a(x);")])
+            .unwrap()
+            .apply(&mut conn, "m")
+            .unwrap();
+        let edited = set(&[("0001_a.sql", "CREATE TABLE a(x, z);")]).unwrap();
+        assert!(matches!(
+            edited.apply(&mut conn, "m"),
+            Err(MigrationError::Drift { version: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn bad_names_and_duplicate_versions_are_refused() {
+        assert!(matches!(
+            set(&[("1_a.sql", "")]),
+            Err(MigrationError::BadName(_))
+        ));
+        assert!(matches!(
+            set(&[("0001_.sql", "")]),
+            Err(MigrationError::BadName(_))
+        ));
+        assert!(matches!(
+            set(&[("0001_a.sql", ""), ("0001_b.sql", "")]),
+            Err(MigrationError::DuplicateVersion(1))
+        ));
+    }
+}

@@ -1,0 +1,192 @@
+//! Invariant 4: a stolen disk or log file reveals nothing; envelopes are bound to their
+//! tenant.
+
+use base64::Engine as _;
+use secrecy::ExposeSecret;
+use silo_crypto::{EnvelopeContext, Keyring, MasterKey};
+
+use crate::helpers::{TestApp, contains};
+
+/// The tenant's DB token in clear, recovered the way silo does it, from the catalog row.
+fn db_token(app: &TestApp, tenant_id: &str) -> Vec<u8> {
+    let (db_id, sealed): (String, Vec<u8>) = app
+        .catalog()
+        .query_row(
+            "SELECT db_id, db_token FROM tenants WHERE id = ?1",
+            [tenant_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("tenant row");
+    let ring = Keyring::new(
+        MasterKey::from_base64(&app.master_key).expect("key"),
+        vec![],
+    );
+    let ctx = EnvelopeContext {
+        tenant: tenant_id,
+        purpose: "db-token",
+        binding: &db_id,
+    };
+    ring.open(ctx, &sealed)
+        .expect("envelope opens")
+        .expose_secret()
+        .clone()
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_secret_is_stored_or_logged_in_clear_and_tenant_files_are_encrypted() {
+    let mut app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    app.query(&a.access_token, "CREATE TABLE t (secret TEXT)")
+        .expect(200);
+    app.query(
+        &a.access_token,
+        "INSERT INTO t VALUES ('tenant-plaintext-marker')",
+    )
+    .expect(200);
+    let login = app
+        .post(
+            "/v1/auth/login",
+            None,
+            serde_json::json!({ "email": a.email, "password": a.password }),
+        )
+        .expect(200);
+    let refreshed = app
+        .post(
+            "/v1/auth/refresh",
+            None,
+            serde_json::json!({ "refresh_token": a.refresh_token }),
+        )
+        .expect(200);
+    // A wrong password is a secret too, and must not be logged either.
+    app.post(
+        "/v1/auth/login",
+        None,
+        serde_json::json!({ "email": a.email, "password": "wrong-password-marker" }),
+    )
+    .expect(401);
+    app.stop();
+
+    let token = db_token(&app, &a.id);
+    let master_raw = base64::engine::general_purpose::STANDARD
+        .decode(&app.master_key)
+        .expect("b64");
+    let secrets: Vec<(&str, Vec<u8>)> = vec![
+        ("DB token (raw)", token.clone()),
+        ("DB token (hex)", hex::encode(&token).into_bytes()),
+        ("DB token (HEX)", hex::encode_upper(&token).into_bytes()),
+        ("master key (base64)", app.master_key.clone().into_bytes()),
+        ("master key (raw)", master_raw),
+        ("password", a.password.clone().into_bytes()),
+        ("wrong password", b"wrong-password-marker".to_vec()),
+        ("access token", a.access_token.clone().into_bytes()),
+        ("refresh token", a.refresh_token.clone().into_bytes()),
+        (
+            "login refresh token",
+            login["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
+            "rotated refresh token",
+            refreshed["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+        ),
+    ];
+
+    // The catalog (and its WAL), the tenant database, and the logs.
+    let mut scanned = files_under(&app.data_dir());
+    scanned.retain(|p| !p.ends_with("master.key"));
+    scanned.push(app.log_path());
+    assert!(scanned.iter().any(|p| p.ends_with("catalog.db")));
+    for path in &scanned {
+        let bytes = std::fs::read(path).expect("read");
+        for (what, secret) in &secrets {
+            assert!(
+                !contains(&bytes, secret),
+                "{what} found in clear in {}",
+                path.display()
+            );
+        }
+    }
+
+    let tenant_file = std::fs::read(app.tenant_db_path(&a.id)).expect("tenant db");
+    assert!(
+        !tenant_file.starts_with(b"SQLite format 3"),
+        "tenant database is not encrypted"
+    );
+    assert!(!contains(&tenant_file, b"tenant-plaintext-marker"));
+}
+
+#[test]
+fn an_envelope_copied_to_another_tenants_row_opens_nothing() {
+    let mut app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    let b = app.signup("Beta");
+    app.query(&a.access_token, "CREATE TABLE t (v TEXT)")
+        .expect(200);
+    app.query(&a.access_token, "INSERT INTO t VALUES ('alpha-only')")
+        .expect(200);
+    app.query(&b.access_token, "CREATE TABLE t (v TEXT)")
+        .expect(200);
+    app.stop();
+
+    // Copy A's sealed token into B's row: first alone, then with A's database id as well.
+    for copy_db_id in [false, true] {
+        {
+            let catalog = app.catalog();
+            if copy_db_id {
+                // db_id is unique: move A's aside first, as an attacker editing the file would.
+                catalog
+                    .execute(
+                        "UPDATE tenants SET db_id = db_id || '-moved' WHERE id = ?1",
+                        [&a.id],
+                    )
+                    .expect("move");
+                catalog
+                    .execute(
+                        "UPDATE tenants SET db_token = (SELECT db_token FROM tenants WHERE id = ?1),
+                                db_id = replace((SELECT db_id FROM tenants WHERE id = ?1), '-moved', '')
+                         WHERE id = ?2",
+                        [&a.id, &b.id],
+                    )
+                    .expect("copy");
+            } else {
+                catalog
+                    .execute(
+                        "UPDATE tenants SET db_token = (SELECT db_token FROM tenants WHERE id = ?1) WHERE id = ?2",
+                        [&a.id, &b.id],
+                    )
+                    .expect("copy");
+            }
+        }
+        app.start();
+        let resp = app.query(&b.access_token, "SELECT * FROM t");
+        assert_eq!(resp.status, 503, "copy_db_id={copy_db_id}: {}", resp.body);
+        assert_eq!(resp.error_code(), "tenant_unavailable");
+        assert!(!resp.body.to_string().contains("alpha-only"));
+        app.stop();
+    }
+    let logs = String::from_utf8_lossy(&app.logs()).into_owned();
+    assert!(
+        logs.contains("envelope does not open"),
+        "no clear log line for the operator"
+    );
+}

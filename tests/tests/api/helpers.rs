@@ -1,0 +1,317 @@
+//! The harness: the real `silo` binary on port 0 with a temporary data dir, and typed
+//! helpers. Server logs go to `<data-dir>/../silo.log` (scanned by the secret tests);
+//! `TEST_LOG=1` also echoes them at the end of a test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// The `silo` binary next to this test binary (target/<profile>/silo), or `SILO_BIN`.
+pub fn silo_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SILO_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("silo");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (it builds the binary)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::blocking::Client,
+    /// Holds data/ (the data dir) and silo.log. Kept across restarts.
+    pub dir: tempfile::TempDir,
+    /// The master key the server runs with, base64 (the tests know it to forge tokens and
+    /// to look for it where it must not be).
+    pub master_key: String,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub user_id: String,
+    pub email: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// A response: status and JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        self.body
+    }
+
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            (self.status, self.error_code()),
+            (status, code),
+            "body: {}",
+            self.body
+        );
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "error without a message: {}",
+            self.body
+        );
+        self.body
+    }
+}
+
+impl TestApp {
+    pub fn spawn() -> Self {
+        Self::spawn_with(&[])
+    }
+
+    /// Starts silo with extra `serve` arguments.
+    pub fn spawn_with(extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let master_key =
+            base64::engine::general_purpose::STANDARD.encode(silo_crypto::random_bytes::<32>());
+        let mut app = TestApp {
+            base: String::new(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            dir,
+            master_key,
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        app.start();
+        app
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("silo.log")
+    }
+
+    pub fn logs(&self) -> Vec<u8> {
+        std::fs::read(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn tenant_db_path(&self, tenant_id: &str) -> PathBuf {
+        self.data_dir()
+            .join("tenants")
+            .join(format!("{tenant_id}.db"))
+    }
+
+    /// Starts (or restarts) the server on the same data dir and waits for its address.
+    pub fn start(&mut self) {
+        self.start_with(&self.extra_args.clone());
+    }
+
+    pub fn start_with(&mut self, args: &[String]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut child = Command::new(silo_bin())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir())
+            .args(args)
+            .env("SILO_MASTER_KEY", &self.master_key)
+            .env(
+                "SILO_LOG",
+                "info,silo_control_plane=debug,silo_tenant_runtime=debug",
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start silo");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read silo's stdout");
+        let Some(addr) = line.trim().strip_prefix("silo listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "silo did not start: {line:?}\n{}",
+                String::from_utf8_lossy(&self.logs())
+            );
+        };
+        self.base = addr.to_owned();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash or power loss of the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Resp {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().expect("send request");
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        Resp {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    /// POSTs raw bytes, for malformed-input tests.
+    pub fn post_raw(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Resp {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().expect("send request");
+        let status = resp.status().as_u16();
+        Resp {
+            status,
+            body: serde_json::from_str(&resp.text().unwrap_or_default()).unwrap_or(Value::Null),
+        }
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
+        self.request(reqwest::Method::POST, path, token, Some(&body))
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.request(reqwest::Method::GET, path, token, None)
+    }
+
+    pub fn try_signup(&self, org: &str, email: &str, password: &str) -> Resp {
+        self.post(
+            "/v1/signup",
+            None,
+            json!({ "org": org, "email": email, "password": password }),
+        )
+    }
+
+    pub fn signup(&self, org: &str) -> Tenant {
+        let email = format!(
+            "owner-{}@{}.example.com",
+            hex::encode(silo_crypto::random_bytes::<4>()),
+            org.to_lowercase()
+        );
+        let password = format!("pw-{}", hex::encode(silo_crypto::random_bytes::<8>()));
+        let body = self.try_signup(org, &email, &password).expect(201);
+        Tenant {
+            id: body["tenant"]["id"].as_str().expect("tenant.id").to_owned(),
+            user_id: body["user"]["id"].as_str().expect("user.id").to_owned(),
+            email,
+            password,
+            access_token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh_token: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+
+    pub fn query(&self, token: &str, sql: &str) -> Resp {
+        self.post("/v1/db/query", Some(token), json!({ "sql": sql }))
+    }
+
+    pub fn query_with(&self, token: &str, sql: &str, params: Value) -> Resp {
+        self.post(
+            "/v1/db/query",
+            Some(token),
+            json!({ "sql": sql, "params": params }),
+        )
+    }
+
+    pub fn batch(&self, token: &str, statements: Value) -> Resp {
+        self.post(
+            "/v1/db/batch",
+            Some(token),
+            json!({ "statements": statements }),
+        )
+    }
+
+    /// Opens the catalog directly (the server should be stopped for writes).
+    pub fn catalog(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.data_dir().join("catalog.db")).expect("open catalog")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&self.logs()));
+        }
+    }
+}
+
+/// True if `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,186 @@
+//! Bad input gets a clear 4xx in the contract's shape, never a 500, and loses nothing.
+
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[test]
+fn malformed_signups_get_400_with_a_message() {
+    let app = TestApp::spawn();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"{\"org\": ".to_vec()),
+        ("empty body", Vec::new()),
+        ("array", b"[]".to_vec()),
+        ("wrong type", br#"{"org": 5, "email": "a@example.com", "password": "long enough"}"#.to_vec()),
+        ("missing field", br#"{"org": "Acme", "email": "a@example.com"}"#.to_vec()),
+        ("unknown field", br#"{"org": "Acme", "email": "a@example.com", "password": "long enough", "pasword": "x"}"#.to_vec()),
+        ("empty org", br#"{"org": "  ", "email": "a@example.com", "password": "long enough"}"#.to_vec()),
+        ("huge org", format!(r#"{{"org": "{}", "email": "a@example.com", "password": "long enough"}}"#, "x".repeat(5000)).into_bytes()),
+        ("invalid email", br#"{"org": "Acme", "email": "not-an-email", "password": "long enough"}"#.to_vec()),
+        ("empty email", br#"{"org": "Acme", "email": "", "password": "long enough"}"#.to_vec()),
+        ("short password", br#"{"org": "Acme", "email": "a@example.com", "password": "short"}"#.to_vec()),
+        ("null password", br#"{"org": "Acme", "email": "a@example.com", "password": null}"#.to_vec()),
+    ];
+    for (what, body) in cases {
+        let resp = app.post_raw("/v1/signup", None, body);
+        assert_eq!(resp.status, 400, "{what}: {}", resp.body);
+        assert_eq!(resp.error_code(), "invalid_input", "{what}");
+        assert!(
+            resp.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.len() > 5),
+            "{what}"
+        );
+    }
+    // Nothing was created by any of them.
+    let tenants: i64 = app
+        .catalog()
+        .query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(tenants, 0);
+    // A password sent as a number is not echoed back.
+    let resp = app.post_raw(
+        "/v1/signup",
+        None,
+        br#"{"org": "A", "email": "a@example.com", "password": 987654321}"#.to_vec(),
+    );
+    assert!(
+        !resp.body.to_string().contains("987654321"),
+        "{}",
+        resp.body
+    );
+}
+
+#[test]
+fn a_body_over_the_limit_gets_413() {
+    let app = TestApp::spawn_with(&["--max-body-bytes", "4096"]);
+    let a = app.signup("Alpha");
+    let big = json!({ "sql": format!("SELECT '{}'", "x".repeat(10_000)) })
+        .to_string()
+        .into_bytes();
+    app.post_raw("/v1/db/query", Some(&a.access_token), big)
+        .expect_error(413, "payload_too_large");
+    app.post_raw("/v1/signup", None, vec![b' '; 5000])
+        .expect_error(413, "payload_too_large");
+}
+
+#[test]
+fn malformed_queries_get_4xx_and_the_tenant_keeps_its_data() {
+    let app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    app.query(
+        &a.access_token,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)",
+    )
+    .expect(200);
+    app.query(&a.access_token, "INSERT INTO t (v) VALUES ('kept')")
+        .expect(200);
+    let t = Some(a.access_token.as_str());
+    for (what, body, status, code) in [
+        ("no sql", json!({}), 400, "invalid_input"),
+        (
+            "sql not a string",
+            json!({ "sql": 1 }),
+            400,
+            "invalid_input",
+        ),
+        ("empty sql", json!({ "sql": "   " }), 400, "invalid_input"),
+        (
+            "two statements",
+            json!({ "sql": "SELECT 1; SELECT 2" }),
+            400,
+            "invalid_input",
+        ),
+        (
+            "too few params",
+            json!({ "sql": "SELECT ?, ?", "params": [1] }),
+            400,
+            "invalid_input",
+        ),
+        (
+            "missing named param",
+            json!({ "sql": "SELECT :a", "params": { "b": 1 } }),
+            400,
+            "invalid_input",
+        ),
+        (
+            "array param",
+            json!({ "sql": "SELECT ?", "params": [[1]] }),
+            400,
+            "invalid_input",
+        ),
+        (
+            "bad blob",
+            json!({ "sql": "SELECT ?", "params": [{ "base64": "!!" }] }),
+            400,
+            "invalid_input",
+        ),
+        (
+            "syntax error",
+            json!({ "sql": "SELEKT 1" }),
+            422,
+            "sql_error",
+        ),
+        (
+            "no such table",
+            json!({ "sql": "SELECT * FROM nope" }),
+            422,
+            "sql_error",
+        ),
+        (
+            "constraint",
+            json!({ "sql": "INSERT INTO t (v) VALUES ('kept')" }),
+            422,
+            "sql_error",
+        ),
+    ] {
+        let resp = app.post("/v1/db/query", t, body);
+        assert_eq!(
+            (resp.status, resp.error_code()),
+            (status, code),
+            "{what}: {}",
+            resp.body
+        );
+    }
+    for (what, body) in [
+        ("no statements", json!({ "statements": [] })),
+        ("statements not a list", json!({ "statements": "SELECT 1" })),
+        (
+            "transaction not a bool",
+            json!({ "statements": [{ "sql": "SELECT 1" }], "transaction": "yes" }),
+        ),
+    ] {
+        let resp = app.post("/v1/db/batch", t, body);
+        assert_eq!(
+            (resp.status, resp.error_code()),
+            (400, "invalid_input"),
+            "{what}: {}",
+            resp.body
+        );
+    }
+    // A failing statement in a batch names its position and rolls back the batch.
+    let resp = app.batch(&a.access_token, json!([{ "sql": "INSERT INTO t (v) VALUES ('new')" }, { "sql": "INSERT INTO t (v) VALUES ('kept')" }]));
+    let body = resp.expect_error(422, "sql_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("statement 1:"),
+        "{body}"
+    );
+    let rows = app
+        .query(&a.access_token, "SELECT v FROM t ORDER BY id")
+        .expect(200);
+    assert_eq!(rows["rows"], json!([["kept"]]));
+}
+
+#[test]
+fn unknown_routes_and_health_checks_answer_json() {
+    let app = TestApp::spawn();
+    app.get("/nope", None).expect_error(404, "not_found");
+    assert_eq!(app.get("/healthz", None).expect(200)["status"], json!("ok"));
+    assert_eq!(
+        app.get("/readyz", None).expect(200)["status"],
+        json!("ready")
+    );
+}

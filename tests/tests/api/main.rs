@@ -1,0 +1,15 @@
+//! End-to-end tests: the real `silo` binary, HTTP on a random port, a temporary data dir.
+//! One binary, many modules, so the harness compiles once.
+
+// The harness is a private module of this one binary; `pub` marks its API.
+#![allow(unreachable_pub)]
+
+mod helpers;
+
+mod at_rest;
+mod input;
+mod isolation;
+mod provisioning;
+mod sandbox;
+mod sessions;
+mod tokens;

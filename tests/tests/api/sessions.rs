@@ -1,0 +1,96 @@
+//! Login and refresh as the contract says.
+
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[test]
+fn login_gives_working_tokens_and_wrong_credentials_look_alike() {
+    let app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    let body = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({ "email": a.email.to_uppercase(), "password": a.password }),
+        )
+        .expect(200);
+    assert_eq!(body["expires_in"], json!(900));
+    let token = body["access_token"].as_str().expect("access token");
+    app.query(token, "SELECT 1").expect(200);
+
+    let wrong_password = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({ "email": a.email, "password": "not the password" }),
+        )
+        .expect_error(401, "invalid_credentials");
+    let unknown_email = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({ "email": "nobody@example.com", "password": "not the password" }),
+        )
+        .expect_error(401, "invalid_credentials");
+    assert_eq!(
+        wrong_password, unknown_email,
+        "the answers must not reveal which accounts exist"
+    );
+    app.post("/v1/auth/login", None, json!({ "email": a.email }))
+        .expect_error(400, "invalid_input");
+}
+
+#[test]
+fn refresh_rotates_and_a_reused_refresh_token_ends_the_session() {
+    let app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    let first = app
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": a.refresh_token }),
+        )
+        .expect(200);
+    let (access2, refresh2) = (
+        first["access_token"].as_str().expect("access").to_owned(),
+        first["refresh_token"].as_str().expect("refresh").to_owned(),
+    );
+    assert_ne!(refresh2, a.refresh_token);
+    app.query(&access2, "SELECT 1").expect(200);
+
+    // The spent token again: refused, and the whole session (family) is revoked.
+    app.post(
+        "/v1/auth/refresh",
+        None,
+        json!({ "refresh_token": a.refresh_token }),
+    )
+    .expect_error(401, "unauthenticated");
+    app.post(
+        "/v1/auth/refresh",
+        None,
+        json!({ "refresh_token": refresh2 }),
+    )
+    .expect_error(401, "unauthenticated");
+    app.query(&access2, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+    app.query(&a.access_token, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+
+    // Another session of the same user is unaffected.
+    let login = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({ "email": a.email, "password": a.password }),
+        )
+        .expect(200);
+    app.query(login["access_token"].as_str().expect("access"), "SELECT 1")
+        .expect(200);
+    app.post(
+        "/v1/auth/refresh",
+        None,
+        json!({ "refresh_token": "silo_rt_made-up" }),
+    )
+    .expect_error(401, "unauthenticated");
+}
