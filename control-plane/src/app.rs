@@ -52,6 +52,7 @@ impl Application {
         let data_dir = args.data_dir.clone();
         let pause = args.test_pause_provisioning_ms.map(Duration::from_millis);
         let (catalog, provisioner) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            crate::auth::warm_up();
             let catalog = Catalog::open(&data_dir.join("catalog.db")).context("open catalog")?;
             let placement = LocalPlacement::new(data_dir.join("tenants"))?;
             let migrations = MigrationSet::embedded(&TENANT_DIR)?;

@@ -103,6 +103,20 @@ pub fn verify_password(stored_hash: Option<&str>, password: &SecretString) -> bo
     ok && stored_hash.is_some()
 }
 
+/// The hash unknown accounts are checked against. Computed once; call [`warm_up`] at
+/// start-up so the first unknown-email login is not the one that pays for it.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        hash_password(&SecretString::from("silo-dummy-password".to_owned())).unwrap_or_default()
+    })
+}
+
+/// Precomputes what login needs. Blocking (one argon2 hash).
+pub fn warm_up() {
+    dummy_hash();
+}
+
 // --- access tokens ---
 
 /// The claims of an access token. Everything a request needs to find its session again;

@@ -52,3 +52,56 @@ fn the_help_never_shows_the_master_key_from_the_environment() {
     assert!(help.contains("SILO_MASTER_KEY"));
     assert!(!help.contains("c2VjcmV0"), "{help}");
 }
+
+/// Starts `silo serve` on port 0, returns the child and the first stdout line.
+fn serve(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = silo()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("SILO_MASTER_KEY")
+        .env_remove("SILO_MASTER_KEY_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run silo");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read stdout");
+    (child, line)
+}
+
+fn stop(child: std::process::Child) -> String {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let out = child.wait_with_output().expect("wait");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn without_a_configured_key_a_private_key_file_is_generated_with_a_warning_and_reused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (child, line) = serve(dir.path());
+    assert!(
+        line.starts_with("silo listening on http://127.0.0.1:"),
+        "{line}"
+    );
+    let stderr = stop(child);
+    assert!(stderr.contains("development only"), "{stderr}");
+
+    let key_path = dir.path().join("master.key");
+    let mode = std::fs::metadata(&key_path)
+        .expect("master.key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let key = std::fs::read_to_string(&key_path).expect("read key");
+    assert!(silo_crypto::MasterKey::from_base64(&key).is_ok());
+    assert!(!stderr.contains(key.trim()), "the generated key was logged");
+
+    // A second start reuses the same key instead of replacing it.
+    let (child, _) = serve(dir.path());
+    stop(child);
+    assert_eq!(std::fs::read_to_string(&key_path).expect("read key"), key);
+}

@@ -109,7 +109,7 @@ impl MakeRequestId for RandomRequestId {
 }
 
 async fn handle_not_found() -> ApiError {
-    ApiError::NotFound("no such route; see /openapi.json for the API".to_owned())
+    ApiError::NotFound("no such route; the API is described in the README".to_owned())
 }
 
 async fn handle_method_not_allowed() -> ApiError {

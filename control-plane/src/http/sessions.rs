@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use silo_crypto::{DbToken, hash_token, random_token};
+use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
 use crate::auth::{
@@ -231,7 +232,8 @@ pub(crate) async fn handle_signup(
             tenant: TenantView {
                 id: tenant.to_string(),
                 name: org,
-                status: "active".to_owned(),
+                // provision() returned Ok only after marking the tenant active.
+                status: TenantStatus::Active.as_str().to_owned(),
             },
             user: UserView {
                 id: user_id,
