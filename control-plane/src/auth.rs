@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use silo_crypto::Keyring;
 use silo_provisioner::TenantStatus;
-use silo_tenant_runtime::TenantId;
+use silo_tenant_runtime::{AccessLevel, TenantId};
 
 use crate::catalog::now_unix;
 use crate::error::ApiError;
@@ -244,18 +244,105 @@ fn invalid_token() -> ApiError {
     ApiError::Unauthenticated("the access token is not valid; sign in again")
 }
 
+// --- API keys ---
+
+/// What an API key may be allowed to do. A key never has more power than the current role
+/// of the user who made it: each scope needs a minimum role, checked at creation and again
+/// on every use (demoting the user narrows the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    DbRead,
+    DbWrite,
+    DbAdmin,
+    Export,
+    AuditRead,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 5] = [
+        Scope::DbRead,
+        Scope::DbWrite,
+        Scope::DbAdmin,
+        Scope::Export,
+        Scope::AuditRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::DbRead => "db:read",
+            Scope::DbWrite => "db:write",
+            Scope::DbAdmin => "db:admin",
+            Scope::Export => "export",
+            Scope::AuditRead => "audit:read",
+        }
+    }
+
+    /// The weakest role whose keys may carry this scope.
+    pub fn min_role(self) -> Role {
+        match self {
+            Scope::DbRead => Role::Viewer,
+            Scope::DbWrite => Role::Member,
+            Scope::DbAdmin | Scope::Export | Scope::AuditRead => Role::Admin,
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Scope::ALL.into_iter().find(|sc| sc.as_str() == s).ok_or(())
+    }
+}
+
+/// Keys look like `silo_<8-char prefix>_<secret>`: the prefix finds the row, the hash of
+/// the whole key is compared in constant time.
+pub const API_KEY_PREFIX_LEN: usize = 8;
+
+/// Splits a presented key into its prefix, or `None` if it is not shaped like a key.
+pub fn api_key_prefix(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("silo_")?;
+    let (prefix, secret) = rest.split_once('_')?;
+    (prefix.len() == API_KEY_PREFIX_LEN
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && secret.len() >= 43)
+        .then_some(prefix)
+}
+
+/// A new key: its public prefix and the whole key (shown once).
+pub fn new_api_key() -> (String, SecretString) {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let prefix: String = silo_crypto::random_bytes::<API_KEY_PREFIX_LEN>()
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    let secret = silo_crypto::random_token("");
+    let key = format!("silo_{prefix}_{}", secret.expose_secret());
+    (prefix, key.into())
+}
+
 // --- the caller ---
+
+/// Who is acting: a signed-in user (one session), or a program holding an API key.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    User { session_id: String },
+    ApiKey { key_id: String, scopes: Vec<Scope> },
+}
 
 /// Proof that a request carries a valid credential for exactly one tenant. Handlers that
 /// touch tenant data take this, and take the tenant from it alone.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub tenant: TenantId,
+    /// The user, or for an API key the user who made it.
     pub user_id: String,
     pub email: String,
     /// Read fresh from the catalog on this request.
     pub role: Role,
-    pub session_id: String,
+    pub actor: Actor,
 }
 
 impl Principal {
@@ -267,6 +354,50 @@ impl Principal {
             Err(ApiError::Forbidden("your role does not allow this"))
         }
     }
+
+    /// For routes only a person may use (managing members, keys, the session itself).
+    pub fn require_user(&self) -> Result<&str, ApiError> {
+        match &self.actor {
+            Actor::User { session_id } => Ok(session_id),
+            Actor::ApiKey { .. } => Err(ApiError::Forbidden(
+                "API keys cannot do this; sign in as a user",
+            )),
+        }
+    }
+
+    /// API keys must hold `scope` (users are limited by their role alone).
+    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+        match &self.actor {
+            Actor::User { .. } => Ok(()),
+            Actor::ApiKey { scopes, .. } if scopes.contains(&scope) => Ok(()),
+            Actor::ApiKey { .. } => Err(ApiError::Forbidden(
+                "this API key does not have the scope this route needs",
+            )),
+        }
+    }
+
+    /// What the caller's SQL may do: the role's level, and for a key no more than its
+    /// strongest `db:*` scope. `None` when a key has no database scope at all.
+    pub fn access_level(&self) -> Option<AccessLevel> {
+        let by_role = match self.role {
+            Role::Viewer => AccessLevel::ReadOnly,
+            Role::Member => AccessLevel::ReadWrite,
+            Role::Admin | Role::Owner => AccessLevel::Schema,
+        };
+        match &self.actor {
+            Actor::User { .. } => Some(by_role),
+            Actor::ApiKey { scopes, .. } => scopes
+                .iter()
+                .filter_map(|s| match s {
+                    Scope::DbAdmin => Some(AccessLevel::Schema),
+                    Scope::DbWrite => Some(AccessLevel::ReadWrite),
+                    Scope::DbRead => Some(AccessLevel::ReadOnly),
+                    Scope::Export | Scope::AuditRead => None,
+                })
+                .max()
+                .map(|by_scope| by_scope.min(by_role)),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -274,39 +405,126 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        let claims = state.tokens.verify(token.expose_secret())?;
-        let tenant: TenantId = claims.tid.parse().map_err(|_| invalid_token())?;
-        let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
-        let row = state
-            .catalog
-            .blocking(move |c| c.session(&sid, &sub, tenant))
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(invalid_token)?;
-        if row.revoked
-            || row.user_session_version != claims.sv
-            || row.session_session_version != claims.sv
-            || row.expires_at <= now_unix()
-        {
-            return Err(ApiError::Unauthenticated(
-                "this session has ended; sign in again",
+        let principal = if api_key_prefix(token.expose_secret()).is_some() {
+            let ip = parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip());
+            principal_from_api_key(state, token, ip).await?
+        } else {
+            principal_from_access_token(state, token.expose_secret()).await?
+        };
+        tracing::Span::current().record("tenant_id", tracing::field::display(principal.tenant));
+        Ok(principal)
+    }
+}
+
+async fn principal_from_access_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let claims = state.tokens.verify(token)?;
+    let tenant: TenantId = claims.tid.parse().map_err(|_| invalid_token())?;
+    let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
+    let row = state
+        .catalog
+        .blocking(move |c| c.session(&sid, &sub, tenant))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(invalid_token)?;
+    if row.revoked
+        || row.user_session_version != claims.sv
+        || row.session_session_version != claims.sv
+        || row.expires_at <= now_unix()
+    {
+        return Err(ApiError::Unauthenticated(
+            "this session has ended; sign in again",
+        ));
+    }
+    tenant_serves(row.tenant_status)?;
+    Ok(Principal {
+        tenant,
+        user_id: claims.sub,
+        email: row.email,
+        role: row.role,
+        actor: Actor::User {
+            session_id: claims.sid,
+        },
+    })
+}
+
+/// `last_used_at` is written at most this often per key, not on every request.
+const API_KEY_TOUCH_INTERVAL_SECS: i64 = 60;
+
+async fn principal_from_api_key(
+    state: &AppState,
+    key: SecretString,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Principal, ApiError> {
+    let invalid =
+        || ApiError::Unauthenticated("the API key is not valid, was revoked or has expired");
+    let prefix = api_key_prefix(key.expose_secret())
+        .ok_or_else(invalid)?
+        .to_owned();
+    let row = state
+        .catalog
+        .blocking(move |c| c.api_key_by_prefix(&prefix))
+        .await
+        .map_err(ApiError::internal)?;
+    // Hash and compare even when no row matched, so timing does not tell prefixes apart.
+    let presented = silo_crypto::hash_token(key.expose_secret());
+    let stored = row
+        .as_ref()
+        .map_or(&[0u8; 32][..], |r| r.key_hash.as_slice());
+    let matches = silo_crypto::constant_time_eq(&presented, stored);
+    let row = row.filter(|_| matches).ok_or_else(invalid)?;
+    let now = now_unix();
+    if row.revoked || row.expires_at.is_some_and(|e| e <= now) {
+        return Err(invalid());
+    }
+    let role = row.role.ok_or_else(invalid)?;
+    tenant_serves(row.tenant_status)?;
+    if let Some(list) = &row.allowed_ips {
+        let nets: Vec<ipnet::IpNet> = serde_json::from_str(list)
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("stored allowed_ips: {e}")))?;
+        if !ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) {
+            return Err(ApiError::Forbidden(
+                "this API key may not be used from this address",
             ));
         }
-        match row.tenant_status {
-            TenantStatus::Active => {}
-            TenantStatus::Suspended | TenantStatus::Deleting => {
-                return Err(ApiError::TenantSuspended);
-            }
-            TenantStatus::Provisioning | TenantStatus::Deleted => return Err(invalid_token()),
-        }
-        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
-        Ok(Principal {
-            tenant,
-            user_id: claims.sub,
-            email: row.email,
-            role: row.role,
-            session_id: claims.sid,
-        })
+    }
+    // Scopes beyond the maker's current role are dropped, not kept for later.
+    let scopes: Vec<Scope> = row
+        .scopes
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .filter(|s: &Scope| role >= s.min_role())
+        .collect();
+    if row
+        .last_used_at
+        .is_none_or(|t| now - t >= API_KEY_TOUCH_INTERVAL_SECS)
+    {
+        let id = row.id.clone();
+        state
+            .catalog
+            .blocking(move |c| c.touch_api_key(&id, now))
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    Ok(Principal {
+        tenant: row.tenant,
+        user_id: row.user_id,
+        email: row.email,
+        role,
+        actor: Actor::ApiKey {
+            key_id: row.id,
+            scopes,
+        },
+    })
+}
+
+fn tenant_serves(status: TenantStatus) -> Result<(), ApiError> {
+    match status {
+        TenantStatus::Active => Ok(()),
+        TenantStatus::Suspended | TenantStatus::Deleting => Err(ApiError::TenantSuspended),
+        TenantStatus::Provisioning | TenantStatus::Deleted => Err(invalid_token()),
     }
 }
 
@@ -316,16 +534,16 @@ fn bearer(parts: &Parts) -> Result<SecretString, ApiError> {
         .headers
         .get(AUTHORIZATION)
         .ok_or(ApiError::Unauthenticated(
-            "send a credential: Authorization: Bearer <access token>",
+            "send a credential: Authorization: Bearer <access token or API key>",
         ))?
         .to_str()
         .map_err(|_| ApiError::Unauthenticated("the Authorization header is not valid"))?;
     let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthenticated(
-        "use Authorization: Bearer <access token>",
+        "use Authorization: Bearer <access token or API key>",
     ))?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(ApiError::Unauthenticated(
-            "use Authorization: Bearer <access token>",
+            "use Authorization: Bearer <access token or API key>",
         ));
     }
     Ok(SecretString::from(token.trim().to_owned()))
@@ -348,6 +566,31 @@ mod tests {
         for r in [Role::Owner, Role::Admin, Role::Member, Role::Viewer] {
             assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
         }
+    }
+
+    #[test]
+    fn api_keys_have_the_documented_shape() {
+        let (prefix, key) = new_api_key();
+        assert_eq!(api_key_prefix(key.expose_secret()), Some(prefix.as_str()));
+        assert!(key.expose_secret().len() >= "silo_".len() + 8 + 1 + 43);
+        for not_a_key in [
+            "silo_rt_abc",
+            "silo_ABCDEFGH_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "eyJ.x.y",
+            "silo_abcdefgh_short",
+        ] {
+            assert_eq!(api_key_prefix(not_a_key), None, "{not_a_key}");
+        }
+    }
+
+    #[test]
+    fn scopes_parse_and_need_a_role() {
+        for s in Scope::ALL {
+            assert_eq!(s.as_str().parse::<Scope>(), Ok(s));
+        }
+        assert_eq!(Scope::DbRead.min_role(), Role::Viewer);
+        assert_eq!(Scope::DbWrite.min_role(), Role::Member);
+        assert_eq!(Scope::Export.min_role(), Role::Admin);
     }
 
     #[test]

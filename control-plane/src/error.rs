@@ -133,4 +133,17 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
+impl From<crate::catalog::CatalogError> for ApiError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        use crate::catalog::CatalogError as C;
+        match e {
+            C::EmailTaken => ApiError::Conflict(e.to_string()),
+            C::Conflict(m) => ApiError::Conflict(m),
+            C::NotFound(m) => ApiError::NotFound(m.to_owned()),
+            C::Forbidden(m) => ApiError::Forbidden(m),
+            C::Sqlite(_) | C::Migration(_) | C::Corrupt(_) | C::Join(_) => ApiError::internal(e),
+        }
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;

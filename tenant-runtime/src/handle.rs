@@ -11,7 +11,7 @@ use silo_crypto::DbToken;
 
 use crate::TenantId;
 use crate::error::{Result, RuntimeError};
-use crate::sandbox::{self, SandboxLimits, SandboxState};
+use crate::sandbox::{self, AccessLevel, SandboxLimits, SandboxState};
 use crate::value::{Params, Value};
 
 /// How statements on a handle may run. One value per store, copied into each handle.
@@ -130,9 +130,9 @@ impl TenantHandle {
         self.tenant
     }
 
-    /// Runs one statement. Blocking.
-    pub fn execute(&self, stmt: &Statement) -> Result<QueryResult> {
-        self.with_conn(|conn, sandbox, limits| {
+    /// Runs one statement at `level`. Blocking.
+    pub fn execute(&self, stmt: &Statement, level: AccessLevel) -> Result<QueryResult> {
+        self.with_conn(level, |conn, sandbox, limits| {
             let mut budget = ResultBudget::new(limits.max_result_bytes);
             run(conn, sandbox, stmt, &mut budget)
         })
@@ -141,8 +141,13 @@ impl TenantHandle {
     /// Runs statements in order. With `transaction`, all of them or none: the first failure
     /// rolls everything back. Without, each commits on its own and the first failure stops
     /// the batch (earlier statements stay committed). Blocking.
-    pub fn batch(&self, statements: &[Statement], transaction: bool) -> Result<Vec<QueryResult>> {
-        self.with_conn(|conn, sandbox, limits| {
+    pub fn batch(
+        &self,
+        statements: &[Statement],
+        transaction: bool,
+        level: AccessLevel,
+    ) -> Result<Vec<QueryResult>> {
+        self.with_conn(level, |conn, sandbox, limits| {
             let mut budget = ResultBudget::new(limits.max_result_bytes);
             if !transaction {
                 return statements
@@ -174,11 +179,24 @@ impl TenantHandle {
 
     fn with_conn<T>(
         &self,
+        level: AccessLevel,
         f: impl FnOnce(&Connection, &SandboxState, &ExecLimits) -> Result<T>,
     ) -> Result<T> {
         // A poisoned lock means a thread panicked mid-request; the connection itself is still
         // consistent (SQLite rolls back what was not committed), so carry on with it.
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if self.sandbox.level() != level {
+            // The authorizer runs when a statement is compiled, not when a cached one is
+            // reused: statements compiled for another level must not be reused at this one.
+            conn.flush_prepared_statement_cache();
+            self.sandbox.set_level(level);
+            // A second, run-time guard for read-only callers, independent of the authorizer.
+            self.sandbox
+                .as_server(|| {
+                    conn.pragma_update(None, "query_only", level == AccessLevel::ReadOnly)
+                })
+                .map_err(|e| RuntimeError::Internal(format!("set query_only: {e}")))?;
+        }
         self.sandbox.start_budget(self.limits.time_budget);
         let out = f(&conn, &self.sandbox, &self.limits);
         self.sandbox.end_budget();
@@ -198,12 +216,12 @@ impl TenantHandle {
 
 fn server_sql(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<()> {
     sandbox
-        .with_server_transaction_control(|| conn.execute_batch(sql))
+        .as_server(|| conn.execute_batch(sql))
         .map_err(|e| map_error(e, sandbox))
 }
 
 fn rollback(conn: &Connection, sandbox: &SandboxState) {
-    if let Err(e) = sandbox.with_server_transaction_control(|| conn.execute_batch("ROLLBACK")) {
+    if let Err(e) = sandbox.as_server(|| conn.execute_batch("ROLLBACK")) {
         tracing::warn!(error = %e, "rollback failed");
     }
 }
@@ -393,6 +411,8 @@ mod tests {
         (dir, h, token)
     }
 
+    const ALL: AccessLevel = AccessLevel::Schema;
+
     fn s(sql: &str) -> Statement {
         Statement {
             sql: sql.to_owned(),
@@ -403,24 +423,30 @@ mod tests {
     #[test]
     fn statements_bind_positional_and_named_params() {
         let (_d, h, _t) = fresh();
-        h.execute(&s("CREATE TABLE t(a INTEGER, b TEXT, c BLOB)"))
+        h.execute(&s("CREATE TABLE t(a INTEGER, b TEXT, c BLOB)"), ALL)
             .unwrap();
         let ins = h
-            .execute(&Statement {
-                sql: "INSERT INTO t VALUES (?, ?, ?)".into(),
-                params: Params::Positional(vec![
-                    Value::Integer(1),
-                    Value::Text("x".into()),
-                    Value::Blob(vec![1, 2]),
-                ]),
-            })
+            .execute(
+                &Statement {
+                    sql: "INSERT INTO t VALUES (?, ?, ?)".into(),
+                    params: Params::Positional(vec![
+                        Value::Integer(1),
+                        Value::Text("x".into()),
+                        Value::Blob(vec![1, 2]),
+                    ]),
+                },
+                ALL,
+            )
             .unwrap();
         assert_eq!((ins.rows_affected, ins.last_insert_rowid), (1, Some(1)));
         let named = h
-            .execute(&Statement {
-                sql: "SELECT b, c FROM t WHERE a = :a".into(),
-                params: Params::Named([("a".to_owned(), Value::Integer(1))].into()),
-            })
+            .execute(
+                &Statement {
+                    sql: "SELECT b, c FROM t WHERE a = :a".into(),
+                    params: Params::Named([("a".to_owned(), Value::Integer(1))].into()),
+                },
+                ALL,
+            )
             .unwrap();
         assert_eq!(named.columns, ["b", "c"]);
         assert_eq!(
@@ -429,7 +455,7 @@ mod tests {
         );
         assert_eq!(named.last_insert_rowid, None);
         assert!(matches!(
-            h.execute(&s("SELECT ?")),
+            h.execute(&s("SELECT ?"), ALL),
             Err(RuntimeError::InvalidInput(_))
         ));
     }
@@ -437,27 +463,29 @@ mod tests {
     #[test]
     fn a_failing_batch_in_a_transaction_leaves_nothing_behind() {
         let (_d, h, _t) = fresh();
-        h.execute(&s("CREATE TABLE t(a INTEGER PRIMARY KEY)"))
+        h.execute(&s("CREATE TABLE t(a INTEGER PRIMARY KEY)"), ALL)
             .unwrap();
         let err = h
             .batch(
                 &[s("INSERT INTO t VALUES (1)"), s("INSERT INTO t VALUES (1)")],
                 true,
+                ALL,
             )
             .unwrap_err();
         assert!(
             matches!(err, RuntimeError::InStatement { index: 1, .. }),
             "{err:?}"
         );
-        let count = h.execute(&s("SELECT count(*) FROM t")).unwrap();
+        let count = h.execute(&s("SELECT count(*) FROM t"), ALL).unwrap();
         assert_eq!(count.rows[0][0], Value::Integer(0));
         // Without a transaction the first statement stays.
         h.batch(
             &[s("INSERT INTO t VALUES (1)"), s("INSERT INTO t VALUES (1)")],
             false,
+            ALL,
         )
         .unwrap_err();
-        let count = h.execute(&s("SELECT count(*) FROM t")).unwrap();
+        let count = h.execute(&s("SELECT count(*) FROM t"), ALL).unwrap();
         assert_eq!(count.rows[0][0], Value::Integer(1));
     }
 
@@ -467,18 +495,34 @@ mod tests {
         let never_ends =
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c";
         assert!(matches!(
-            h.execute(&s(never_ends)),
+            h.execute(&s(never_ends), ALL),
             Err(RuntimeError::Timeout)
         ));
         let big = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c";
         assert!(matches!(
-            h.execute(&s(big)),
+            h.execute(&s(big), ALL),
             Err(RuntimeError::ResultTooLarge)
         ));
         assert_eq!(
-            h.execute(&s("SELECT 7")).unwrap().rows[0][0],
+            h.execute(&s("SELECT 7"), ALL).unwrap().rows[0][0],
             Value::Integer(7)
         );
+    }
+
+    #[test]
+    fn a_statement_cached_at_one_level_is_checked_again_at_another() {
+        let (_d, h, _t) = fresh();
+        h.execute(&s("CREATE TABLE t(a)"), ALL).unwrap();
+        let insert = s("INSERT INTO t VALUES (1)");
+        h.execute(&insert, AccessLevel::ReadWrite).unwrap();
+        // Same text, now from a read-only caller: refused, not served from the cache.
+        let err = h.execute(&insert, AccessLevel::ReadOnly).unwrap_err();
+        assert!(matches!(err, RuntimeError::Forbidden(_)), "{err:?}");
+        let n = h
+            .execute(&s("SELECT count(*) FROM t"), AccessLevel::ReadOnly)
+            .unwrap();
+        assert_eq!(n.rows[0][0], Value::Integer(1));
+        h.execute(&insert, AccessLevel::ReadWrite).unwrap();
     }
 
     #[test]
@@ -497,7 +541,7 @@ mod tests {
     #[test]
     fn the_file_is_encrypted() {
         let (dir, h, _t) = fresh();
-        h.execute(&s("CREATE TABLE t(a)")).unwrap();
+        h.execute(&s("CREATE TABLE t(a)"), ALL).unwrap();
         drop(h);
         let bytes = std::fs::read(dir.path().join("t.db")).unwrap();
         assert!(!bytes.starts_with(b"SQLite format 3"));

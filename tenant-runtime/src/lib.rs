@@ -20,5 +20,6 @@ pub mod value;
 pub use error::{Result, RuntimeError};
 pub use handle::{ExecLimits, QueryResult, Statement, TenantHandle};
 pub use id::TenantId;
+pub use sandbox::AccessLevel;
 pub use store::{StoreConfig, TenantStore, tenant_db_path};
 pub use value::{Params, Value};

@@ -97,6 +97,29 @@ const ALLOWED_VTAB_MODULES: &[&str] = &["fts3", "fts4", "fts5", "rtree", "rtree_
 /// Tenants may read them but not create, change or drop them.
 pub const RESERVED_TABLE_PREFIX: &str = "_silo_";
 
+/// What the statements of one request may do, from the caller's role (and API key scopes).
+/// Checked by the authorizer when a statement is compiled, on top of the base sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AccessLevel {
+    /// Read rows and schema; change nothing (viewers, `db:read` keys).
+    ReadOnly = 1,
+    /// Also insert, update and delete rows (members, `db:write` keys).
+    ReadWrite = 2,
+    /// Also create, alter and drop tables, indexes, views, triggers (admins and owners,
+    /// `db:admin` keys).
+    Schema = 3,
+}
+
+impl AccessLevel {
+    fn from_u8(v: u8) -> AccessLevel {
+        match v {
+            3 => AccessLevel::Schema,
+            2 => AccessLevel::ReadWrite,
+            _ => AccessLevel::ReadOnly,
+        }
+    }
+}
+
 /// Per-connection sandbox state shared between the connection's owner and the callbacks
 /// SQLite calls (authorizer, progress handler). Owned by one tenant handle; never shared
 /// across tenants.
@@ -109,8 +132,12 @@ pub struct SandboxState {
     /// Set by the progress handler when it interrupted a statement for the time budget, so
     /// the caller can tell a timeout from any other interruption.
     timed_out: AtomicBool,
-    /// Set only while silo itself runs `BEGIN`/`COMMIT`/`ROLLBACK` on the tenant's behalf.
-    server_transaction_control: AtomicBool,
+    /// Set only while silo itself runs a statement of its own on the tenant's connection
+    /// (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`, `PRAGMA query_only`), never tenant text.
+    server_statement: AtomicBool,
+    /// The [`AccessLevel`] of the request running now, as its discriminant. Starts at the
+    /// lowest: a statement compiled outside a request may not write.
+    level: std::sync::atomic::AtomicU8,
     /// Why the authorizer refused the last statement, for the 403 message. A std mutex: it is
     /// touched only from the thread that is preparing a statement on this connection.
     denial: Mutex<Option<String>>,
@@ -122,7 +149,8 @@ impl SandboxState {
             epoch: Instant::now(),
             deadline_nanos: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
-            server_transaction_control: AtomicBool::new(false),
+            server_statement: AtomicBool::new(false),
+            level: std::sync::atomic::AtomicU8::new(AccessLevel::ReadOnly as u8),
             denial: Mutex::new(None),
         }
     }
@@ -153,15 +181,22 @@ impl SandboxState {
         self.denial.lock().map(|mut d| d.take()).unwrap_or(None)
     }
 
-    /// Runs `f` with silo's own transaction statements allowed. Only for statements silo
-    /// writes itself (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`), never tenant text.
-    pub fn with_server_transaction_control<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.server_transaction_control
-            .store(true, Ordering::Relaxed);
+    /// Runs `f` with silo's own statements allowed. Only for statements silo writes itself
+    /// (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`, `PRAGMA query_only`), never tenant text.
+    pub fn as_server<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.server_statement.store(true, Ordering::Relaxed);
         let out = f();
-        self.server_transaction_control
-            .store(false, Ordering::Relaxed);
+        self.server_statement.store(false, Ordering::Relaxed);
         out
+    }
+
+    /// Sets the access level the authorizer applies to statements compiled from now on.
+    pub fn set_level(&self, level: AccessLevel) {
+        self.level.store(level as u8, Ordering::Relaxed);
+    }
+
+    pub fn level(&self) -> AccessLevel {
+        AccessLevel::from_u8(self.level.load(Ordering::Relaxed))
     }
 
     fn over_budget(&self) -> bool {
@@ -192,8 +227,9 @@ pub fn error_code(e: &rusqlite::Error) -> Option<rusqlite::ErrorCode> {
 
 /// The authorizer's decision for one action of a tenant statement.
 /// `Ok(())` allows; `Err(reason)` refuses with a message meant for the tenant.
-pub fn authorize(action: &AuthAction<'_>, server_txn: bool) -> Result<(), String> {
+pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), String> {
     use AuthAction as A;
+    level_allows(action, level)?;
     let reserved = |table: &str| {
         if table
             .to_ascii_lowercase()
@@ -250,12 +286,11 @@ pub fn authorize(action: &AuthAction<'_>, server_txn: bool) -> Result<(), String
                 ))
             }
         }
-        A::Transaction { .. } | A::Savepoint { .. } if !server_txn => Err(
+        A::Transaction { .. } | A::Savepoint { .. } => Err(
             "transaction statements are not allowed here: send the statements together to \
              /v1/db/batch (atomic by default) or use an interactive libSQL stream"
                 .to_owned(),
         ),
-        A::Transaction { .. } | A::Savepoint { .. } => Ok(()),
         A::Insert { table_name }
         | A::Delete { table_name }
         | A::Update { table_name, .. }
@@ -268,6 +303,45 @@ pub fn authorize(action: &AuthAction<'_>, server_txn: bool) -> Result<(), String
         | A::DropTrigger { table_name, .. } => reserved(table_name),
         A::Unknown { code, .. } => Err(format!("statement kind {code} is not allowed")),
         _ => Ok(()),
+    }
+}
+
+/// The part of the decision that depends on the caller's [`AccessLevel`].
+fn level_allows(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), String> {
+    use AuthAction as A;
+    let needed = match action {
+        A::Insert { .. } | A::Update { .. } | A::Delete { .. } => AccessLevel::ReadWrite,
+        A::CreateIndex { .. }
+        | A::CreateTable { .. }
+        | A::CreateTrigger { .. }
+        | A::CreateView { .. }
+        | A::CreateVtable { .. }
+        | A::DropIndex { .. }
+        | A::DropTable { .. }
+        | A::DropTrigger { .. }
+        | A::DropView { .. }
+        | A::DropVtable { .. }
+        | A::AlterTable { .. }
+        | A::Reindex { .. }
+        | A::Analyze { .. }
+        // Temporary objects live on the tenant's shared connection: a temporary trigger
+        // planted by a member would run with the rights of the next admin's statement.
+        | A::CreateTempIndex { .. }
+        | A::CreateTempTable { .. }
+        | A::CreateTempTrigger { .. }
+        | A::CreateTempView { .. }
+        | A::DropTempIndex { .. }
+        | A::DropTempTable { .. }
+        | A::DropTempTrigger { .. }
+        | A::DropTempView { .. } => AccessLevel::Schema,
+        _ => AccessLevel::ReadOnly,
+    };
+    if level >= needed {
+        Ok(())
+    } else if needed == AccessLevel::ReadWrite {
+        Err("your role or API key may read this database but not change it".to_owned())
+    } else {
+        Err("your role or API key may not change the schema (admin or db:admin needed)".to_owned())
     }
 }
 
@@ -302,10 +376,10 @@ pub fn install(
     let state = std::sync::Arc::new(SandboxState::new());
     let auth_state = state.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-        let server_txn = auth_state
-            .server_transaction_control
-            .load(Ordering::Relaxed);
-        match authorize(&ctx.action, server_txn) {
+        if auth_state.server_statement.load(Ordering::Relaxed) {
+            return Authorization::Allow;
+        }
+        match authorize(&ctx.action, auth_state.level()) {
             Ok(()) => Authorization::Allow,
             Err(reason) => auth_state.deny(reason),
         }
@@ -329,6 +403,7 @@ mod tests {
         )
         .unwrap();
         let state = install(&mut conn, &SandboxLimits::default()).unwrap();
+        state.set_level(AccessLevel::Schema);
         (conn, state)
     }
 
@@ -416,6 +491,33 @@ mod tests {
         state.end_budget();
         let one: i64 = conn.query_row("SELECT 1", [], |r| r.get(0)).unwrap();
         assert_eq!(one, 1);
+    }
+
+    #[test]
+    fn each_access_level_allows_only_its_kind_of_statement() {
+        let (conn, state) = sandboxed();
+        let write = "INSERT INTO t(b) VALUES ('x')";
+        let ddl = "CREATE TABLE u(x)";
+        let temp = "CREATE TEMP TRIGGER tt AFTER INSERT ON t BEGIN SELECT 1; END";
+        state.set_level(AccessLevel::ReadOnly);
+        conn.execute_batch("SELECT * FROM t").unwrap();
+        refused(&conn, &state, write);
+        refused(&conn, &state, ddl);
+        state.set_level(AccessLevel::ReadWrite);
+        conn.execute_batch(write).unwrap();
+        conn.execute_batch("UPDATE t SET b = 'y'; DELETE FROM t")
+            .unwrap();
+        refused(&conn, &state, ddl);
+        refused(&conn, &state, temp);
+        refused(&conn, &state, "DROP TABLE t");
+        state.set_level(AccessLevel::Schema);
+        conn.execute_batch(ddl).unwrap();
+        conn.execute_batch(temp).unwrap();
+        // Silo's own statements pass whatever the level.
+        state.set_level(AccessLevel::ReadOnly);
+        state
+            .as_server(|| conn.execute_batch("BEGIN; ROLLBACK;"))
+            .unwrap();
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use silo_tenant_runtime::{QueryResult, Statement};
+use silo_tenant_runtime::{AccessLevel, QueryResult, Statement};
 
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
@@ -19,11 +19,21 @@ pub(crate) async fn handle_db_query(
     principal: Principal,
     ApiJson(statement): ApiJson<Statement>,
 ) -> ApiResult<Json<QueryResult>> {
-    principal.require(Role::Viewer)?;
+    let level = data_access(&principal)?;
     let result = state
-        .with_tenant(principal.tenant, move |handle| handle.execute(&statement))
+        .with_tenant(principal.tenant, move |handle| {
+            handle.execute(&statement, level)
+        })
         .await?;
     Ok(Json(result))
+}
+
+/// Every role may reach its data; what its SQL may do is the access level, enforced by
+/// the sandbox. An API key needs at least one `db:*` scope.
+fn data_access(principal: &Principal) -> ApiResult<AccessLevel> {
+    principal.access_level().ok_or(ApiError::Forbidden(
+        "this API key has no db:read, db:write or db:admin scope",
+    ))
 }
 
 #[derive(Deserialize)]
@@ -49,7 +59,7 @@ pub(crate) async fn handle_db_batch(
     principal: Principal,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> ApiResult<Json<BatchResponse>> {
-    principal.require(Role::Viewer)?;
+    let level = data_access(&principal)?;
     if batch.statements.is_empty() {
         return Err(ApiError::InvalidInput("statements is empty".to_owned()));
     }
@@ -60,7 +70,7 @@ pub(crate) async fn handle_db_batch(
     }
     let results = state
         .with_tenant(principal.tenant, move |handle| {
-            handle.batch(&batch.statements, batch.transaction)
+            handle.batch(&batch.statements, batch.transaction, level)
         })
         .await?;
     Ok(Json(BatchResponse { results }))

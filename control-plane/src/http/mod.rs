@@ -3,8 +3,10 @@
 //! Order, outermost first: request id → trace span (request id, method, route, tenant id)
 //! → panic guard → security headers → body limit → route.
 
+pub(crate) mod api_keys;
 pub(crate) mod data;
 pub(crate) mod extract;
+pub(crate) mod members;
 pub(crate) mod ops;
 pub(crate) mod sessions;
 
@@ -12,7 +14,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -36,7 +38,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/signup", post(sessions::handle_signup))
         .route("/v1/auth/login", post(sessions::handle_login))
         .route("/v1/auth/refresh", post(sessions::handle_refresh))
+        .route("/v1/auth/logout", post(sessions::handle_logout))
+        .route("/v1/auth/password", post(sessions::handle_password_change))
+        .route(
+            "/v1/auth/sign-out-everywhere",
+            post(sessions::handle_sign_out_everywhere),
+        )
         .route("/v1/me", get(sessions::handle_me))
+        .route("/v1/members", get(members::handle_members_list))
+        .route(
+            "/v1/members/{user_id}",
+            patch(members::handle_member_update).delete(members::handle_member_remove),
+        )
+        .route("/v1/invites", post(members::handle_invite_create))
+        .route("/v1/invites/accept", post(members::handle_invite_accept))
+        .route(
+            "/v1/api-keys",
+            post(api_keys::handle_api_key_create).get(api_keys::handle_api_key_list),
+        )
+        .route("/v1/api-keys/{id}", delete(api_keys::handle_api_key_revoke))
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))
         .fallback(handle_not_found)

@@ -42,6 +42,10 @@ pub(crate) struct LoginRequest {
     #[serde(default)]
     #[allow(dead_code)]
     totp: Option<SecretString>,
+    /// Which tenant to sign in to, for people who belong to several; default: the first
+    /// they joined.
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +133,7 @@ pub(crate) fn normalize_email(email: &str) -> ApiResult<String> {
     Ok(email)
 }
 
-fn validate_password(password: &SecretString) -> ApiResult<()> {
+pub(crate) fn validate_password(password: &SecretString) -> ApiResult<()> {
     let n = password.expose_secret().chars().count();
     if n < MIN_PASSWORD_CHARS {
         return Err(ApiError::InvalidInput(format!(
@@ -152,7 +156,11 @@ async fn hash_on_blocking_thread(password: SecretString) -> ApiResult<String> {
 }
 
 /// Starts a session and returns its tokens.
-async fn start_session(state: &AppState, user_id: String, tenant: TenantId) -> ApiResult<Tokens> {
+pub(crate) async fn start_session(
+    state: &AppState,
+    user_id: String,
+    tenant: TenantId,
+) -> ApiResult<Tokens> {
     let refresh = random_token(REFRESH_TOKEN_PREFIX);
     let refresh_hash = hash_token(refresh.expose_secret());
     let uid = user_id.clone();
@@ -252,9 +260,17 @@ pub(crate) async fn handle_login(
 ) -> ApiResult<Json<Tokens>> {
     // A malformed email cannot have an account: same answer as a wrong password.
     let email = normalize_email(&req.email).unwrap_or_default();
+    let tenant = req
+        .tenant
+        .as_deref()
+        .map(|t| {
+            t.parse::<TenantId>()
+                .map_err(|_| ApiError::InvalidInput("tenant is not a tenant id".to_owned()))
+        })
+        .transpose()?;
     let row = state
         .catalog
-        .blocking(move |c| c.find_login(&email))
+        .blocking(move |c| c.find_login(&email, tenant))
         .await
         .map_err(ApiError::internal)?;
     let stored = row.as_ref().map(|r| r.password_hash.clone());
@@ -314,6 +330,74 @@ pub(crate) async fn handle_refresh(
             "the refresh token is not valid or has expired; sign in again",
         )),
     }
+}
+
+/// `POST /v1/auth/logout`: ends the caller's session. Its access token and refresh token
+/// stop working at once (the session is checked on every request).
+pub(crate) async fn handle_logout(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<StatusCode> {
+    let session = principal.require_user()?.to_owned();
+    state
+        .catalog
+        .blocking(move |c| c.revoke_session(&session, "logout"))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordChange {
+    current_password: SecretString,
+    new_password: SecretString,
+}
+
+/// `POST /v1/auth/password`: every session of the user ends (session version bump); the
+/// answer is a fresh session, so the caller stays signed in.
+pub(crate) async fn handle_password_change(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<PasswordChange>,
+) -> ApiResult<Json<Tokens>> {
+    principal.require_user()?;
+    validate_password(&req.new_password)?;
+    let uid = principal.user_id.clone();
+    let stored = state
+        .catalog
+        .blocking(move |c| c.password_hash(&uid))
+        .await?;
+    let current = req.current_password;
+    let ok = tokio::task::spawn_blocking(move || verify_password(stored.as_deref(), &current))
+        .await
+        .map_err(ApiError::internal)?;
+    if !ok {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let new_hash = hash_on_blocking_thread(req.new_password).await?;
+    let uid = principal.user_id.clone();
+    state
+        .catalog
+        .blocking(move |c| c.set_password(&uid, &new_hash))
+        .await?;
+    tracing::info!(user = %principal.user_id, "password changed; every session of the user ended");
+    Ok(Json(
+        start_session(&state, principal.user_id, principal.tenant).await?,
+    ))
+}
+
+/// `POST /v1/auth/sign-out-everywhere`: ends every session of the caller, this one too.
+pub(crate) async fn handle_sign_out_everywhere(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<StatusCode> {
+    principal.require_user()?;
+    let uid = principal.user_id.clone();
+    state
+        .catalog
+        .blocking(move |c| c.bump_session_version(&uid))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/me`.

@@ -19,6 +19,12 @@ use silo_tenant_runtime::TenantId;
 
 use crate::auth::Role;
 
+mod api_keys;
+mod members;
+
+pub use api_keys::{ApiKeyAuth, ApiKeyRow, NewApiKey};
+pub use members::{InviteRow, MemberRow};
+
 /// Bookkeeping table of applied catalog migrations.
 const CATALOG_MIGRATIONS_TABLE: &str = "schema_migrations";
 
@@ -26,6 +32,13 @@ const CATALOG_MIGRATIONS_TABLE: &str = "schema_migrations";
 pub enum CatalogError {
     #[error("that email address already has an account")]
     EmailTaken,
+    /// A rule of the domain refused the change; the message is for the caller.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("catalog: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("catalog migrations: {0}")]
@@ -230,8 +243,9 @@ impl Catalog {
             .optional()?)
     }
 
-    /// The account behind `email`, with its (first) tenant, for login.
-    pub fn find_login(&self, email: &str) -> Result<Option<LoginRow>> {
+    /// The account behind `email`, with the tenant to sign in to: `tenant` if given (and the
+    /// user is a member), else the tenant the user joined first.
+    pub fn find_login(&self, email: &str, tenant: Option<TenantId>) -> Result<Option<LoginRow>> {
         let row = self
             .lock()
             .query_row(
@@ -239,8 +253,9 @@ impl Catalog {
                  FROM users u JOIN memberships m ON m.user_id = u.id
                  JOIN tenants t ON t.id = m.tenant_id
                  WHERE u.email = ?1 AND t.status != 'provisioning'
+                   AND (?2 IS NULL OR m.tenant_id = ?2)
                  ORDER BY m.created_at LIMIT 1",
-                [email],
+                params![email, tenant.map(|t| t.to_string())],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)),
             )
             .optional()?;
@@ -434,6 +449,48 @@ impl Catalog {
                 .map_err(|_| CatalogError::Corrupt(format!("role {role:?}")))?,
             session_version: ssv,
         })
+    }
+}
+
+impl Catalog {
+    /// Ends one session (logout): its access and refresh tokens stop working at once.
+    pub fn revoke_session(&self, session_id: &str, reason: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE sessions SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), revoked_reason = ?2
+             WHERE id = ?1 AND revoked_at IS NULL",
+            params![session_id, reason],
+        )?;
+        Ok(())
+    }
+
+    pub fn password_hash(&self, user_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT password_hash FROM users WHERE id = ?1",
+                [user_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores a new password hash and bumps the user's session version: every session of
+    /// the user, in every tenant, stops working at once.
+    pub fn set_password(&self, user_id: &str, password_hash: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE users SET password_hash = ?2, session_version = session_version + 1 WHERE id = ?1",
+            params![user_id, password_hash],
+        )?;
+        Ok(())
+    }
+
+    /// "Sign out everywhere": bumps the session version without changing the password.
+    pub fn bump_session_version(&self, user_id: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE users SET session_version = session_version + 1 WHERE id = ?1",
+            [user_id],
+        )?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,168 @@
+//! Members, roles and invitations: `/v1/members`, `/v1/invites`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use silo_crypto::{hash_token, random_token};
+
+use crate::auth::{Principal, Role, hash_password, verify_password};
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ApiJson;
+use crate::http::sessions::{Tokens, normalize_email, start_session, validate_password};
+use crate::state::AppState;
+
+/// Invitations are valid for 7 days.
+const INVITE_TTL_SECS: i64 = 7 * 24 * 60 * 60;
+const INVITE_TOKEN_PREFIX: &str = "silo_inv_";
+
+/// `GET /v1/members`: every member may see who else is in the tenant (people, not keys:
+/// programs have no business listing people).
+pub(crate) async fn handle_members_list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Value>> {
+    principal.require(Role::Viewer)?;
+    principal.require_user()?;
+    let tenant = principal.tenant;
+    let members = state.catalog.blocking(move |c| c.members(tenant)).await?;
+    Ok(Json(json!({ "members": members })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InviteRequest {
+    email: String,
+    role: Role,
+}
+
+/// `POST /v1/invites` (admin+): a single-use invitation token, shown once.
+pub(crate) async fn handle_invite_create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<InviteRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    principal.require(Role::Admin)?;
+    principal.require_user()?;
+    if req.role == Role::Owner && principal.role != Role::Owner {
+        return Err(ApiError::Forbidden("only an owner can invite an owner"));
+    }
+    let email = normalize_email(&req.email)?;
+    let token = random_token(INVITE_TOKEN_PREFIX);
+    let hash = hash_token(token.expose_secret());
+    let (tenant, by) = (principal.tenant, principal.user_id.clone());
+    state
+        .catalog
+        .blocking(move |c| c.create_invite(tenant, &email, req.role, &by, &hash, INVITE_TTL_SECS))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "invite_token": token.expose_secret(), "expires_in": INVITE_TTL_SECS })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AcceptRequest {
+    invite_token: SecretString,
+    /// The new account's password, or the existing account's when the email has one.
+    password: SecretString,
+}
+
+/// `POST /v1/invites/accept`: joins the tenant and signs in. A new email gets an account
+/// with `password`; an email that has one must prove it with that account's password.
+pub(crate) async fn handle_invite_accept(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<AcceptRequest>,
+) -> ApiResult<(StatusCode, Json<Tokens>)> {
+    let hash = hash_token(req.invite_token.expose_secret());
+    let invite = state
+        .catalog
+        .blocking(move |c| c.open_invite(&hash))
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(
+                "the invitation is not valid, was already used, or has expired".to_owned(),
+            )
+        })?;
+    let email = invite.email.clone();
+    let existing = state
+        .catalog
+        .blocking(move |c| c.find_login(&email, None))
+        .await?;
+    let password = req.password;
+    let new_user = match existing {
+        Some(account) => {
+            let stored = account.password_hash.clone();
+            let ok = tokio::task::spawn_blocking(move || verify_password(Some(&stored), &password))
+                .await
+                .map_err(ApiError::internal)?;
+            if !ok {
+                return Err(ApiError::InvalidCredentials);
+            }
+            None
+        }
+        None => {
+            validate_password(&password)?;
+            let hashed = tokio::task::spawn_blocking(move || hash_password(&password))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            Some((hex::encode(silo_crypto::random_bytes::<16>()), hashed))
+        }
+    };
+    let user_id = state
+        .catalog
+        .blocking(move |c| {
+            c.accept_invite(
+                &hash,
+                new_user.as_ref().map(|(id, h)| (id.as_str(), h.as_str())),
+            )
+        })
+        .await?;
+    let tokens = start_session(&state, user_id, invite.tenant).await?;
+    Ok((StatusCode::CREATED, Json(tokens)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoleRequest {
+    role: Role,
+}
+
+/// `PATCH /v1/members/{user_id}` (admin+; owner rules in the catalog).
+pub(crate) async fn handle_member_update(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(user_id): Path<String>,
+    ApiJson(req): ApiJson<RoleRequest>,
+) -> ApiResult<Json<Value>> {
+    principal.require(Role::Admin)?;
+    principal.require_user()?;
+    let (tenant, actor) = (principal.tenant, principal.role);
+    let target = user_id.clone();
+    let previous = state
+        .catalog
+        .blocking(move |c| c.set_role(tenant, &target, req.role, actor))
+        .await?;
+    tracing::info!(member = %user_id, from = %previous, to = %req.role, "member role changed");
+    Ok(Json(json!({ "user_id": user_id, "role": req.role })))
+}
+
+/// `DELETE /v1/members/{user_id}` (admin+; owner rules in the catalog).
+pub(crate) async fn handle_member_remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(user_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    principal.require(Role::Admin)?;
+    principal.require_user()?;
+    let (tenant, actor) = (principal.tenant, principal.role);
+    state
+        .catalog
+        .blocking(move |c| c.remove_member(tenant, &user_id, actor))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
