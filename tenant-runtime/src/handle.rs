@@ -157,8 +157,14 @@ impl TenantHandle {
                     .collect();
             }
             // IMMEDIATE: take the write lock up front, so a batch that reads then writes waits
-            // on the busy timeout instead of failing half-way with SQLITE_BUSY.
-            server_sql(conn, sandbox, "BEGIN IMMEDIATE")?;
+            // on the busy timeout instead of failing half-way with SQLITE_BUSY. A read-only
+            // caller cannot take the write lock (query_only), and needs only a snapshot.
+            let begin = if level == AccessLevel::ReadOnly {
+                "BEGIN DEFERRED"
+            } else {
+                "BEGIN IMMEDIATE"
+            };
+            server_sql(conn, sandbox, begin)?;
             let mut results = Vec::with_capacity(statements.len());
             for (i, s) in statements.iter().enumerate() {
                 match run(conn, sandbox, s, &mut budget) {
@@ -523,6 +529,20 @@ mod tests {
             .unwrap();
         assert_eq!(n.rows[0][0], Value::Integer(1));
         h.execute(&insert, AccessLevel::ReadWrite).unwrap();
+    }
+
+    #[test]
+    fn a_read_only_caller_can_run_a_transactional_batch() {
+        let (_d, h, _t) = fresh();
+        h.execute(&s("CREATE TABLE t(a)"), ALL).unwrap();
+        let out = h
+            .batch(
+                &[s("SELECT count(*) FROM t"), s("SELECT 1")],
+                true,
+                AccessLevel::ReadOnly,
+            )
+            .unwrap();
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

@@ -276,6 +276,60 @@ impl TestApp {
         }
     }
 
+    /// Invites a new person with `role` into the tenant of `inviter` and accepts: returns
+    /// them signed in.
+    pub fn add_member(&self, inviter: &Tenant, role: &str) -> Tenant {
+        let email = format!(
+            "{role}-{}@example.com",
+            hex::encode(silo_crypto::random_bytes::<4>())
+        );
+        let invite = self
+            .post(
+                "/v1/invites",
+                Some(&inviter.access_token),
+                json!({ "email": email, "role": role }),
+            )
+            .expect(201);
+        let password = format!("pw-{}", hex::encode(silo_crypto::random_bytes::<8>()));
+        let tokens = self
+            .post(
+                "/v1/invites/accept",
+                None,
+                json!({ "invite_token": invite["invite_token"], "password": password }),
+            )
+            .expect(201);
+        let me = self
+            .get("/v1/me", tokens["access_token"].as_str())
+            .expect(200);
+        assert_eq!(me["role"], json!(role));
+        Tenant {
+            id: inviter.id.clone(),
+            user_id: me["user"]["id"].as_str().expect("user id").to_owned(),
+            email,
+            password,
+            access_token: tokens["access_token"].as_str().expect("access").to_owned(),
+            refresh_token: tokens["refresh_token"]
+                .as_str()
+                .expect("refresh")
+                .to_owned(),
+        }
+    }
+
+    /// Creates an API key with `scopes` (and any extra fields) as `user`; returns (id, key).
+    pub fn create_key(&self, user: &Tenant, scopes: &[&str], extra: Value) -> (String, String) {
+        let mut body = json!({ "name": "test key", "scopes": scopes });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let created = self
+            .post("/v1/api-keys", Some(&user.access_token), body)
+            .expect(201);
+        (
+            created["id"].as_str().expect("id").to_owned(),
+            created["key"].as_str().expect("key").to_owned(),
+        )
+    }
+
     pub fn query(&self, token: &str, sql: &str) -> Resp {
         self.post("/v1/db/query", Some(token), json!({ "sql": sql }))
     }

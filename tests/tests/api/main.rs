@@ -6,10 +6,12 @@
 
 mod helpers;
 
+mod api_keys;
 mod at_rest;
 mod input;
 mod isolation;
 mod provisioning;
+mod roles;
 mod sandbox;
 mod sessions;
 mod tokens;

@@ -94,3 +94,126 @@ fn refresh_rotates_and_a_reused_refresh_token_ends_the_session() {
     )
     .expect_error(401, "unauthenticated");
 }
+
+#[test]
+fn logout_ends_the_session_at_once() {
+    let app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    let other = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({ "email": a.email, "password": a.password }),
+        )
+        .expect(200);
+    app.post("/v1/auth/logout", Some(&a.access_token), json!({}))
+        .expect(204);
+    app.query(&a.access_token, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+    app.post(
+        "/v1/auth/refresh",
+        None,
+        json!({ "refresh_token": a.refresh_token }),
+    )
+    .expect_error(401, "unauthenticated");
+    // Only that session: the other one goes on.
+    app.query(
+        other["access_token"].as_str().unwrap_or_default(),
+        "SELECT 1",
+    )
+    .expect(200);
+}
+
+#[test]
+fn a_password_change_ends_every_session_of_the_user() {
+    let app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    let other = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({ "email": a.email, "password": a.password }),
+        )
+        .expect(200);
+    app.post(
+        "/v1/auth/password",
+        Some(&a.access_token),
+        json!({ "current_password": "wrong", "new_password": "new password!" }),
+    )
+    .expect_error(401, "invalid_credentials");
+    app.post(
+        "/v1/auth/password",
+        Some(&a.access_token),
+        json!({ "current_password": a.password, "new_password": "short" }),
+    )
+    .expect_error(400, "invalid_input");
+    let fresh = app
+        .post(
+            "/v1/auth/password",
+            Some(&a.access_token),
+            json!({ "current_password": a.password, "new_password": "new password!" }),
+        )
+        .expect(200);
+    for token in [
+        a.access_token.as_str(),
+        other["access_token"].as_str().unwrap_or_default(),
+    ] {
+        app.query(token, "SELECT 1")
+            .expect_error(401, "unauthenticated");
+    }
+    app.post(
+        "/v1/auth/refresh",
+        None,
+        json!({ "refresh_token": other["refresh_token"] }),
+    )
+    .expect_error(401, "unauthenticated");
+    app.query(
+        fresh["access_token"].as_str().unwrap_or_default(),
+        "SELECT 1",
+    )
+    .expect(200);
+    app.post(
+        "/v1/auth/login",
+        None,
+        json!({ "email": a.email, "password": a.password }),
+    )
+    .expect_error(401, "invalid_credentials");
+    app.post(
+        "/v1/auth/login",
+        None,
+        json!({ "email": a.email, "password": "new password!" }),
+    )
+    .expect(200);
+}
+
+#[test]
+fn sign_out_everywhere_ends_every_session_including_this_one() {
+    let app = TestApp::spawn();
+    let a = app.signup("Alpha");
+    let other = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({ "email": a.email, "password": a.password }),
+        )
+        .expect(200);
+    app.post(
+        "/v1/auth/sign-out-everywhere",
+        Some(&a.access_token),
+        json!({}),
+    )
+    .expect(204);
+    app.query(&a.access_token, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+    app.query(
+        other["access_token"].as_str().unwrap_or_default(),
+        "SELECT 1",
+    )
+    .expect_error(401, "unauthenticated");
+    app.post(
+        "/v1/auth/login",
+        None,
+        json!({ "email": a.email, "password": a.password }),
+    )
+    .expect(200);
+}
