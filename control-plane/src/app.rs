@@ -26,12 +26,28 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Held for the life of the process: one silo per data directory (two would reconcile
+    /// each other's signups away).
+    _data_dir_lock: std::fs::File,
 }
 
 impl Application {
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+        let lock_path = args.data_dir.join("silo.lock");
+        let data_dir_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        data_dir_lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "another silo is already using the data directory {}; stop it first",
+                args.data_dir.display()
+            )
+        })?;
         let (keyring, source) = load_keyring(&args)?;
         match &source {
             KeySource::Generated(path) => tracing::warn!(
@@ -86,11 +102,19 @@ impl Application {
             store,
             provisioner: Arc::new(provisioner),
             max_body_bytes: args.max_body_bytes,
+            gates: crate::state::TenantGates::new(
+                args.tenant_concurrency,
+                Duration::from_millis(args.query_timeout_ms),
+            ),
         };
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            _data_dir_lock: data_dir_lock,
+        })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -100,7 +124,11 @@ impl Application {
     /// Serves until ctrl-c or SIGTERM, then drains in-flight requests (bounded by
     /// [`DRAIN_TIMEOUT`]) and closes every tenant database cleanly.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Application { listener, state } = self;
+        let Application {
+            listener,
+            state,
+            _data_dir_lock,
+        } = self;
         let store = state.store.clone();
         let maintenance = tokio::spawn({
             let store = store.clone();

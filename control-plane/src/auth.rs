@@ -92,11 +92,10 @@ pub fn hash_password(password: &SecretString) -> anyhow::Result<String> {
 /// work is done against a fixed dummy hash, so the answer takes as long whether or not the
 /// email exists.
 pub fn verify_password(stored_hash: Option<&str>, password: &SecretString) -> bool {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| {
-        hash_password(&SecretString::from("silo-dummy-password".to_owned())).unwrap_or_default()
-    });
-    let candidate = stored_hash.unwrap_or(dummy);
+    let candidate: &str = match stored_hash {
+        Some(h) => h,
+        None => dummy_hash(),
+    };
     let ok = Argon2::default()
         .verify_password(password.expose_secret().as_bytes(), candidate)
         .is_ok();
@@ -328,9 +327,26 @@ pub fn new_api_key() -> (String, SecretString) {
 /// Who is acting: a signed-in user (one session), or a program holding an API key.
 #[derive(Debug, Clone)]
 pub enum Actor {
-    User { session_id: String },
-    ApiKey { key_id: String, scopes: Vec<Scope> },
+    User {
+        session_id: String,
+        /// 2FA is on for this user.
+        two_factor: bool,
+        /// When this session last proved the second factor (unix seconds).
+        verified_at: Option<i64>,
+    },
+    ApiKey {
+        key_id: String,
+        scopes: Vec<Scope>,
+    },
 }
+
+/// Routes a member may still use when the tenant requires 2FA and they have none yet.
+const ROUTES_WITHOUT_2FA: &[&str] = &[
+    "/v1/auth/2fa/enroll",
+    "/v1/auth/2fa/confirm",
+    "/v1/auth/logout",
+    "/v1/me",
+];
 
 /// Proof that a request carries a valid credential for exactly one tenant. Handlers that
 /// touch tenant data take this, and take the tenant from it alone.
@@ -355,10 +371,29 @@ impl Principal {
         }
     }
 
+    /// Sensitive routes (API key creation, role changes, member removal, 2FA removal, and
+    /// later export and tenant deletion): a user with 2FA must have proved it within the
+    /// last five minutes. Users without 2FA and API keys pass (keys cannot reach these
+    /// routes anyway).
+    pub fn require_step_up(&self) -> Result<(), ApiError> {
+        match &self.actor {
+            Actor::User {
+                two_factor: true,
+                verified_at,
+                ..
+            } if verified_at
+                .is_none_or(|v| now_unix() - v > crate::two_factor::STEP_UP_WINDOW_SECS) =>
+            {
+                Err(ApiError::StepUpRequired)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// For routes only a person may use (managing members, keys, the session itself).
     pub fn require_user(&self) -> Result<&str, ApiError> {
         match &self.actor {
-            Actor::User { session_id } => Ok(session_id),
+            Actor::User { session_id, .. } => Ok(session_id),
             Actor::ApiKey { .. } => Err(ApiError::Forbidden(
                 "API keys cannot do this; sign in as a user",
             )),
@@ -412,14 +447,22 @@ impl FromRequestParts<AppState> for Principal {
                 .map(|c| c.0.ip());
             principal_from_api_key(state, token, ip).await?
         } else {
-            principal_from_access_token(state, token.expose_secret()).await?
+            let route = parts
+                .extensions
+                .get::<axum::extract::MatchedPath>()
+                .map(|p| p.as_str().to_owned());
+            principal_from_access_token(state, token.expose_secret(), route.as_deref()).await?
         };
         tracing::Span::current().record("tenant_id", tracing::field::display(principal.tenant));
         Ok(principal)
     }
 }
 
-async fn principal_from_access_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+async fn principal_from_access_token(
+    state: &AppState,
+    token: &str,
+    route: Option<&str>,
+) -> Result<Principal, ApiError> {
     let claims = state.tokens.verify(token)?;
     let tenant: TenantId = claims.tid.parse().map_err(|_| invalid_token())?;
     let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
@@ -439,6 +482,14 @@ async fn principal_from_access_token(state: &AppState, token: &str) -> Result<Pr
         ));
     }
     tenant_serves(row.tenant_status)?;
+    if row.tenant_requires_2fa
+        && !row.totp_enabled
+        && !route.is_some_and(|r| ROUTES_WITHOUT_2FA.contains(&r))
+    {
+        return Err(ApiError::Forbidden(
+            "this tenant requires two-factor authentication: enroll at /v1/auth/2fa/enroll first",
+        ));
+    }
     Ok(Principal {
         tenant,
         user_id: claims.sub,
@@ -446,6 +497,8 @@ async fn principal_from_access_token(state: &AppState, token: &str) -> Result<Pr
         role: row.role,
         actor: Actor::User {
             session_id: claims.sid,
+            two_factor: row.totp_enabled,
+            verified_at: row.verified_at,
         },
     })
 }
@@ -481,6 +534,11 @@ async fn principal_from_api_key(
     }
     let role = row.role.ok_or_else(invalid)?;
     tenant_serves(row.tenant_status)?;
+    if row.blocked_by_2fa_rule {
+        return Err(ApiError::Forbidden(
+            "this tenant requires two-factor authentication, and the key's maker has none",
+        ));
+    }
     if let Some(list) = &row.allowed_ips {
         let nets: Vec<ipnet::IpNet> = serde_json::from_str(list)
             .map_err(|e| ApiError::internal(anyhow::anyhow!("stored allowed_ips: {e}")))?;

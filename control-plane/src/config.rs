@@ -64,6 +64,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_MAX_OPEN_TENANTS", default_value_t = 1_000)]
     pub max_open_tenants: u64,
 
+    /// Requests of one tenant that may run at once; more wait up to the query timeout, then
+    /// get 429. Keeps one tenant's flood from slowing the others.
+    #[arg(long, env = "SILO_TENANT_CONCURRENCY", default_value_t = 4)]
+    pub tenant_concurrency: usize,
+
     /// Seconds after which an unused tenant database is closed.
     #[arg(long, env = "SILO_TENANT_IDLE_SECS", default_value_t = 300)]
     pub tenant_idle_secs: u64,

@@ -20,6 +20,13 @@ pub enum ApiError {
     Unauthenticated(&'static str),
     #[error("email or password is wrong")]
     InvalidCredentials,
+    /// 2FA is on: send a current code from the authenticator app (or a recovery code).
+    #[error("{0}")]
+    TotpRequired(&'static str),
+    #[error(
+        "this needs a recent second-factor check: POST /v1/auth/2fa/verify with a current code, then retry"
+    )]
+    StepUpRequired,
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("this tenant is suspended; its data cannot be reached until an operator resumes it")]
@@ -63,6 +70,8 @@ impl ApiError {
             ApiError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
             ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            ApiError::TotpRequired(_) => (StatusCode::UNAUTHORIZED, "totp_required"),
+            ApiError::StepUpRequired => (StatusCode::FORBIDDEN, "step_up_required"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::TenantSuspended => (StatusCode::FORBIDDEN, "tenant_suspended"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -119,7 +128,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Forbidden(_) => ApiError::SqlForbidden(message),
             RuntimeError::Timeout => ApiError::QueryTimeout(message),
             RuntimeError::ResultTooLarge => ApiError::ResultTooLarge(message),
-            RuntimeError::Busy => ApiError::Busy(message),
+            RuntimeError::Busy | RuntimeError::Exhausted => ApiError::Busy(message),
             RuntimeError::WrongKey | RuntimeError::Missing => {
                 ApiError::TenantUnavailable(anyhow::anyhow!("tenant database: {message}"))
             }

@@ -8,6 +8,7 @@
 //! - [`catalog`]: the control plane's own database.
 //! - [`state`]: [`state::AppState`], what every handler shares.
 //! - [`error`]: [`error::ApiError`], the one error type of the API.
+//! - [`two_factor`]: TOTP and recovery codes.
 
 pub mod app;
 pub mod auth;
@@ -17,3 +18,4 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod state;
+pub mod two_factor;

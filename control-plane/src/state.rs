@@ -23,6 +23,45 @@ pub struct AppState {
     pub store: TenantStore,
     pub provisioner: Arc<Provisioner>,
     pub max_body_bytes: usize,
+    pub gates: TenantGates,
+}
+
+/// Per-tenant concurrency limit: at most `permits` requests of one tenant hold a blocking
+/// thread at once; more wait (without a thread) up to `queue_wait`, then get 429. So one
+/// tenant's flood cannot take the blocking pool that every other tenant needs.
+#[derive(Clone)]
+pub struct TenantGates {
+    gates: moka::sync::Cache<TenantId, Arc<tokio::sync::Semaphore>>,
+    permits: usize,
+    queue_wait: std::time::Duration,
+}
+
+impl TenantGates {
+    pub fn new(permits: usize, queue_wait: std::time::Duration) -> Self {
+        TenantGates {
+            // Idle gates are dropped; a gate in use is kept alive by its permits' Arc.
+            gates: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
+            permits: permits.max(1),
+            queue_wait,
+        }
+    }
+
+    async fn enter(&self, tenant: TenantId) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let gate = self.gates.get_with(tenant, || {
+            Arc::new(tokio::sync::Semaphore::new(self.permits))
+        });
+        match tokio::time::timeout(self.queue_wait, gate.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(ApiError::internal(anyhow::anyhow!("tenant gate closed"))),
+            Err(_elapsed) => {
+                tracing::warn!(tenant_id = %tenant, "tenant over its concurrency limit");
+                Err(ApiError::RateLimited(std::time::Duration::from_secs(1)))
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -46,9 +85,12 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&TenantHandle) -> Result<T, RuntimeError> + Send + 'static,
     {
+        let permit = self.gates.enter(tenant).await?;
         let state = self.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            // Held until the blocking work ends, even if the request is dropped meanwhile.
+            let _permit = permit;
             span.in_scope(|| {
                 let handle = state
                     .store

@@ -45,9 +45,12 @@ pub type Result<T, E = ProvisionError> = std::result::Result<T, E>;
 pub trait Ledger: Send + Sync {
     /// Tenants recorded as `provisioning`.
     fn provisioning(&self) -> Result<Vec<TenantId>>;
+    /// Whether this tenant is still recorded as `provisioning`.
+    fn is_provisioning(&self, tenant: TenantId) -> Result<bool>;
     /// `provisioning → active`, with the schema version the database is at.
     fn mark_active(&self, tenant: TenantId, schema_version: u32) -> Result<()>;
-    /// Removes every record of a tenant that never became active.
+    /// Removes every record of a tenant that never became active. Must do nothing to a
+    /// tenant that is no longer `provisioning`.
     fn forget(&self, tenant: TenantId) -> Result<()>;
 }
 
@@ -103,6 +106,12 @@ impl Provisioner {
     }
 
     fn roll_back(&self, ledger: &dyn Ledger, tenant: TenantId) -> Result<()> {
+        // Never undo a tenant that made it to active (e.g. activation committed but reported
+        // an error): its file and records stay.
+        if !ledger.is_provisioning(tenant)? {
+            tracing::warn!(tenant_id = %tenant, "not rolling back: the tenant is no longer provisioning");
+            return Ok(());
+        }
         // File first, then records: if we crash in between, the record is still there for
         // the reconciler to find, so nothing is ever left without a record pointing at it.
         self.placement.destroy(tenant)?;
@@ -121,10 +130,18 @@ impl Provisioner {
             );
         }
         let pending = ledger.provisioning()?;
-        for &tenant in &pending {
+        let mut rolled_back = Vec::new();
+        for tenant in pending {
             tracing::warn!(tenant_id = %tenant, "rolling back tenant left in provisioning by a crash");
-            self.roll_back(ledger, tenant)?;
+            // One tenant that cannot be cleaned up (say, a file we may not delete) must not
+            // keep the server from starting: it stays recorded and is retried next start.
+            match self.roll_back(ledger, tenant) {
+                Ok(()) => rolled_back.push(tenant),
+                Err(e) => {
+                    tracing::error!(tenant_id = %tenant, error = %e, "rollback failed; will retry at next start")
+                }
+            }
         }
-        Ok(pending)
+        Ok(rolled_back)
     }
 }

@@ -19,6 +19,11 @@ pub enum RuntimeError {
     ResultTooLarge,
     #[error("the database stayed busy with another writer past the busy timeout; retry")]
     Busy,
+    /// Memory or disk ran out while running the statement.
+    #[error(
+        "the statement needed more memory or disk than is available; simplify it or retry later"
+    )]
+    Exhausted,
     /// The error happened in statement `index` (0-based) of a batch.
     #[error("statement {index}: {source}")]
     InStatement {

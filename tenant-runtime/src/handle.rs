@@ -67,7 +67,14 @@ pub fn open_keyed(path: &Path, token: &DbToken, flags: OpenFlags) -> rusqlite::R
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     {
         let pragma = token.sqlcipher_key_pragma();
-        conn.execute_batch(pragma.expose_secret())?;
+        // Never pass this error on as it is: some rusqlite errors quote the SQL, and this
+        // SQL holds the key.
+        conn.execute_batch(pragma.expose_secret()).map_err(|_| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some("keying the database failed".to_owned()),
+            )
+        })?;
     }
     // The first read is what fails (SQLITE_NOTADB) when the key is wrong.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
@@ -116,6 +123,11 @@ impl TenantHandle {
         conn.busy_timeout(limits.busy_timeout)
             .map_err(|e| RuntimeError::Internal(e.to_string()))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // The sandbox starts at the lowest access level; so does the run-time guard.
+        // Temporary tables and sort spills go to (unlinked) temporary files bounded by the
+        // page cache, not to unbounded process memory.
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = FILE;")
+            .map_err(|e| RuntimeError::Internal(format!("connection settings: {e}")))?;
         let sandbox = sandbox::install(&mut conn, &limits.sandbox)
             .map_err(|e| RuntimeError::Internal(format!("install sandbox: {e}")))?;
         Ok(TenantHandle {
@@ -195,13 +207,14 @@ impl TenantHandle {
             // The authorizer runs when a statement is compiled, not when a cached one is
             // reused: statements compiled for another level must not be reused at this one.
             conn.flush_prepared_statement_cache();
-            self.sandbox.set_level(level);
             // A second, run-time guard for read-only callers, independent of the authorizer.
+            // Set first: the level changes only once its guard is in place.
             self.sandbox
                 .as_server(|| {
                     conn.pragma_update(None, "query_only", level == AccessLevel::ReadOnly)
                 })
                 .map_err(|e| RuntimeError::Internal(format!("set query_only: {e}")))?;
+            self.sandbox.set_level(level);
         }
         self.sandbox.start_budget(self.limits.time_budget);
         let out = f(&conn, &self.sandbox, &self.limits);
@@ -387,6 +400,7 @@ fn map_error(e: rusqlite::Error, sandbox: &SandboxState) -> RuntimeError {
             | ErrorCode::ApiMisuse,
         ) => RuntimeError::Sql(e.to_string()),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => RuntimeError::Busy,
+        Some(ErrorCode::OutOfMemory | ErrorCode::DiskFull) => RuntimeError::Exhausted,
         _ => RuntimeError::Internal(e.to_string()),
     }
 }

@@ -276,16 +276,14 @@ pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), Stri
                 Ok(())
             }
         }
-        A::CreateVtable { module_name, .. } | A::DropVtable { module_name, .. } => {
-            if ALLOWED_VTAB_MODULES.contains(&module_name.to_ascii_lowercase().as_str()) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "virtual table module {module_name} is not allowed (allowed: {})",
-                    ALLOWED_VTAB_MODULES.join(", ")
-                ))
-            }
+        A::CreateVtable {
+            module_name,
+            table_name,
+        } => {
+            vtab_module_allowed(module_name)?;
+            reserved(table_name)
         }
+        A::DropVtable { module_name, .. } => vtab_module_allowed(module_name),
         A::Transaction { .. } | A::Savepoint { .. } => Err(
             "transaction statements are not allowed here: send the statements together to \
              /v1/db/batch (atomic by default) or use an interactive libSQL stream"
@@ -300,9 +298,22 @@ pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), Stri
         | A::CreateIndex { table_name, .. }
         | A::DropIndex { table_name, .. }
         | A::CreateTrigger { table_name, .. }
-        | A::DropTrigger { table_name, .. } => reserved(table_name),
+        | A::DropTrigger { table_name, .. }
+        | A::CreateTempTable { table_name } => reserved(table_name),
+        A::CreateView { view_name } | A::CreateTempView { view_name } => reserved(view_name),
         A::Unknown { code, .. } => Err(format!("statement kind {code} is not allowed")),
         _ => Ok(()),
+    }
+}
+
+fn vtab_module_allowed(module: &str) -> Result<(), String> {
+    if ALLOWED_VTAB_MODULES.contains(&module.to_ascii_lowercase().as_str()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "virtual table module {module} is not allowed (allowed: {})",
+            ALLOWED_VTAB_MODULES.join(", ")
+        ))
     }
 }
 
@@ -441,6 +452,10 @@ mod tests {
             "INSERT INTO _silo_meta VALUES (1, 2)",
             "DROP TABLE _silo_meta",
             "CREATE TABLE _silo_mine(x)",
+            "CREATE VIEW _silo_view AS SELECT 1",
+            "CREATE TEMP TABLE _silo_meta(x)",
+            "CREATE VIRTUAL TABLE _silo_docs USING fts5(body)",
+            "CREATE VIRTUAL TABLE files USING fsdir",
         ] {
             let reason = refused(&conn, &state, sql);
             assert!(!reason.is_empty(), "{sql}");

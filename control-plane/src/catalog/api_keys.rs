@@ -49,6 +49,8 @@ pub struct ApiKeyAuth {
     /// The maker's role now; `None` if they are no longer a member.
     pub role: Option<Role>,
     pub tenant_status: TenantStatus,
+    /// The tenant requires 2FA and the maker has none: the key is held back.
+    pub blocked_by_2fa_rule: bool,
 }
 
 impl Catalog {
@@ -118,7 +120,8 @@ impl Catalog {
             .lock()
             .query_row(
                 "SELECT k.id, k.tenant_id, k.user_id, u.email, k.key_hash, k.scopes, k.allowed_ips,
-                        k.expires_at, k.revoked_at IS NOT NULL, k.last_used_at, m.role, t.status
+                        k.expires_at, k.revoked_at IS NOT NULL, k.last_used_at, m.role, t.status,
+                        t.require_2fa AND NOT u.totp_enabled
                  FROM api_keys k
                  JOIN users u ON u.id = k.user_id
                  JOIN tenants t ON t.id = k.tenant_id
@@ -143,7 +146,11 @@ impl Catalog {
                             r.get::<_, bool>(8)?,
                             r.get::<_, Option<i64>>(9)?,
                         ),
-                        (r.get::<_, Option<String>>(10)?, r.get::<_, String>(11)?),
+                        (
+                            r.get::<_, Option<String>>(10)?,
+                            r.get::<_, String>(11)?,
+                            r.get::<_, bool>(12)?,
+                        ),
                     ))
                 },
             )
@@ -152,7 +159,7 @@ impl Catalog {
             (id, tenant, user_id, email),
             (key_hash, scopes, allowed_ips),
             (expires_at, revoked, last_used_at),
-            (role, status),
+            (role, status, blocked_by_2fa_rule),
         )) = row
         else {
             return Ok(None);
@@ -179,6 +186,7 @@ impl Catalog {
             tenant_status: status
                 .parse()
                 .map_err(|_| CatalogError::Corrupt(format!("status {status:?}")))?,
+            blocked_by_2fa_rule,
         }))
     }
 

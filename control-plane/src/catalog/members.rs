@@ -13,6 +13,16 @@ pub struct MemberRow {
     pub role: Role,
 }
 
+/// Who accepts an invitation.
+pub enum Joiner<'a> {
+    New {
+        user_id: &'a str,
+        password_hash: &'a str,
+    },
+    /// An existing account, already authenticated by the caller.
+    Existing { user_id: &'a str },
+}
+
 pub struct InviteRow {
     pub tenant: TenantId,
     pub email: String,
@@ -25,6 +35,19 @@ fn role_of(s: String) -> Result<Role> {
 }
 
 impl Catalog {
+    /// The account with this email, whatever state its tenants are in: (id, password hash,
+    /// 2FA on).
+    pub fn user_by_email(&self, email: &str) -> Result<Option<(String, String, bool)>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, password_hash, totp_enabled FROM users WHERE email = ?1",
+                [email],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
     pub fn members(&self, tenant: TenantId) -> Result<Vec<MemberRow>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
@@ -113,14 +136,11 @@ impl Catalog {
         .transpose()
     }
 
-    /// Spends the invitation and makes the membership, in one transaction. `new_user` is the
-    /// account to create (id, password hash) when the email has none; otherwise the existing
-    /// account joins. Returns the user id.
-    pub fn accept_invite(
-        &self,
-        token_hash: &[u8; 32],
-        new_user: Option<(&str, &str)>,
-    ) -> Result<String> {
+    /// Spends the invitation and makes the membership, in one transaction. `joiner` says
+    /// who joins: a new account to create, or the existing account whose password (and
+    /// second factor) the caller has just checked. Anything else — the email got an account
+    /// meanwhile, or the account is not the one checked — is refused. Returns the user id.
+    pub fn accept_invite(&self, token_hash: &[u8; 32], joiner: Joiner<'_>) -> Result<String> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let invite: Option<(String, String, String)> = tx
@@ -141,18 +161,24 @@ impl Catalog {
                 r.get(0)
             })
             .optional()?;
-        let user_id = match (existing, new_user) {
-            (Some(id), _) => id,
-            (None, Some((id, hash))) => {
+        let user_id = match (existing, joiner) {
+            (Some(id), Joiner::Existing { user_id }) if id == user_id => id,
+            (
+                None,
+                Joiner::New {
+                    user_id,
+                    password_hash,
+                },
+            ) => {
                 tx.execute(
                     "INSERT INTO users (id, email, password_hash) VALUES (?1, ?2, ?3)",
-                    params![id, email, hash],
+                    params![user_id, email, password_hash],
                 )?;
-                id.to_owned()
+                user_id.to_owned()
             }
-            (None, None) => {
+            _ => {
                 return Err(CatalogError::Conflict(
-                    "the account for this invitation is gone; ask for a new invitation".to_owned(),
+                    "the account for this email changed while accepting; try again".to_owned(),
                 ));
             }
         };

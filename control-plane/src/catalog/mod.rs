@@ -21,9 +21,11 @@ use crate::auth::Role;
 
 mod api_keys;
 mod members;
+mod security;
 
 pub use api_keys::{ApiKeyAuth, ApiKeyRow, NewApiKey};
-pub use members::{InviteRow, MemberRow};
+pub use members::{InviteRow, Joiner, MemberRow};
+pub use security::{SecurityEvent, TotpState};
 
 /// Bookkeeping table of applied catalog migrations.
 const CATALOG_MIGRATIONS_TABLE: &str = "schema_migrations";
@@ -74,6 +76,7 @@ pub struct LoginRow {
     pub password_hash: String,
     pub session_version: i64,
     pub tenant: TenantId,
+    pub totp_enabled: bool,
 }
 
 /// Everything a request needs to know about its access token's session, read fresh.
@@ -86,6 +89,10 @@ pub struct SessionRow {
     pub user_session_version: i64,
     pub session_session_version: i64,
     pub expires_at: i64,
+    pub totp_enabled: bool,
+    /// When this session last proved a second factor.
+    pub verified_at: Option<i64>,
+    pub tenant_requires_2fa: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -97,6 +104,7 @@ pub struct TenantRow {
     pub placement: String,
     pub schema_version: i64,
     pub created_at: String,
+    pub require_2fa: bool,
 }
 
 /// A session just started.
@@ -225,7 +233,7 @@ impl Catalog {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, name, status, plan, placement, schema_version, created_at
+                "SELECT id, name, status, plan, placement, schema_version, created_at, require_2fa
                  FROM tenants WHERE id = ?1",
                 [tenant.to_string()],
                 |r| {
@@ -237,6 +245,7 @@ impl Catalog {
                         placement: r.get(4)?,
                         schema_version: r.get(5)?,
                         created_at: r.get(6)?,
+                        require_2fa: r.get(7)?,
                     })
                 },
             )
@@ -249,24 +258,35 @@ impl Catalog {
         let row = self
             .lock()
             .query_row(
-                "SELECT u.id, u.password_hash, u.session_version, m.tenant_id
+                "SELECT u.id, u.password_hash, u.session_version, m.tenant_id, u.totp_enabled
                  FROM users u JOIN memberships m ON m.user_id = u.id
                  JOIN tenants t ON t.id = m.tenant_id
                  WHERE u.email = ?1 AND t.status != 'provisioning'
                    AND (?2 IS NULL OR m.tenant_id = ?2)
                  ORDER BY m.created_at LIMIT 1",
                 params![email, tenant.map(|t| t.to_string())],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get(4)?,
+                    ))
+                },
             )
             .optional()?;
-        row.map(|(user_id, password_hash, session_version, tenant)| {
-            Ok(LoginRow {
-                user_id,
-                password_hash,
-                session_version,
-                tenant: parse_tenant(tenant)?,
-            })
-        })
+        row.map(
+            |(user_id, password_hash, session_version, tenant, totp_enabled)| {
+                Ok(LoginRow {
+                    user_id,
+                    password_hash,
+                    session_version,
+                    tenant: parse_tenant(tenant)?,
+                    totp_enabled,
+                })
+            },
+        )
         .transpose()
     }
 
@@ -277,6 +297,7 @@ impl Catalog {
         tenant: TenantId,
         refresh_hash: &[u8; 32],
         refresh_ttl_secs: i64,
+        second_factor_verified: bool,
     ) -> Result<SessionStart> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -293,14 +314,15 @@ impl Catalog {
         let session_id = hex::encode(silo_crypto::random_bytes::<16>());
         let now = now_unix();
         tx.execute(
-            "INSERT INTO sessions (id, user_id, tenant_id, session_version, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO sessions (id, user_id, tenant_id, session_version, expires_at, verified_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 session_id,
                 user_id,
                 tenant.to_string(),
                 sv,
-                now + refresh_ttl_secs
+                now + refresh_ttl_secs,
+                second_factor_verified.then_some(now)
             ],
         )?;
         tx.execute(
@@ -328,7 +350,8 @@ impl Catalog {
             .lock()
             .query_row(
                 "SELECT m.role, u.email, t.status, s.revoked_at IS NOT NULL,
-                        u.session_version, s.session_version, s.expires_at
+                        u.session_version, s.session_version, s.expires_at,
+                        u.totp_enabled, s.verified_at, t.require_2fa
                  FROM sessions s
                  JOIN users u ON u.id = s.user_id
                  JOIN memberships m ON m.user_id = s.user_id AND m.tenant_id = s.tenant_id
@@ -344,23 +367,42 @@ impl Catalog {
                         r.get::<_, i64>(4)?,
                         r.get::<_, i64>(5)?,
                         r.get::<_, i64>(6)?,
+                        (
+                            r.get::<_, bool>(7)?,
+                            r.get::<_, Option<i64>>(8)?,
+                            r.get::<_, bool>(9)?,
+                        ),
                     ))
                 },
             )
             .optional()?;
-        row.map(|(role, email, status, revoked, usv, ssv, expires_at)| {
-            Ok(SessionRow {
-                role: role
-                    .parse()
-                    .map_err(|_| CatalogError::Corrupt(format!("role {role:?}")))?,
+        row.map(
+            |(
+                role,
                 email,
-                tenant_status: parse_status(status)?,
+                status,
                 revoked,
-                user_session_version: usv,
-                session_session_version: ssv,
+                usv,
+                ssv,
                 expires_at,
-            })
-        })
+                (totp_enabled, verified_at, tenant_requires_2fa),
+            )| {
+                Ok(SessionRow {
+                    role: role
+                        .parse()
+                        .map_err(|_| CatalogError::Corrupt(format!("role {role:?}")))?,
+                    email,
+                    tenant_status: parse_status(status)?,
+                    revoked,
+                    user_session_version: usv,
+                    session_session_version: ssv,
+                    expires_at,
+                    totp_enabled,
+                    verified_at,
+                    tenant_requires_2fa,
+                })
+            },
+        )
         .transpose()
     }
 
@@ -506,6 +548,16 @@ impl Ledger for Catalog {
             .collect()
     }
 
+    fn is_provisioning(&self, tenant: TenantId) -> silo_provisioner::Result<bool> {
+        self.lock()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = ?1 AND status = 'provisioning')",
+                [tenant.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(ledger_err)
+    }
+
     fn mark_active(&self, tenant: TenantId, schema_version: u32) -> silo_provisioner::Result<()> {
         let changed = self
             .lock()
@@ -528,21 +580,28 @@ impl Ledger for Catalog {
     fn forget(&self, tenant: TenantId) -> silo_provisioner::Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(ledger_err)?;
-        // Accounts that belong only to this tenant go with it (its signup created them).
-        tx.execute(
-            "DELETE FROM users WHERE id IN (
-                 SELECT user_id FROM memberships WHERE tenant_id = ?1
-             ) AND id NOT IN (
-                 SELECT user_id FROM memberships WHERE tenant_id != ?1
-             )",
-            [tenant.to_string()],
-        )
-        .map_err(ledger_err)?;
-        tx.execute(
-            "DELETE FROM tenants WHERE id = ?1 AND status = 'provisioning'",
-            [tenant.to_string()],
-        )
-        .map_err(ledger_err)?;
+        let t = tenant.to_string();
+        // The accounts this tenant's signup created: those with no other membership.
+        let own_users: Vec<String> = tx
+            .prepare(
+                "SELECT user_id FROM memberships WHERE tenant_id = ?1
+                 AND user_id NOT IN (SELECT user_id FROM memberships WHERE tenant_id != ?1)",
+            )
+            .and_then(|mut s| s.query_map([&t], |r| r.get(0))?.collect())
+            .map_err(ledger_err)?;
+        // Guarded: a tenant that is no longer provisioning is left alone, users and all.
+        let removed = tx
+            .execute(
+                "DELETE FROM tenants WHERE id = ?1 AND status = 'provisioning'",
+                [&t],
+            )
+            .map_err(ledger_err)?;
+        if removed == 1 {
+            for user in own_users {
+                tx.execute("DELETE FROM users WHERE id = ?1", [user])
+                    .map_err(ledger_err)?;
+            }
+        }
         tx.commit().map_err(ledger_err)
     }
 }

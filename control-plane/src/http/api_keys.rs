@@ -35,6 +35,7 @@ pub(crate) async fn handle_api_key_create(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     principal.require(Role::Viewer)?;
     principal.require_user()?;
+    principal.require_step_up()?;
     let name = req.name.trim().to_owned();
     if name.is_empty()
         || name.chars().count() > MAX_NAME_CHARS

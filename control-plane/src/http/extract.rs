@@ -62,9 +62,50 @@ fn describe(e: &serde_json::Error) -> String {
     msg
 }
 
+/// The address of the client, from the connection (not from headers a client can set).
+/// `None` only when the server runs without connection info (in-process tests).
+pub(crate) struct ClientIp(pub(crate) Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// The network an address belongs to, for "new network" detection: /24 for IPv4, /64 for
+/// IPv6.
+pub(crate) fn network_of(ip: std::net::IpAddr) -> String {
+    let prefix = if ip.is_ipv4() { 24 } else { 64 };
+    ipnet::IpNet::new(ip, prefix)
+        .map(|n| n.trunc().to_string())
+        .unwrap_or_else(|_| ip.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_are_slash_24_and_slash_64() {
+        assert_eq!(
+            network_of("203.0.113.77".parse().expect("ip")),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            network_of("2001:db8:1:2:3::4".parse().expect("ip")),
+            "2001:db8:1:2::/64"
+        );
+    }
 
     #[test]
     fn type_errors_do_not_echo_the_value() {

@@ -9,9 +9,12 @@ use serde_json::{Value, json};
 use silo_crypto::{hash_token, random_token};
 
 use crate::auth::{Principal, Role, hash_password, verify_password};
+use crate::catalog::Joiner;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
-use crate::http::sessions::{Tokens, normalize_email, start_session, validate_password};
+use crate::http::sessions::{
+    Tokens, normalize_email, second_factor_ok, start_session, validate_password,
+};
 use crate::state::AppState;
 
 /// Invitations are valid for 7 days.
@@ -69,6 +72,9 @@ pub(crate) struct AcceptRequest {
     invite_token: SecretString,
     /// The new account's password, or the existing account's when the email has one.
     password: SecretString,
+    /// A current code, when the existing account has 2FA on.
+    #[serde(default)]
+    totp: Option<SecretString>,
 }
 
 /// `POST /v1/invites/accept`: joins the tenant and signs in. A new email gets an account
@@ -90,19 +96,29 @@ pub(crate) async fn handle_invite_accept(
     let email = invite.email.clone();
     let existing = state
         .catalog
-        .blocking(move |c| c.find_login(&email, None))
+        .blocking(move |c| c.user_by_email(&email))
         .await?;
     let password = req.password;
-    let new_user = match existing {
-        Some(account) => {
-            let stored = account.password_hash.clone();
+    // (user id, password hash if the account is new)
+    let (user_id, new_hash) = match existing {
+        Some((user_id, stored, totp_enabled)) => {
             let ok = tokio::task::spawn_blocking(move || verify_password(Some(&stored), &password))
                 .await
                 .map_err(ApiError::internal)?;
             if !ok {
                 return Err(ApiError::InvalidCredentials);
             }
-            None
+            if totp_enabled {
+                let code = req.totp.as_ref().ok_or(ApiError::TotpRequired(
+                    "your account has two-factor authentication: send a current code as totp",
+                ))?;
+                if !second_factor_ok(&state, &user_id, &invite.email, code.expose_secret()).await? {
+                    return Err(ApiError::TotpRequired(
+                        "that code is not valid (or was already used)",
+                    ));
+                }
+            }
+            (user_id, None)
         }
         None => {
             validate_password(&password)?;
@@ -110,19 +126,24 @@ pub(crate) async fn handle_invite_accept(
                 .await
                 .map_err(ApiError::internal)?
                 .map_err(ApiError::internal)?;
-            Some((hex::encode(silo_crypto::random_bytes::<16>()), hashed))
+            (hex::encode(silo_crypto::random_bytes::<16>()), Some(hashed))
         }
     };
-    let user_id = state
+    let uid = user_id.clone();
+    state
         .catalog
         .blocking(move |c| {
-            c.accept_invite(
-                &hash,
-                new_user.as_ref().map(|(id, h)| (id.as_str(), h.as_str())),
-            )
+            let joiner = match &new_hash {
+                Some(h) => Joiner::New {
+                    user_id: &uid,
+                    password_hash: h,
+                },
+                None => Joiner::Existing { user_id: &uid },
+            };
+            c.accept_invite(&hash, joiner)
         })
         .await?;
-    let tokens = start_session(&state, user_id, invite.tenant).await?;
+    let tokens = start_session(&state, user_id, invite.tenant, false).await?;
     Ok((StatusCode::CREATED, Json(tokens)))
 }
 
@@ -141,6 +162,7 @@ pub(crate) async fn handle_member_update(
 ) -> ApiResult<Json<Value>> {
     principal.require(Role::Admin)?;
     principal.require_user()?;
+    principal.require_step_up()?;
     let (tenant, actor) = (principal.tenant, principal.role);
     let target = user_id.clone();
     let previous = state
@@ -159,6 +181,7 @@ pub(crate) async fn handle_member_remove(
 ) -> ApiResult<StatusCode> {
     principal.require(Role::Admin)?;
     principal.require_user()?;
+    principal.require_step_up()?;
     let (tenant, actor) = (principal.tenant, principal.role);
     state
         .catalog

@@ -9,6 +9,8 @@ pub(crate) mod extract;
 pub(crate) mod members;
 pub(crate) mod ops;
 pub(crate) mod sessions;
+pub(crate) mod tenant;
+pub(crate) mod two_factor;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -44,7 +46,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/auth/sign-out-everywhere",
             post(sessions::handle_sign_out_everywhere),
         )
+        .route("/v1/auth/2fa/enroll", post(two_factor::handle_2fa_enroll))
+        .route("/v1/auth/2fa/confirm", post(two_factor::handle_2fa_confirm))
+        .route("/v1/auth/2fa/verify", post(two_factor::handle_2fa_verify))
+        .route("/v1/auth/2fa", delete(two_factor::handle_2fa_remove))
         .route("/v1/me", get(sessions::handle_me))
+        .route("/v1/tenant", get(tenant::handle_tenant_get))
+        .route("/v1/tenant/settings", patch(tenant::handle_tenant_settings))
+        .route("/v1/security-events", get(tenant::handle_security_events))
         .route("/v1/members", get(members::handle_members_list))
         .route(
             "/v1/members/{user_id}",

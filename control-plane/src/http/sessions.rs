@@ -15,7 +15,7 @@ use crate::auth::{
 };
 use crate::catalog::{CatalogError, NewSignup, RefreshOutcome};
 use crate::error::{ApiError, ApiResult};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ClientIp, network_of};
 use crate::state::AppState;
 
 const MIN_PASSWORD_CHARS: usize = 8;
@@ -155,18 +155,28 @@ async fn hash_on_blocking_thread(password: SecretString) -> ApiResult<String> {
         .map_err(ApiError::internal)
 }
 
-/// Starts a session and returns its tokens.
+/// Starts a session and returns its tokens. `second_factor` says whether the sign-in
+/// proved the second factor (it opens the step-up window).
 pub(crate) async fn start_session(
     state: &AppState,
     user_id: String,
     tenant: TenantId,
+    second_factor: bool,
 ) -> ApiResult<Tokens> {
     let refresh = random_token(REFRESH_TOKEN_PREFIX);
     let refresh_hash = hash_token(refresh.expose_secret());
     let uid = user_id.clone();
     let start = state
         .catalog
-        .blocking(move |c| c.create_session(&uid, tenant, &refresh_hash, REFRESH_TOKEN_TTL_SECS))
+        .blocking(move |c| {
+            c.create_session(
+                &uid,
+                tenant,
+                &refresh_hash,
+                REFRESH_TOKEN_TTL_SECS,
+                second_factor,
+            )
+        })
         .await
         .map_err(ApiError::internal)?;
     let access = state
@@ -189,6 +199,7 @@ pub(crate) async fn start_session(
 /// `POST /v1/signup`: a new tenant, its owner, and its own database, ready on return.
 pub(crate) async fn handle_signup(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<SignupResponse>)> {
     let org = validate_org(&req.org)?;
@@ -210,30 +221,38 @@ pub(crate) async fn handle_signup(
         password_hash,
     };
     let user_id = signup.user_id.clone();
-    // 1. The intent, with the sealed token, before any file exists.
-    state
-        .catalog
-        .blocking(move |c| c.insert_signup(&signup))
-        .await
-        .map_err(|e| match e {
-            CatalogError::EmailTaken => ApiError::Conflict(
-                "that email address already has an account; sign in instead".to_owned(),
-            ),
-            other => ApiError::internal(other),
-        })?;
-    // 2. The database, published atomically, then the tenant marked active. On failure the
+    // One blocking task for the whole sequence, so that a client hanging up cannot stop it
+    // half-way (a blocking task runs to its end even if the request is dropped):
+    // 1. the intent, with the sealed token, before any file exists;
+    // 2. the database, published atomically, then the tenant marked active. On failure the
     //    provisioner rolls the intent back, so the signup can be retried.
     let (provisioner, catalog) = (state.provisioner.clone(), state.catalog.clone());
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
-        span.in_scope(|| provisioner.provision(&catalog, tenant, &token))
+        span.in_scope(|| -> ApiResult<()> {
+            catalog.insert_signup(&signup).map_err(|e| match e {
+                CatalogError::EmailTaken => ApiError::Conflict(
+                    "that email address already has an account; sign in instead".to_owned(),
+                ),
+                other => ApiError::internal(other),
+            })?;
+            provisioner
+                .provision(&catalog, tenant, &token)
+                .map_err(ApiError::internal)
+        })
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::internal)??;
     tracing::info!(tenant_id = %tenant, "tenant signed up and provisioned");
 
-    let tokens = start_session(&state, user_id.clone(), tenant).await?;
+    if let Some(ip) = ip {
+        let (uid, net) = (user_id.clone(), network_of(ip));
+        state
+            .catalog
+            .blocking(move |c| c.note_network(&uid, &net))
+            .await?;
+    }
+    let tokens = start_session(&state, user_id.clone(), tenant, false).await?;
     Ok((
         StatusCode::CREATED,
         Json(SignupResponse {
@@ -253,9 +272,17 @@ pub(crate) async fn handle_signup(
     ))
 }
 
+/// Failed logins tolerated per account and per client address within the window.
+const LOCKOUT_MAX_FAILURES: i64 = 10;
+const LOCKOUT_WINDOW_SECS: i64 = 15 * 60;
+
 /// `POST /v1/auth/login`.
+///
+/// Order matters: the lockout is checked before the password (a locked account is no
+/// password oracle), and an unknown email costs the same argon2 work as a known one.
 pub(crate) async fn handle_login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<Tokens>> {
     // A malformed email cannot have an account: same answer as a wrong password.
@@ -268,24 +295,160 @@ pub(crate) async fn handle_login(
                 .map_err(|_| ApiError::InvalidInput("tenant is not a tenant id".to_owned()))
         })
         .transpose()?;
-    let row = state
+    let ip_text = ip.map(|i| i.to_string());
+    let mut keys = vec![format!("email:{email}")];
+    if let Some(i) = &ip_text {
+        keys.push(format!("ip:{i}"));
+    }
+
+    let (lookup_email, k) = (email.clone(), keys.clone());
+    let (row, locked) = state
         .catalog
-        .blocking(move |c| c.find_login(&email, tenant))
-        .await
-        .map_err(ApiError::internal)?;
+        .blocking(move |c| {
+            let row = c.find_login(&lookup_email, tenant)?;
+            let locked = c.login_lockout(&k, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)?;
+            Ok((row, locked))
+        })
+        .await?;
+    if let Some(wait) = locked {
+        let (uid, ipt) = (row.as_ref().map(|r| r.user_id.clone()), ip_text.clone());
+        state
+            .catalog
+            .blocking(move |c| {
+                c.record_security_event(None, uid.as_deref(), "auth.lockout", ipt.as_deref(), None)
+            })
+            .await?;
+        tracing::warn!("login refused: too many failures for this account or address");
+        return Err(ApiError::RateLimited(std::time::Duration::from_secs(
+            u64::try_from(wait).unwrap_or(1),
+        )));
+    }
+
     let stored = row.as_ref().map(|r| r.password_hash.clone());
     let password = req.password;
-    // Always one argon2 verification, account or not, so timing does not reveal accounts.
     let ok = tokio::task::spawn_blocking(move || verify_password(stored.as_deref(), &password))
         .await
         .map_err(ApiError::internal)?;
     let Some(row) = row.filter(|_| ok) else {
-        tracing::info!("login failed");
+        login_failed(&state, keys, None, ip_text).await?;
         return Err(ApiError::InvalidCredentials);
     };
+
+    if row.totp_enabled {
+        let Some(code) = req.totp else {
+            return Err(ApiError::TotpRequired(
+                "two-factor authentication is on: send the current code from your authenticator app as totp (or a recovery code)",
+            ));
+        };
+        if !second_factor_ok(&state, &row.user_id, &email, code.expose_secret()).await? {
+            login_failed(&state, keys, Some(row.user_id.clone()), ip_text).await?;
+            return Err(ApiError::TotpRequired(
+                "that code is not valid (or was already used); send a current one",
+            ));
+        }
+    }
+
     tracing::Span::current().record("tenant_id", tracing::field::display(row.tenant));
-    let tokens = start_session(&state, row.user_id, row.tenant).await?;
+    let (uid, email_key, net, ipt, t) = (
+        row.user_id.clone(),
+        keys[0].clone(),
+        ip.map(network_of),
+        ip_text,
+        row.tenant,
+    );
+    state
+        .catalog
+        .blocking(move |c| {
+            c.clear_login_failures(&email_key)?;
+            if let Some(net) = net
+                && c.note_network(&uid, &net)?
+            {
+                let detail = serde_json::json!({ "network": net });
+                c.record_security_event(
+                    Some(t),
+                    Some(&uid),
+                    "auth.new_network",
+                    ipt.as_deref(),
+                    Some(&detail),
+                )?;
+            }
+            Ok(())
+        })
+        .await?;
+    let tokens = start_session(&state, row.user_id, row.tenant, row.totp_enabled).await?;
     Ok(Json(tokens))
+}
+
+/// Counts a failed login against the account and the address, and tells the account's
+/// tenants (if the account exists).
+async fn login_failed(
+    state: &AppState,
+    keys: Vec<String>,
+    user_id: Option<String>,
+    ip: Option<String>,
+) -> ApiResult<()> {
+    tracing::info!("login failed");
+    let email_key = keys[0].clone();
+    state
+        .catalog
+        .blocking(move |c| {
+            c.record_login_failure(&keys, LOCKOUT_WINDOW_SECS)?;
+            // The account behind the email, if any, for its tenants' security events.
+            let uid = match user_id {
+                Some(u) => Some(u),
+                None => c
+                    .find_login(email_key.trim_start_matches("email:"), None)?
+                    .map(|r| r.user_id),
+            };
+            if let Some(uid) = uid {
+                c.record_security_event(
+                    None,
+                    Some(&uid),
+                    "auth.login_failed",
+                    ip.as_deref(),
+                    None,
+                )?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// Checks a TOTP code (once per time step) or spends a recovery code.
+pub(crate) async fn second_factor_ok(
+    state: &AppState,
+    user_id: &str,
+    account: &str,
+    code: &str,
+) -> ApiResult<bool> {
+    let (uid, keyring, account, code) = (
+        user_id.to_owned(),
+        state.keyring.clone(),
+        account.to_owned(),
+        code.to_owned(),
+    );
+    state
+        .catalog
+        .blocking(move |c| {
+            if crate::two_factor::is_recovery_code(&code) {
+                return c.use_recovery_code(&uid, &crate::two_factor::recovery_code_hash(&code));
+            }
+            let st = c.totp_state(&uid)?;
+            let Some(sealed) = st.sealed_secret else {
+                return Ok(false);
+            };
+            let step = crate::two_factor::open_secret(&keyring, &uid, &sealed)
+                .and_then(|secret| crate::two_factor::totp(&secret, &account))
+                .map(|totp| crate::two_factor::check_code(&totp, &code))
+                .map_err(|e| crate::catalog::CatalogError::Corrupt(format!("TOTP secret: {e}")))?;
+            match step {
+                Some(step) => c.accept_totp_step(&uid, step),
+                None => Ok(false),
+            }
+        })
+        .await
+        .map_err(ApiError::from)
 }
 
 /// `POST /v1/auth/refresh`: spends the refresh token and returns a new pair. A spent token
@@ -382,7 +545,7 @@ pub(crate) async fn handle_password_change(
         .await?;
     tracing::info!(user = %principal.user_id, "password changed; every session of the user ended");
     Ok(Json(
-        start_session(&state, principal.user_id, principal.tenant).await?,
+        start_session(&state, principal.user_id, principal.tenant, false).await?,
     ))
 }
 

@@ -1,0 +1,231 @@
+//! Two-factor state, failed-login counting, security events, and known networks.
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
+use silo_tenant_runtime::TenantId;
+
+use super::{Catalog, Result, now_unix};
+
+/// A user's TOTP state.
+pub struct TotpState {
+    /// The sealed secret: set by enrolment, kept while 2FA is on.
+    pub sealed_secret: Option<Vec<u8>>,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SecurityEvent {
+    pub id: i64,
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub ip: Option<String>,
+    pub detail: Option<Value>,
+    pub at: String,
+}
+
+impl Catalog {
+    pub fn totp_state(&self, user_id: &str) -> Result<TotpState> {
+        let (sealed_secret, enabled) = self
+            .lock()
+            .query_row(
+                "SELECT totp_secret, totp_enabled FROM users WHERE id = ?1",
+                [user_id],
+                |r| Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, bool>(1)?)),
+            )
+            .optional()?
+            .unwrap_or((None, false));
+        Ok(TotpState {
+            sealed_secret,
+            enabled,
+        })
+    }
+
+    /// Stores a new, not yet confirmed secret. Refused (false) while 2FA is on.
+    pub fn set_pending_totp(&self, user_id: &str, sealed: &[u8]) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE users SET totp_secret = ?2, totp_last_step = NULL WHERE id = ?1 AND totp_enabled = 0",
+            params![user_id, sealed],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Turns 2FA on after a confirmed code, with fresh recovery codes (hashes).
+    pub fn enable_totp(&self, user_id: &str, recovery_hashes: &[[u8; 32]]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("UPDATE users SET totp_enabled = 1 WHERE id = ?1", [user_id])?;
+        tx.execute("DELETE FROM recovery_codes WHERE user_id = ?1", [user_id])?;
+        for h in recovery_hashes {
+            tx.execute(
+                "INSERT INTO recovery_codes (user_id, code_hash) VALUES (?1, ?2)",
+                params![user_id, &h[..]],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Accepts TOTP time step `step` for the user once: false if it (or a later step) was
+    /// already used, so a code cannot be replayed within its window.
+    pub fn accept_totp_step(&self, user_id: &str, step: u64) -> Result<bool> {
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        let n = self.lock().execute(
+            "UPDATE users SET totp_last_step = ?2
+             WHERE id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
+            params![user_id, step],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Spends a recovery code. False if unknown or already used.
+    pub fn use_recovery_code(&self, user_id: &str, code_hash: &[u8; 32]) -> Result<bool> {
+        let n = self.lock().execute(
+            "UPDATE recovery_codes SET used_at = ?3 WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NULL",
+            params![user_id, &code_hash[..], now_unix()],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn disable_totp(&self, user_id: &str) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE users SET totp_enabled = 0, totp_secret = NULL, totp_last_step = NULL WHERE id = ?1",
+            [user_id],
+        )?;
+        tx.execute("DELETE FROM recovery_codes WHERE user_id = ?1", [user_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that the session just proved a second factor (starts the step-up window).
+    pub fn mark_session_verified(&self, session_id: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE sessions SET verified_at = ?2 WHERE id = ?1",
+            params![session_id, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_require_2fa(&self, tenant: TenantId, on: bool) -> Result<()> {
+        self.lock().execute(
+            "UPDATE tenants SET require_2fa = ?2 WHERE id = ?1",
+            params![tenant.to_string(), on],
+        )?;
+        Ok(())
+    }
+
+    /// If any of `keys` has `max` or more failures in the last `window` seconds, how many
+    /// seconds until the oldest of them leaves the window.
+    pub fn login_lockout(&self, keys: &[String], max: i64, window: i64) -> Result<Option<i64>> {
+        let now = now_unix();
+        let conn = self.lock();
+        let mut wait = None;
+        for key in keys {
+            let (count, oldest): (i64, Option<i64>) = conn.query_row(
+                "SELECT count(*), min(at) FROM login_failures WHERE key = ?1 AND at > ?2",
+                params![key, now - window],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if count >= max {
+                let w = oldest.map_or(window, |o| (o + window - now).max(1));
+                wait = Some(wait.map_or(w, |cur: i64| cur.max(w)));
+            }
+        }
+        Ok(wait)
+    }
+
+    pub fn record_login_failure(&self, keys: &[String], window: i64) -> Result<()> {
+        let now = now_unix();
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM login_failures WHERE at <= ?1", [now - window])?;
+        for key in keys {
+            tx.execute(
+                "INSERT INTO login_failures (key, at) VALUES (?1, ?2)",
+                params![key, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn clear_login_failures(&self, key: &str) -> Result<()> {
+        self.lock()
+            .execute("DELETE FROM login_failures WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    /// Records an event for `tenant`, or for every tenant of `user` when no tenant is given.
+    pub fn record_security_event(
+        &self,
+        tenant: Option<TenantId>,
+        user_id: Option<&str>,
+        kind: &str,
+        ip: Option<&str>,
+        detail: Option<&Value>,
+    ) -> Result<()> {
+        let detail = detail.map(Value::to_string);
+        let conn = self.lock();
+        match tenant {
+            Some(t) => {
+                conn.execute(
+                    "INSERT INTO security_events (tenant_id, user_id, kind, ip, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![t.to_string(), user_id, kind, ip, detail],
+                )?;
+            }
+            None => {
+                conn.execute(
+                    "INSERT INTO security_events (tenant_id, user_id, kind, ip, detail)
+                     SELECT tenant_id, user_id, ?2, ?3, ?4 FROM memberships WHERE user_id = ?1",
+                    params![user_id, kind, ip, detail],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant's events, newest first, after `before_id` if given.
+    pub fn security_events(
+        &self,
+        tenant: TenantId,
+        limit: i64,
+        before_id: Option<i64>,
+    ) -> Result<Vec<SecurityEvent>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, user_id, ip, detail, at FROM security_events
+             WHERE tenant_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![tenant.to_string(), before_id, limit], |r| {
+            let detail: Option<String> = r.get(4)?;
+            Ok(SecurityEvent {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                user_id: r.get(2)?,
+                ip: r.get(3)?,
+                detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+                at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Remembers that the user signed in from `network`. True when the network is new *and*
+    /// the user had signed in from somewhere else before (a first sign-in is not news).
+    pub fn note_network(&self, user_id: &str, network: &str) -> Result<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let known: i64 = tx.query_row(
+            "SELECT count(*) FROM user_networks WHERE user_id = ?1",
+            [user_id],
+            |r| r.get(0),
+        )?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO user_networks (user_id, network) VALUES (?1, ?2)",
+            params![user_id, network],
+        )?;
+        tx.commit()?;
+        Ok(known > 0 && inserted == 1)
+    }
+}
