@@ -105,3 +105,23 @@ fn without_a_configured_key_a_private_key_file_is_generated_with_a_warning_and_r
     stop(child);
     assert_eq!(std::fs::read_to_string(&key_path).expect("read key"), key);
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (first, line) = serve(dir.path());
+    assert!(line.starts_with("silo listening"), "{line}");
+    let second = silo()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("SILO_MASTER_KEY")
+        .output()
+        .expect("run silo");
+    stop(first);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already using the data directory"),
+        "{stderr}"
+    );
+}

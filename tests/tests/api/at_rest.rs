@@ -70,6 +70,17 @@ fn no_secret_is_stored_or_logged_in_clear_and_tenant_files_are_encrypted() {
             serde_json::json!({ "refresh_token": a.refresh_token }),
         )
         .expect(200);
+    // Error paths log too: a refused statement, a failing one, a spent refresh token.
+    app.query(&a.access_token, "ATTACH DATABASE '/tmp/x.db' AS x")
+        .expect_error(403, "sql_forbidden");
+    app.query(&a.access_token, "SELECT * FROM missing_table")
+        .expect_error(422, "sql_error");
+    app.post(
+        "/v1/auth/refresh",
+        None,
+        serde_json::json!({ "refresh_token": a.refresh_token }),
+    )
+    .expect(401);
     // A wrong password is a secret too, and must not be logged either.
     app.post(
         "/v1/auth/login",
@@ -94,10 +105,18 @@ fn no_secret_is_stored_or_logged_in_clear_and_tenant_files_are_encrypted() {
         ("access token", a.access_token.clone().into_bytes()),
         ("refresh token", a.refresh_token.clone().into_bytes()),
         (
+            "login access token",
+            login["access_token"]
+                .as_str()
+                .expect("token")
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
             "login refresh token",
             login["refresh_token"]
                 .as_str()
-                .unwrap_or_default()
+                .expect("token")
                 .as_bytes()
                 .to_vec(),
         ),
@@ -105,11 +124,18 @@ fn no_secret_is_stored_or_logged_in_clear_and_tenant_files_are_encrypted() {
             "rotated refresh token",
             refreshed["refresh_token"]
                 .as_str()
-                .unwrap_or_default()
+                .expect("token")
                 .as_bytes()
                 .to_vec(),
         ),
     ];
+
+    for (what, secret) in &secrets {
+        assert!(
+            secret.len() >= 16,
+            "{what} is too short to be a meaningful needle"
+        );
+    }
 
     // The catalog (and its WAL), the tenant database, and the logs.
     let mut scanned = files_under(&app.data_dir());
@@ -189,4 +215,44 @@ fn an_envelope_copied_to_another_tenants_row_opens_nothing() {
         logs.contains("envelope does not open"),
         "no clear log line for the operator"
     );
+}
+
+#[test]
+fn after_a_master_key_rotation_old_data_and_sessions_still_work() {
+    let mut app = TestApp::spawn();
+    let a = app.signup("Rotating");
+    app.query(&a.access_token, "CREATE TABLE t (v TEXT)")
+        .expect(200);
+    app.query(&a.access_token, "INSERT INTO t VALUES ('kept')")
+        .expect(200);
+    app.stop();
+    let old = app.master_key.clone();
+    app.master_key =
+        base64::engine::general_purpose::STANDARD.encode(silo_crypto::random_bytes::<32>());
+    app.start_with(&["--previous-master-keys".to_owned(), old]);
+    // The DB token sealed under the old key still opens; the old access token still verifies.
+    let rows = app.query(&a.access_token, "SELECT v FROM t").expect(200);
+    assert_eq!(rows["rows"], serde_json::json!([["kept"]]));
+    // New tenants are sealed and signed under the new key.
+    let b = app.signup("Fresh");
+    app.stop();
+    // Without the old key: the new tenant works, the old one is a clear error, no data.
+    app.start_with(&[]);
+    app.query(&b.access_token, "SELECT 1").expect(200);
+    app.query(&a.access_token, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+    let login = app
+        .post(
+            "/v1/auth/login",
+            None,
+            serde_json::json!({ "email": a.email, "password": a.password }),
+        )
+        .expect(200);
+    let body = app
+        .query(
+            login["access_token"].as_str().expect("token"),
+            "SELECT v FROM t",
+        )
+        .expect_error(503, "tenant_unavailable");
+    assert!(!body.to_string().contains("kept"));
 }

@@ -368,7 +368,7 @@ fn invitations_are_single_use_and_an_existing_account_must_prove_itself() {
         )
         .expect(200);
     app.query(
-        into_a["access_token"].as_str().unwrap_or_default(),
+        into_a["access_token"].as_str().expect("access token"),
         "CREATE TABLE x (y)",
     )
     .expect_error(403, "sql_forbidden");

@@ -106,6 +106,12 @@ fn logout_ends_the_session_at_once() {
             json!({ "email": a.email, "password": a.password }),
         )
         .expect(200);
+    let other_token = other["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    // It works before, so its 401 afterwards means something.
+    app.query(&other_token, "SELECT 1").expect(200);
     app.post("/v1/auth/logout", Some(&a.access_token), json!({}))
         .expect(204);
     app.query(&a.access_token, "SELECT 1")
@@ -117,11 +123,7 @@ fn logout_ends_the_session_at_once() {
     )
     .expect_error(401, "unauthenticated");
     // Only that session: the other one goes on.
-    app.query(
-        other["access_token"].as_str().unwrap_or_default(),
-        "SELECT 1",
-    )
-    .expect(200);
+    app.query(other_token.as_str(), "SELECT 1").expect(200);
 }
 
 #[test]
@@ -135,6 +137,12 @@ fn a_password_change_ends_every_session_of_the_user() {
             json!({ "email": a.email, "password": a.password }),
         )
         .expect(200);
+    let other_token = other["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    // It works before, so its 401 afterwards means something.
+    app.query(&other_token, "SELECT 1").expect(200);
     app.post(
         "/v1/auth/password",
         Some(&a.access_token),
@@ -154,10 +162,7 @@ fn a_password_change_ends_every_session_of_the_user() {
             json!({ "current_password": a.password, "new_password": "new password!" }),
         )
         .expect(200);
-    for token in [
-        a.access_token.as_str(),
-        other["access_token"].as_str().unwrap_or_default(),
-    ] {
+    for token in [a.access_token.as_str(), other_token.as_str()] {
         app.query(token, "SELECT 1")
             .expect_error(401, "unauthenticated");
     }
@@ -168,7 +173,7 @@ fn a_password_change_ends_every_session_of_the_user() {
     )
     .expect_error(401, "unauthenticated");
     app.query(
-        fresh["access_token"].as_str().unwrap_or_default(),
+        fresh["access_token"].as_str().expect("access token"),
         "SELECT 1",
     )
     .expect(200);
@@ -197,6 +202,12 @@ fn sign_out_everywhere_ends_every_session_including_this_one() {
             json!({ "email": a.email, "password": a.password }),
         )
         .expect(200);
+    let other_token = other["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    // It works before, so its 401 afterwards means something.
+    app.query(&other_token, "SELECT 1").expect(200);
     app.post(
         "/v1/auth/sign-out-everywhere",
         Some(&a.access_token),
@@ -205,11 +216,8 @@ fn sign_out_everywhere_ends_every_session_including_this_one() {
     .expect(204);
     app.query(&a.access_token, "SELECT 1")
         .expect_error(401, "unauthenticated");
-    app.query(
-        other["access_token"].as_str().unwrap_or_default(),
-        "SELECT 1",
-    )
-    .expect_error(401, "unauthenticated");
+    app.query(other_token.as_str(), "SELECT 1")
+        .expect_error(401, "unauthenticated");
     app.post(
         "/v1/auth/login",
         None,

@@ -82,6 +82,31 @@ fn tampered_forged_and_expired_access_tokens_answer_401() {
     future["nbf"] = json!(now + 3600);
     let not_yet = sign_with_server_key(&app, &future);
 
+    // Signed with the server's key, but naming a key id the server does not have.
+    let ring = Keyring::new(
+        MasterKey::from_base64(&app.master_key).expect("key"),
+        vec![],
+    );
+    let secret = ring
+        .derive_key(ring.primary_id(), "jwt-signing/hs256")
+        .expect("derive");
+    let mut unknown_kid_header = Header::new(Algorithm::HS256);
+    unknown_kid_header.kid = Some("k-00000000".to_owned());
+    let unknown_kid = jsonwebtoken::encode(
+        &unknown_kid_header,
+        &genuine,
+        &EncodingKey::from_secret(secret.expose_secret()),
+    )
+    .expect("sign");
+
+    // Properly signed, but without an expiry, or without the tenant claim.
+    let mut no_exp = genuine.clone();
+    no_exp.as_object_mut().expect("claims").remove("exp");
+    let no_exp = sign_with_server_key(&app, &no_exp);
+    let mut no_tid = genuine.clone();
+    no_tid.as_object_mut().expect("claims").remove("tid");
+    let no_tid = sign_with_server_key(&app, &no_tid);
+
     // The refresh token is not an access token.
     let refresh_as_access = a.refresh_token.clone();
 
@@ -92,6 +117,9 @@ fn tampered_forged_and_expired_access_tokens_answer_401() {
         ("wrong key", wrong_key),
         ("expired", expired),
         ("not yet valid", not_yet),
+        ("unknown kid", unknown_kid),
+        ("no exp", no_exp),
+        ("no tid", no_tid),
         ("refresh token", refresh_as_access),
         ("garbage", "not.a.jwt".to_owned()),
     ] {
