@@ -67,11 +67,20 @@ impl Application {
 
         let data_dir = args.data_dir.clone();
         let pause = args.test_pause_provisioning_ms.map(Duration::from_millis);
+        let migrations_dir = args.migrations.clone();
         let (catalog, provisioner) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             crate::auth::warm_up();
             let catalog = Catalog::open(&data_dir.join("catalog.db")).context("open catalog")?;
             let placement = LocalPlacement::new(data_dir.join("tenants"))?;
-            let migrations = MigrationSet::embedded(&TENANT_DIR)?;
+            let migrations = match &migrations_dir {
+                Some(dir) => MigrationSet::from_dir(dir)
+                    .with_context(|| format!("load tenant migrations from {}", dir.display()))?,
+                None => MigrationSet::embedded(&TENANT_DIR)?,
+            };
+            tracing::info!(
+                latest = migrations.latest_version(),
+                "tenant migrations loaded"
+            );
             let provisioner = Provisioner::new(placement, migrations).with_test_pause(pause);
             let rolled_back = provisioner
                 .reconcile(&catalog)
@@ -106,6 +115,7 @@ impl Application {
                 args.tenant_concurrency,
                 Duration::from_millis(args.query_timeout_ms),
             ),
+            jobs: crate::fleet::MigrationJobs::default(),
         };
         let listener = TcpListener::bind(args.listen)
             .await

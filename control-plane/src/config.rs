@@ -20,6 +20,34 @@ pub enum Command {
     /// Run the HTTP server (the embedded local default: catalog and tenant databases in the
     /// data directory).
     Serve(ServeArgs),
+    /// Initialise a data directory offline and print its first platform admin token.
+    Init(crate::cli::InitArgs),
+    /// Manage platform admin tokens (over the admin API).
+    AdminToken {
+        #[command(flatten)]
+        client: crate::cli::ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli::AdminTokenCommand,
+    },
+    /// Create, list, inspect, suspend, resume, delete tenants; rotate their DB tokens.
+    Tenants {
+        #[command(flatten)]
+        client: crate::cli::ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli::TenantsCommand,
+    },
+    /// Schema migrations across every tenant database.
+    Migrate {
+        #[command(flatten)]
+        client: crate::cli::ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli::MigrateCommand,
+    },
+    /// Print shell completions: `silo completions bash > /etc/bash_completion.d/silo`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Settings of `silo serve`. No `Debug` derive: it holds the master key.
@@ -63,6 +91,12 @@ pub struct ServeArgs {
     /// Most tenant databases kept open at once (least recently used are closed first).
     #[arg(long, env = "SILO_MAX_OPEN_TENANTS", default_value_t = 1_000)]
     pub max_open_tenants: u64,
+
+    /// Directory of tenant migrations (`NNNN_name.sql`) to use instead of the ones built
+    /// into silo: ship schema changes without rebuilding. Must contain every migration
+    /// already applied (checksums are compared).
+    #[arg(long, env = "SILO_MIGRATIONS_DIR")]
+    pub migrations: Option<PathBuf>,
 
     /// Requests of one tenant that may run at once; more wait up to the query timeout, then
     /// get 429. Keeps one tenant's flood from slowing the others.

@@ -1,6 +1,7 @@
 //! silo's control plane: the HTTP API, the catalog, and the `silo` command.
 //!
 //! - [`config`]: the command line and its environment variables.
+//! - [`cli`]: `silo init` and the admin subcommands (HTTP clients of the admin API).
 //! - [`keys`]: loading (or, for development, generating) the master key.
 //! - [`app`]: [`app::Application`]: build from configuration, bind, serve, shut down.
 //! - [`http`]: the router, middleware and handlers.
@@ -9,12 +10,15 @@
 //! - [`state`]: [`state::AppState`], what every handler shares.
 //! - [`error`]: [`error::ApiError`], the one error type of the API.
 //! - [`two_factor`]: TOTP and recovery codes.
+//! - [`fleet`]: migrations across every tenant database.
 
 pub mod app;
 pub mod auth;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod keys;
 pub mod state;

@@ -15,6 +15,36 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let cli_result = match &cli.command {
+        Command::Serve(_) => None,
+        Command::Init(args) => Some(silo_control_plane::cli::init(args)),
+        Command::AdminToken { client, command } => {
+            Some(silo_control_plane::cli::admin_token(client, command))
+        }
+        Command::Tenants { client, command } => {
+            Some(silo_control_plane::cli::tenants(client, command))
+        }
+        Command::Migrate { client, command } => {
+            Some(silo_control_plane::cli::migrate(client, command))
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "silo", &mut std::io::stdout());
+            Some(Ok(()))
+        }
+    };
+    if let Some(result) = cli_result {
+        return match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", e.0);
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let Command::Serve(args) = cli.command else {
+        return std::process::ExitCode::FAILURE;
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,15 +56,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => {
-                let app = Application::build(args).await?;
-                let addr = app.local_addr()?;
-                tracing::info!(%addr, "listening");
-                println!("silo listening on http://{addr}");
-                app.run_until_stopped().await
-            }
-        }
+        let app = Application::build(args).await?;
+        let addr = app.local_addr()?;
+        tracing::info!(%addr, "listening");
+        println!("silo listening on http://{addr}");
+        app.run_until_stopped().await
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

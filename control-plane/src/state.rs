@@ -24,6 +24,8 @@ pub struct AppState {
     pub provisioner: Arc<Provisioner>,
     pub max_body_bytes: usize,
     pub gates: TenantGates,
+    /// The fleet migration job, if one was started.
+    pub jobs: crate::fleet::MigrationJobs,
 }
 
 /// Per-tenant concurrency limit: at most `permits` requests of one tenant hold a blocking
@@ -46,6 +48,25 @@ impl TenantGates {
                 .build(),
             permits: permits.max(1),
             queue_wait,
+        }
+    }
+
+    /// Every permit of the tenant: no request of it runs until the guard drops. For
+    /// operations that need the database to themselves (DB token rotation).
+    async fn enter_exclusive(
+        &self,
+        tenant: TenantId,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let gate = self.gates.get_with(tenant, || {
+            Arc::new(tokio::sync::Semaphore::new(self.permits))
+        });
+        let permits = u32::try_from(self.permits).unwrap_or(u32::MAX);
+        match tokio::time::timeout(self.queue_wait * 4, gate.acquire_many_owned(permits)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(ApiError::internal(anyhow::anyhow!("tenant gate closed"))),
+            Err(_elapsed) => Err(ApiError::Busy(
+                "the tenant stayed busy; retry the operation".to_owned(),
+            )),
         }
     }
 
@@ -102,13 +123,12 @@ impl AppState {
         .map_err(ApiError::internal)?
     }
 
-    /// Opens the tenant's database: unseal its DB token, key a new connection. Blocking.
-    fn open_handle(&self, tenant: TenantId) -> Result<TenantHandle, RuntimeError> {
-        let (db_id, sealed) = self
-            .catalog
-            .sealed_db_token(tenant)
-            .map_err(|e| RuntimeError::Internal(e.to_string()))?
-            .ok_or(RuntimeError::Missing)?;
+    fn unseal(
+        &self,
+        tenant: TenantId,
+        db_id: &str,
+        sealed: &[u8],
+    ) -> Result<DbToken, RuntimeError> {
         let tenant_text = tenant.to_string();
         let plain = self
             .keyring
@@ -116,16 +136,135 @@ impl AppState {
                 EnvelopeContext {
                     tenant: &tenant_text,
                     purpose: DB_TOKEN_PURPOSE,
-                    binding: &db_id,
+                    binding: db_id,
                 },
-                &sealed,
+                sealed,
             )
             .map_err(|e| {
                 tracing::error!(tenant_id = %tenant, error = %e, "the stored DB token envelope does not open");
                 RuntimeError::WrongKey
             })?;
-        let token = DbToken::from_secret_bytes(&plain).map_err(|_| RuntimeError::WrongKey)?;
+        DbToken::from_secret_bytes(&plain).map_err(|_| RuntimeError::WrongKey)
+    }
+
+    /// Opens the tenant's database: unseal its DB token, key a new connection. If a token
+    /// rotation was interrupted after the file was re-keyed, the recorded next token opens
+    /// it, and the rotation is finished here. Blocking.
+    fn open_handle(&self, tenant: TenantId) -> Result<TenantHandle, RuntimeError> {
+        let (db_id, sealed, next) = self
+            .catalog
+            .db_tokens(tenant)
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?
+            .ok_or(RuntimeError::Missing)?;
         let path = self.provisioner.placement().path(tenant);
-        TenantHandle::open_local(tenant, &path, &token, self.store.limits().clone())
+        let limits = self.store.limits().clone();
+        let token = self.unseal(tenant, &db_id, &sealed)?;
+        match TenantHandle::open_local(tenant, &path, &token, limits.clone()) {
+            Err(RuntimeError::WrongKey) if next.is_some() => {
+                let next = next.unwrap_or_default();
+                let token = self.unseal(tenant, &db_id, &next)?;
+                let handle = TenantHandle::open_local(tenant, &path, &token, limits)?;
+                tracing::warn!(tenant_id = %tenant, "finishing an interrupted DB token rotation");
+                self.catalog
+                    .promote_next_db_token(tenant)
+                    .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+                Ok(handle)
+            }
+            other => other,
+        }
+    }
+
+    /// Creates a tenant and its database: generates its id and DB token, seals the token,
+    /// lets `record_intent` write the catalog rows (tenant in `provisioning`, plus anything
+    /// that must be created with it), then provisions. All in one blocking task, so a client
+    /// hanging up cannot stop it half-way; on failure the intent is rolled back.
+    pub async fn provision_tenant<F>(&self, record_intent: F) -> Result<TenantId, ApiError>
+    where
+        F: FnOnce(&Catalog, TenantId, &str, &[u8]) -> Result<(), ApiError> + Send + 'static,
+    {
+        let tenant = TenantId::generate();
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+        let db_id = hex::encode(silo_crypto::random_bytes::<16>());
+        let token = DbToken::generate();
+        let sealed = self.seal_db_token(tenant, &db_id, &token);
+        let (provisioner, catalog) = (self.provisioner.clone(), self.catalog.clone());
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| -> Result<(), ApiError> {
+                record_intent(&catalog, tenant, &db_id, &sealed)?;
+                provisioner
+                    .provision(&catalog, tenant, &token)
+                    .map_err(ApiError::internal)
+            })
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        tracing::info!(tenant_id = %tenant, "tenant provisioned");
+        Ok(tenant)
+    }
+
+    /// Re-keys the tenant's database with a new DB token. Crash-safe: the new token is stored
+    /// (sealed) before the file changes, and promoted after; a crash in between is finished
+    /// at the next open. No request of the tenant runs meanwhile.
+    pub async fn rotate_db_token(&self, tenant: TenantId) -> Result<(), ApiError> {
+        let _exclusive = self.gates.enter_exclusive(tenant).await?;
+        let state = self.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| -> Result<(), ApiError> {
+                let (db_id, sealed, next) = state
+                    .catalog
+                    .db_tokens(tenant)?
+                    .ok_or_else(|| ApiError::NotFound("no such tenant".to_owned()))?;
+                // The cached handle holds the file open with the old key: close it first.
+                state.store.evict(tenant);
+                let old = state
+                    .unseal(tenant, &db_id, &sealed)
+                    .map_err(ApiError::from)?;
+                let new = match next {
+                    // An earlier rotation stopped half-way: finish with its token.
+                    Some(n) => state.unseal(tenant, &db_id, &n).map_err(ApiError::from)?,
+                    None => {
+                        let new = DbToken::generate();
+                        state.catalog.set_next_db_token(
+                            tenant,
+                            &state.seal_db_token(tenant, &db_id, &new),
+                        )?;
+                        new
+                    }
+                };
+                state
+                    .provisioner
+                    .placement()
+                    .rekey(tenant, &old, &new)
+                    .map_err(ApiError::internal)?;
+                state.catalog.promote_next_db_token(tenant)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    /// The DB tokens on record for the tenant, the current one first, then the pending one of
+    /// an interrupted rotation. Blocking.
+    pub fn db_token_candidates(&self, tenant: TenantId) -> Result<Vec<DbToken>, RuntimeError> {
+        let (db_id, sealed, next) = self
+            .catalog
+            .db_tokens(tenant)
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?
+            .ok_or(RuntimeError::Missing)?;
+        let mut out = vec![self.unseal(tenant, &db_id, &sealed)?];
+        if let Some(n) = next {
+            out.push(self.unseal(tenant, &db_id, &n)?);
+        }
+        Ok(out)
+    }
+
+    /// Closes the tenant's cached handle (after a suspension or deletion). Blocking work on
+    /// a blocking thread.
+    pub async fn close_tenant(&self, tenant: TenantId) {
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.evict(tenant)).await;
     }
 }

@@ -85,6 +85,36 @@ impl LocalPlacement {
         Ok(version)
     }
 
+    /// Re-keys the tenant's database from `old` to `new` (SQLCipher `PRAGMA rekey`, raw
+    /// key, every page rewritten). Idempotent: if `new` already opens the file, there is
+    /// nothing to do. Callers must make sure nothing else has the file open, and must have
+    /// stored `new` durably (sealed) *before* calling, so a crash half-way leaves a key that
+    /// opens the file on record. Blocking.
+    pub fn rekey(&self, tenant: TenantId, old: &DbToken, new: &DbToken) -> Result<()> {
+        let path = self.path(tenant);
+        if open_keyed(&path, new, OpenFlags::SQLITE_OPEN_READ_WRITE).is_ok() {
+            return Ok(());
+        }
+        let conn = open_keyed(&path, old, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        // Re-keying rewrites pages in place; do it outside WAL so no frame keeps old-key
+        // pages around, then return to WAL.
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")?;
+        {
+            let pragma = format!("PRAGMA rekey = \"x'{}'\";", hex::encode(new.expose_bytes()));
+            conn.execute_batch(&pragma).map_err(|_| {
+                ProvisionError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                    Some("re-keying the database failed".to_owned()),
+                ))
+            })?;
+        }
+        conn.execute_batch("PRAGMA journal_mode = WAL;")?;
+        conn.close().map_err(|(_, e)| e)?;
+        // Prove it: the new key opens, the old one no longer does.
+        open_keyed(&path, new, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        Ok(())
+    }
+
     /// Removes the tenant's database, its companions and any half-made copy. Idempotent.
     pub fn destroy(&self, tenant: TenantId) -> Result<()> {
         remove_with_companions(&self.path(tenant))?;
@@ -197,6 +227,30 @@ mod tests {
         let t = TenantId::generate();
         p.create(t, &DbToken::generate(), &m).unwrap();
         assert!(p.create(t, &DbToken::generate(), &m).is_err());
+    }
+
+    #[test]
+    fn rekey_makes_the_old_key_useless_and_keeps_the_data() {
+        let (_d, p, m) = setup();
+        let t = TenantId::generate();
+        let old = DbToken::generate();
+        p.create(t, &old, &m).unwrap();
+        {
+            let conn = open_keyed(&p.path(t), &old, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+            conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
+                .unwrap();
+        }
+        let new = DbToken::generate();
+        p.rekey(t, &old, &new).unwrap();
+        p.rekey(t, &old, &new).unwrap();
+        assert!(open_keyed(&p.path(t), &old, OpenFlags::SQLITE_OPEN_READ_ONLY).is_err());
+        let conn = open_keyed(&p.path(t), &new, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+        let x: i64 = conn.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 42);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl Catalog {
         tenant: TenantId,
         email: &str,
         role: Role,
-        invited_by: &str,
+        // A user id, or `None` when a platform operator invites (attributed elsewhere).
+        invited_by: Option<&str>,
         token_hash: &[u8; 32],
         ttl_secs: i64,
     ) -> Result<()> {

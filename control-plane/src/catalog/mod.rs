@@ -19,10 +19,12 @@ use silo_tenant_runtime::TenantId;
 
 use crate::auth::Role;
 
+mod admin;
 mod api_keys;
 mod members;
 mod security;
 
+pub use admin::{AdminTokenRow, MigrationFailure, SealedDbTokens, TenantSummary};
 pub use api_keys::{ApiKeyAuth, ApiKeyRow, NewApiKey};
 pub use members::{InviteRow, Joiner, MemberRow};
 pub use security::{SecurityEvent, TotpState};

@@ -23,12 +23,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 ApiError::InvalidInput("the request body could not be read".to_owned())
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::InvalidInput(
-                "send a JSON object as the request body".to_owned(),
-            ));
-        }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        // An empty body is read as `{}`: routes whose fields are all optional need none, and
+        // the others answer with the field that is missing.
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
         let value = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();

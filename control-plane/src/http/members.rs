@@ -58,7 +58,9 @@ pub(crate) async fn handle_invite_create(
     let (tenant, by) = (principal.tenant, principal.user_id.clone());
     state
         .catalog
-        .blocking(move |c| c.create_invite(tenant, &email, req.role, &by, &hash, INVITE_TTL_SECS))
+        .blocking(move |c| {
+            c.create_invite(tenant, &email, req.role, Some(&by), &hash, INVITE_TTL_SECS)
+        })
         .await?;
     Ok((
         StatusCode::CREATED,

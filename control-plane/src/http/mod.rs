@@ -3,6 +3,7 @@
 //! Order, outermost first: request id → trace span (request id, method, route, tenant id)
 //! → panic guard → security headers → body limit → route.
 
+pub mod admin;
 pub(crate) mod api_keys;
 pub(crate) mod data;
 pub(crate) mod extract;
@@ -66,6 +67,46 @@ pub fn router(state: AppState) -> Router {
             post(api_keys::handle_api_key_create).get(api_keys::handle_api_key_list),
         )
         .route("/v1/api-keys/{id}", delete(api_keys::handle_api_key_revoke))
+        .route(
+            "/admin/v1/tenants",
+            get(admin::handle_admin_tenants_list).post(admin::handle_admin_tenant_create),
+        )
+        .route(
+            "/admin/v1/tenants/{id}",
+            get(admin::handle_admin_tenant_show).delete(admin::handle_admin_tenant_delete),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/suspend",
+            post(admin::handle_admin_tenant_suspend),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/resume",
+            post(admin::handle_admin_tenant_resume),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/rotate-db-token",
+            post(admin::handle_admin_tenant_rotate),
+        )
+        .route(
+            "/admin/v1/admin-tokens",
+            get(admin::handle_admin_token_list).post(admin::handle_admin_token_create),
+        )
+        .route(
+            "/admin/v1/admin-tokens/{id}",
+            delete(admin::handle_admin_token_revoke),
+        )
+        .route(
+            "/admin/v1/migrations/plan",
+            get(admin::handle_admin_migrations_plan),
+        )
+        .route(
+            "/admin/v1/migrations/apply",
+            post(admin::handle_admin_migrations_apply),
+        )
+        .route(
+            "/admin/v1/migrations/status",
+            get(admin::handle_admin_migrations_status),
+        )
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))
         .fallback(handle_not_found)
@@ -124,6 +165,7 @@ fn request_span(req: &Request) -> tracing::Span {
         method = %req.method(),
         route,
         tenant_id = tracing::field::Empty,
+        admin = tracing::field::Empty,
     )
 }
 

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use silo_crypto::{DbToken, hash_token, random_token};
+use silo_crypto::{hash_token, random_token};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
@@ -85,7 +85,7 @@ pub(crate) struct UserView {
 }
 
 /// Trims and checks an organisation name.
-fn validate_org(org: &str) -> ApiResult<String> {
+pub(crate) fn validate_org(org: &str) -> ApiResult<String> {
     let org = org.trim();
     if org.is_empty() {
         return Err(ApiError::InvalidInput("org must not be empty".to_owned()));
@@ -207,42 +207,28 @@ pub(crate) async fn handle_signup(
     validate_password(&req.password)?;
     let password_hash = hash_on_blocking_thread(req.password).await?;
 
-    let tenant = TenantId::generate();
-    tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
-    let db_id = hex::encode(silo_crypto::random_bytes::<16>());
-    let token = DbToken::generate();
-    let signup = NewSignup {
-        tenant,
-        tenant_name: org.clone(),
-        sealed_db_token: state.seal_db_token(tenant, &db_id, &token),
-        db_id,
-        user_id: hex::encode(silo_crypto::random_bytes::<16>()),
-        email: email.clone(),
-        password_hash,
-    };
-    let user_id = signup.user_id.clone();
-    // One blocking task for the whole sequence, so that a client hanging up cannot stop it
-    // half-way (a blocking task runs to its end even if the request is dropped):
-    // 1. the intent, with the sealed token, before any file exists;
-    // 2. the database, published atomically, then the tenant marked active. On failure the
-    //    provisioner rolls the intent back, so the signup can be retried.
-    let (provisioner, catalog) = (state.provisioner.clone(), state.catalog.clone());
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        span.in_scope(|| -> ApiResult<()> {
+    let user_id = hex::encode(silo_crypto::random_bytes::<16>());
+    let (uid, org_name, owner_email) = (user_id.clone(), org.clone(), email.clone());
+    // The intent: tenant, owner account and membership in one catalog transaction.
+    let tenant = state
+        .provision_tenant(move |catalog, tenant, db_id, sealed| {
+            let signup = NewSignup {
+                tenant,
+                tenant_name: org_name,
+                sealed_db_token: sealed.to_vec(),
+                db_id: db_id.to_owned(),
+                user_id: uid,
+                email: owner_email,
+                password_hash,
+            };
             catalog.insert_signup(&signup).map_err(|e| match e {
                 CatalogError::EmailTaken => ApiError::Conflict(
                     "that email address already has an account; sign in instead".to_owned(),
                 ),
                 other => ApiError::internal(other),
-            })?;
-            provisioner
-                .provision(&catalog, tenant, &token)
-                .map_err(ApiError::internal)
+            })
         })
-    })
-    .await
-    .map_err(ApiError::internal)??;
+        .await?;
     tracing::info!(tenant_id = %tenant, "tenant signed up and provisioned");
 
     if let Some(ip) = ip {

@@ -2,34 +2,11 @@
 //! tenant.
 
 use base64::Engine as _;
-use secrecy::ExposeSecret;
-use silo_crypto::{EnvelopeContext, Keyring, MasterKey};
 
 use crate::helpers::{TestApp, contains};
 
-/// The tenant's DB token in clear, recovered the way silo does it, from the catalog row.
 fn db_token(app: &TestApp, tenant_id: &str) -> Vec<u8> {
-    let (db_id, sealed): (String, Vec<u8>) = app
-        .catalog()
-        .query_row(
-            "SELECT db_id, db_token FROM tenants WHERE id = ?1",
-            [tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("tenant row");
-    let ring = Keyring::new(
-        MasterKey::from_base64(&app.master_key).expect("key"),
-        vec![],
-    );
-    let ctx = EnvelopeContext {
-        tenant: tenant_id,
-        purpose: "db-token",
-        binding: &db_id,
-    };
-    ring.open(ctx, &sealed)
-        .expect("envelope opens")
-        .expose_secret()
-        .clone()
+    app.db_token(tenant_id)
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

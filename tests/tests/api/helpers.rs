@@ -95,12 +95,97 @@ impl TestApp {
         Self::spawn_with(&[])
     }
 
+    /// Runs `silo init` on a fresh data dir, then starts the server. Returns the app and
+    /// the admin token `init` printed (alone on its last line).
+    pub fn spawn_initialized(extra_args: &[&str]) -> (Self, String) {
+        let mut app = Self::unstarted(extra_args);
+        let out = Command::new(silo_bin())
+            .arg("init")
+            .arg("--data-dir")
+            .arg(app.data_dir())
+            .output()
+            .expect("run silo init");
+        assert!(
+            out.status.success(),
+            "silo init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let token = stdout
+            .lines()
+            .last()
+            .expect("a last line")
+            .trim()
+            .to_owned();
+        assert!(token.starts_with("silo_admin_"), "{stdout}");
+        app.start();
+        (app, token)
+    }
+
+    /// Runs the `silo` CLI against this server with `token` (exit code, stdout, stderr).
+    pub fn cli(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(silo_bin())
+            .args(args)
+            .env("SILO_SERVER", &self.base)
+            .env("SILO_ADMIN_TOKEN", token)
+            .output()
+            .expect("run the silo CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs the CLI with `--json`, expects success, returns the parsed output.
+    #[track_caller]
+    pub fn cli_json(&self, token: &str, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.cli(token, &all);
+        assert_eq!(code, 0, "silo {args:?}: {err}\n{out}");
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("silo {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    /// The tenant's DB token in clear, recovered as silo does it, from the catalog row.
+    pub fn db_token(&self, tenant_id: &str) -> Vec<u8> {
+        use secrecy::ExposeSecret;
+        let (db_id, sealed): (String, Vec<u8>) = self
+            .catalog()
+            .query_row(
+                "SELECT db_id, db_token FROM tenants WHERE id = ?1",
+                [tenant_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("tenant row");
+        let ring = silo_crypto::Keyring::new(
+            silo_crypto::MasterKey::from_base64(&self.master_key).expect("key"),
+            vec![],
+        );
+        let ctx = silo_crypto::EnvelopeContext {
+            tenant: tenant_id,
+            purpose: "db-token",
+            binding: &db_id,
+        };
+        ring.open(ctx, &sealed)
+            .expect("envelope opens")
+            .expose_secret()
+            .clone()
+    }
+
     /// Starts silo with extra `serve` arguments.
     pub fn spawn_with(extra_args: &[&str]) -> Self {
+        let mut app = Self::unstarted(extra_args);
+        app.start();
+        app
+    }
+
+    fn unstarted(extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let master_key =
             base64::engine::general_purpose::STANDARD.encode(silo_crypto::random_bytes::<32>());
-        let mut app = TestApp {
+        TestApp {
             base: String::new(),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -110,9 +195,7 @@ impl TestApp {
             master_key,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        app.start();
-        app
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

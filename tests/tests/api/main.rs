@@ -11,6 +11,7 @@ mod at_rest;
 mod input;
 mod isolation;
 mod lockout;
+mod operators;
 mod provisioning;
 mod roles;
 mod sandbox;

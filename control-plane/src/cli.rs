@@ -1,0 +1,618 @@
+//! The operator side of the `silo` command: `init` (offline, on the data dir), and the admin
+//! subcommands, which call the admin API over HTTP.
+//!
+//! Output is an aligned table for people, `--json` for scripts. Exit codes: 0 done, 1 the
+//! operation failed (the message says what to do), 2 usage error (from clap).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use crate::catalog::Catalog;
+
+/// How the admin subcommands reach the server.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the silo server.
+    #[arg(
+        long,
+        env = "SILO_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Platform admin token (from `silo init` or `silo admin-token create`).
+    #[arg(long, env = "SILO_ADMIN_TOKEN", hide_env_values = true, global = true, value_parser = parse_secret)]
+    pub token: Option<SecretString>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// The data directory to initialise (the server must not be running on it).
+    #[arg(long, env = "SILO_DATA_DIR", default_value = "./silo-data")]
+    pub data_dir: PathBuf,
+    /// A name for the first admin token.
+    #[arg(long, default_value = "initial")]
+    pub name: String,
+}
+
+#[derive(Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create another platform admin token (printed once, alone on the last line).
+    Create {
+        /// What the token is for, e.g. "ci" or a person's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List live admin tokens (never the tokens themselves).
+    List,
+    /// Revoke an admin token by id (the last one cannot be revoked).
+    Revoke {
+        /// The token's id, from `silo admin-token list`.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant and its database.
+    Create {
+        /// The tenant's name (organisation).
+        name: String,
+        /// Invite this person as the tenant's owner (the invitation token is printed).
+        #[arg(long)]
+        owner_email: Option<String>,
+        /// Plan name.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// List tenants, oldest id first.
+    List {
+        /// Only tenants with this status (active, suspended, deleting, deleted).
+        #[arg(long)]
+        status: Option<String>,
+        /// Most tenants per page.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Follow the pages to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one tenant: placement, size, schema version, last activity.
+    Show {
+        /// Tenant id.
+        id: String,
+    },
+    /// Suspend a tenant: its users and keys are refused at once.
+    Suspend {
+        /// Tenant id.
+        id: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// Tenant id.
+        id: String,
+    },
+    /// Schedule a tenant for deletion (suspends it at once).
+    Delete {
+        /// Tenant id.
+        id: String,
+    },
+    /// Re-key a tenant's database with a new DB token; the old one stops opening it.
+    RotateToken {
+        /// Tenant id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MigrateCommand {
+    /// Show the tenant migrations and how many tenants each would run on.
+    Plan,
+    /// Bring every tenant up to the latest migration.
+    Apply {
+        /// Tenants migrated at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: u32,
+        /// Migrate this many tenants first, one by one, and stop if any fails.
+        #[arg(long, default_value_t = 0)]
+        canary: u32,
+        /// Start the job and return without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// How many tenants are at each version, the current job, and failures.
+    Status,
+}
+
+/// A failed operation: the message for the operator.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+type CliResult<T = ()> = Result<T, CliError>;
+
+/// `silo init`: the first admin token, printed once, alone on the last line.
+pub fn init(args: &InitArgs) -> CliResult {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(args.data_dir.join("silo.lock"))?;
+    lock.try_lock().map_err(|_| {
+        CliError(format!(
+            "a silo server is running on {}: stop it, or use `silo admin-token create` against it",
+            args.data_dir.display()
+        ))
+    })?;
+    let catalog = Catalog::open(&args.data_dir.join("catalog.db"))?;
+    if catalog.admin_token_count()? > 0 {
+        return Err(CliError(
+            "this data directory is already initialised; create more tokens with `silo admin-token create`".to_owned(),
+        ));
+    }
+    let (id, token) = crate::http::admin::create_admin_token(&catalog, &args.name)?;
+    println!("silo initialised {}", args.data_dir.display());
+    println!(
+        "admin token {id} ({}) — shown once, keep it in a secret manager:",
+        args.name
+    );
+    println!("{}", token.expose_secret());
+    Ok(())
+}
+
+/// A small blocking client for the admin API.
+struct Client {
+    http: reqwest::blocking::Client,
+    server: String,
+    token: SecretString,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> CliResult<Self> {
+        let token = args.token.clone().ok_or_else(|| {
+            CliError(
+                "no admin token: pass --token or set SILO_ADMIN_TOKEN (from `silo init`)"
+                    .to_owned(),
+            )
+        })?;
+        Ok(Client {
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?,
+            server: args.server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> CliResult<Value> {
+        let url = format!("{}/admin/v1{path}", self.server);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(self.token.expose_secret());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .map_err(|e| CliError(format!("cannot reach {}: {e}", self.server)))?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"]["message"].as_str().unwrap_or(text.as_str());
+        let code = body["error"]["code"].as_str().unwrap_or("error");
+        Err(CliError(format!(
+            "{message} ({code}, HTTP {})",
+            status.as_u16()
+        )))
+    }
+}
+
+/// Prints rows as an aligned table.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}",
+        line(headers.iter().map(|h| h.to_uppercase()).collect())
+    );
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row.clone()));
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn tenant_rows(tenants: &[Value]) -> Vec<Vec<String>> {
+    tenants
+        .iter()
+        .map(|t| {
+            vec![
+                text(&t["id"]),
+                text(&t["name"]),
+                text(&t["status"]),
+                text(&t["plan"]),
+                text(if t["schema_version"].is_null() {
+                    &t["db"]["schema_version"]
+                } else {
+                    &t["schema_version"]
+                }),
+            ]
+        })
+        .collect()
+}
+
+const TENANT_HEADERS: [&str; 5] = ["id", "name", "status", "plan", "schema"];
+
+pub fn admin_token(args: &ClientArgs, cmd: &AdminTokenCommand) -> CliResult {
+    let c = Client::new(args)?;
+    match cmd {
+        AdminTokenCommand::Create { name } => {
+            let out = c.call(
+                reqwest::Method::POST,
+                "/admin-tokens",
+                Some(json!({ "name": name })),
+            )?;
+            if args.json {
+                print_json(&out);
+            } else {
+                println!(
+                    "admin token {} ({}) — shown once:",
+                    text(&out["id"]),
+                    text(&out["name"])
+                );
+                println!("{}", text(&out["token"]));
+            }
+        }
+        AdminTokenCommand::List => {
+            let out = c.call(reqwest::Method::GET, "/admin-tokens", None)?;
+            if args.json {
+                print_json(&out);
+            } else {
+                let rows: Vec<Vec<String>> = out["admin_tokens"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|t| vec![text(&t["id"]), text(&t["name"]), text(&t["created_at"])])
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["id", "name", "created"], &rows);
+            }
+        }
+        AdminTokenCommand::Revoke { id } => {
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/admin-tokens/{id}"),
+                None,
+            )?;
+            if args.json {
+                print_json(&json!({ "revoked": id }));
+            } else {
+                println!("admin token {id} revoked");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
+    let c = Client::new(args)?;
+    let show = |v: &Value| {
+        if args.json {
+            print_json(v);
+        } else {
+            table(&TENANT_HEADERS, &tenant_rows(std::slice::from_ref(v)));
+        }
+    };
+    match cmd {
+        TenantsCommand::Create {
+            name,
+            owner_email,
+            plan,
+        } => {
+            let out = c.call(
+                reqwest::Method::POST,
+                "/tenants",
+                Some(json!({ "name": name, "owner_email": owner_email, "plan": plan })),
+            )?;
+            show(&out);
+            if !args.json
+                && let Some(t) = out["owner_invite_token"].as_str()
+            {
+                println!(
+                    "owner invitation token (shown once; the owner accepts it at POST /v1/invites/accept):"
+                );
+                println!("{t}");
+            }
+        }
+        TenantsCommand::List { status, limit, all } => {
+            let mut tenants = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = format!("/tenants?limit={limit}");
+                if let Some(s) = status {
+                    path.push_str(&format!("&status={s}"));
+                }
+                if let Some(a) = &after {
+                    path.push_str(&format!("&after={a}"));
+                }
+                let out = c.call(reqwest::Method::GET, &path, None)?;
+                tenants.extend(out["tenants"].as_array().cloned().unwrap_or_default());
+                after = out["next"].as_str().map(str::to_owned);
+                if !*all || after.is_none() {
+                    break;
+                }
+            }
+            if args.json {
+                print_json(&json!({ "tenants": tenants, "next": after }));
+            } else {
+                table(&TENANT_HEADERS, &tenant_rows(&tenants));
+                if let Some(a) = after {
+                    println!("(more: --all, or the next page starts after {a})");
+                }
+            }
+        }
+        TenantsCommand::Show { id } => {
+            let out = c.call(reqwest::Method::GET, &format!("/tenants/{id}"), None)?;
+            if args.json {
+                print_json(&out);
+            } else {
+                let rows = [
+                    ("id", text(&out["id"])),
+                    ("name", text(&out["name"])),
+                    ("status", text(&out["status"])),
+                    ("plan", text(&out["plan"])),
+                    ("placement", text(&out["db"]["placement"])),
+                    ("size_bytes", text(&out["db"]["size_bytes"])),
+                    ("schema_version", text(&out["db"]["schema_version"])),
+                    ("members", text(&out["members"])),
+                    ("last_activity", text(&out["last_activity_at"])),
+                    ("created", text(&out["created_at"])),
+                    (
+                        "migration_failure",
+                        text(&out["migration_failure"]["error"]),
+                    ),
+                ];
+                table(
+                    &["field", "value"],
+                    &rows
+                        .iter()
+                        .map(|(k, v)| vec![(*k).to_owned(), v.clone()])
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        TenantsCommand::Suspend { id } => show(&c.call(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/suspend"),
+            None,
+        )?),
+        TenantsCommand::Resume { id } => show(&c.call(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/resume"),
+            None,
+        )?),
+        TenantsCommand::Delete { id } => {
+            show(&c.call(reqwest::Method::DELETE, &format!("/tenants/{id}"), None)?)
+        }
+        TenantsCommand::RotateToken { id } => {
+            let out = c.call(
+                reqwest::Method::POST,
+                &format!("/tenants/{id}/rotate-db-token"),
+                None,
+            )?;
+            if args.json {
+                print_json(&out);
+            } else {
+                println!(
+                    "tenant {id}: DB token rotated; the old token no longer opens the database"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn versions_rows(status: &Value) -> Vec<Vec<String>> {
+    status["versions"]
+        .as_object()
+        .map(|m| m.iter().map(|(v, n)| vec![v.clone(), text(n)]).collect())
+        .unwrap_or_default()
+}
+
+fn print_failures(status: &Value) {
+    let failures = status["failures"].as_array().cloned().unwrap_or_default();
+    if !failures.is_empty() {
+        println!();
+        println!("failed tenants (left at their previous version):");
+        table(
+            &["tenant", "version", "error"],
+            &failures
+                .iter()
+                .map(|f| {
+                    vec![
+                        text(&f["tenant_id"]),
+                        text(&f["version"]),
+                        text(&f["error"]),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+}
+
+pub fn migrate(args: &ClientArgs, cmd: &MigrateCommand) -> CliResult {
+    let c = Client::new(args)?;
+    match cmd {
+        MigrateCommand::Plan => {
+            let out = c.call(reqwest::Method::GET, "/migrations/plan", None)?;
+            if args.json {
+                print_json(&out);
+            } else {
+                println!("latest tenant migration: {}", text(&out["latest_version"]));
+                let rows: Vec<Vec<String>> = out["pending"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|p| {
+                                vec![text(&p["version"]), text(&p["name"]), text(&p["tenants"])]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if rows.is_empty() {
+                    println!("every tenant is up to date");
+                } else {
+                    table(&["version", "migration", "tenants"], &rows);
+                }
+            }
+        }
+        MigrateCommand::Status => {
+            let out = c.call(reqwest::Method::GET, "/migrations/status", None)?;
+            if args.json {
+                print_json(&out);
+            } else {
+                println!("latest tenant migration: {}", text(&out["latest_version"]));
+                table(&["version", "tenants"], &versions_rows(&out));
+                print_failures(&out);
+            }
+            if out["failures"].as_array().is_some_and(|f| !f.is_empty()) {
+                return Err(CliError(
+                    "some tenants failed their last migration".to_owned(),
+                ));
+            }
+        }
+        MigrateCommand::Apply {
+            concurrency,
+            canary,
+            no_wait,
+        } => {
+            let started = c.call(
+                reqwest::Method::POST,
+                "/migrations/apply",
+                Some(json!({ "concurrency": concurrency, "canary": canary })),
+            )?;
+            if *no_wait {
+                if args.json {
+                    print_json(&started);
+                } else {
+                    println!(
+                        "migration job {} started for {} tenants",
+                        text(&started["job"]["id"]),
+                        text(&started["job"]["total"])
+                    );
+                }
+                return Ok(());
+            }
+            let job_id = started["job"]["id"].clone();
+            let total = started["job"]["total"].as_u64().unwrap_or(0);
+            // A bar for people at a terminal; nothing for scripts and logs.
+            let bar = if !args.json && std::io::stderr().is_terminal() {
+                indicatif::ProgressBar::new(total)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let status = loop {
+                let status = c.call(reqwest::Method::GET, "/migrations/status", None)?;
+                let job = &status["job"];
+                if job["id"] != job_id {
+                    return Err(CliError(
+                        "another migration job replaced this one".to_owned(),
+                    ));
+                }
+                let (done, failed) = (
+                    job["done"].as_u64().unwrap_or(0),
+                    job["failed"].as_u64().unwrap_or(0),
+                );
+                bar.set_position(done + failed);
+                bar.set_message(format!(
+                    "done {done}, failed {failed}, remaining {}",
+                    text(&job["remaining"])
+                ));
+                if job["state"] != json!("running") {
+                    break status;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            bar.finish_and_clear();
+            let job = &status["job"];
+            if args.json {
+                print_json(&status);
+            } else {
+                println!(
+                    "migration {}: {} tenants, {} done, {} failed, {} not attempted (target version {})",
+                    text(&job["state"]),
+                    text(&job["total"]),
+                    text(&job["done"]),
+                    text(&job["failed"]),
+                    text(&job["remaining"]),
+                    text(&job["target_version"]),
+                );
+                print_failures(&status);
+            }
+            if job["state"] == json!("canary_failed") {
+                return Err(CliError(
+                    "a canary tenant failed; nothing else was migrated".to_owned(),
+                ));
+            }
+            if job["failed"].as_u64().unwrap_or(0) > 0 {
+                return Err(CliError(
+                    "some tenants failed; fix them and run `silo migrate apply` again".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
