@@ -390,6 +390,14 @@ impl Principal {
         }
     }
 
+    /// How this caller is named in the audit log.
+    pub fn actor(&self) -> String {
+        match &self.actor {
+            Actor::User { .. } => format!("user:{}", self.user_id),
+            Actor::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
+        }
+    }
+
     /// For routes only a person may use (managing members, keys, the session itself).
     pub fn require_user(&self) -> Result<&str, ApiError> {
         match &self.actor {

@@ -136,6 +136,60 @@ pub enum MigrateCommand {
     Status,
 }
 
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chains and signed heads: every chain, or one tenant's.
+    Verify {
+        /// Only this tenant's chain.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// `silo audit verify`: exit 0 when every chain checks out, 1 otherwise.
+pub fn audit(args: &ClientArgs, cmd: &AuditCommand) -> CliResult {
+    let c = Client::new(args)?;
+    let AuditCommand::Verify { tenant } = cmd;
+    let path = match tenant {
+        Some(t) => format!("/audit/verify?tenant={t}"),
+        None => "/audit/verify".to_owned(),
+    };
+    let out = c.call(reqwest::Method::GET, &path, None)?;
+    if args.json {
+        print_json(&out);
+    } else {
+        let rows: Vec<Vec<String>> = out["chains"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        vec![
+                            text(&r["chain"]),
+                            if r["ok"] == json!(true) {
+                                "ok".to_owned()
+                            } else {
+                                "TAMPERED".to_owned()
+                            },
+                            text(&r["checked"]),
+                            text(&r["first_bad_id"]),
+                            text(&r["reason"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &["chain", "result", "events", "first_bad_id", "reason"],
+            &rows,
+        );
+    }
+    if out["ok"] == json!(true) {
+        Ok(())
+    } else {
+        Err(CliError("the audit log failed verification".to_owned()))
+    }
+}
+
 /// A failed operation: the message for the operator.
 #[derive(Debug)]
 pub struct CliError(pub String);

@@ -43,6 +43,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::MigrateCommand,
     },
+    /// Verify the audit log (over the admin API).
+    Audit {
+        #[command(flatten)]
+        client: crate::cli::ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli::AuditCommand,
+    },
     /// Print shell completions: `silo completions bash > /etc/bash_completion.d/silo`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.

@@ -18,6 +18,7 @@ use silo_provisioner::migrations::current_version;
 use silo_tenant_runtime::TenantId;
 use silo_tenant_runtime::handle::open_keyed;
 
+use crate::audit::{AuditRecord, Outcome, RequestMeta};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -227,6 +228,25 @@ fn migrate_tenant(state: &AppState, tenant: TenantId) -> bool {
                 (Some(at), failed, e.to_string())
             })
     })();
+    let mut rec = AuditRecord::new(
+        Some(tenant),
+        "system",
+        "migration.applied",
+        &RequestMeta::default(),
+    )
+    .target(format!("tenant:{tenant}"));
+    match &outcome {
+        Ok(v) => rec = rec.after(serde_json::json!({ "schema_version": v })),
+        Err((at, failed, error)) => {
+            rec = rec
+                .outcome(Outcome::Failure)
+                .before(serde_json::json!({ "schema_version": at }))
+                .after(serde_json::json!({ "failed_version": failed, "error": error }));
+        }
+    }
+    if let Err(e) = state.catalog.append_audit(&state.keyring, &rec) {
+        tracing::error!(error = %e, "could not record the migration in the audit log");
+    }
     let record = match &outcome {
         Ok(v) => state
             .catalog

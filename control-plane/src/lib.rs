@@ -11,8 +11,10 @@
 //! - [`error`]: [`error::ApiError`], the one error type of the API.
 //! - [`two_factor`]: TOTP and recovery codes.
 //! - [`fleet`]: migrations across every tenant database.
+//! - [`audit`]: the audit log's hash chains and signed heads.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod cli;

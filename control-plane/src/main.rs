@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
         Command::Tenants { client, command } => {
             Some(silo_control_plane::cli::tenants(client, command))
         }
+        Command::Audit { client, command } => Some(silo_control_plane::cli::audit(client, command)),
         Command::Migrate { client, command } => {
             Some(silo_control_plane::cli::migrate(client, command))
         }

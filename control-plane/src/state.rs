@@ -261,6 +261,28 @@ impl AppState {
         Ok(out)
     }
 
+    /// Appends an event to the audit log (its tenant's chain, or the platform's).
+    pub async fn audit(&self, rec: crate::audit::AuditRecord) -> Result<(), ApiError> {
+        let keyring = self.keyring.clone();
+        self.catalog
+            .blocking(move |c| c.append_audit(&keyring, &rec).map(|_| ()))
+            .await?;
+        Ok(())
+    }
+
+    /// Appends an event about an account to the chain of each of its tenants.
+    pub async fn audit_for_user(
+        &self,
+        user_id: &str,
+        rec: crate::audit::AuditRecord,
+    ) -> Result<(), ApiError> {
+        let (keyring, uid) = (self.keyring.clone(), user_id.to_owned());
+        self.catalog
+            .blocking(move |c| c.append_audit_for_user(&keyring, &uid, &rec))
+            .await?;
+        Ok(())
+    }
+
     /// Closes the tenant's cached handle (after a suspension or deletion). Blocking work on
     /// a blocking thread.
     pub async fn close_tenant(&self, tenant: TenantId) {

@@ -45,6 +45,9 @@ pub struct QueryResult {
     pub rows_affected: u64,
     /// `null` for statements that cannot write.
     pub last_insert_rowid: Option<i64>,
+    /// The statement changed the schema (DDL): the control plane audits these.
+    #[serde(skip)]
+    pub schema_changed: bool,
 }
 
 /// One statement of a request.
@@ -281,6 +284,13 @@ fn run(
         .map_err(|e| map_error(e, sandbox))?;
     bind(&mut prepared, &stmt.params)?;
     let readonly = prepared.readonly();
+    // The schema cookie changes exactly when the schema does; read only around statements
+    // that can write at all.
+    let schema_version = |conn: &Connection| -> Result<i64> {
+        conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(|e| map_error(e, sandbox))
+    };
+    let version_before = if readonly { 0 } else { schema_version(conn)? };
     let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
     let width = columns.len();
     let mut rows = Vec::new();
@@ -309,11 +319,13 @@ fn run(
             Some(conn.last_insert_rowid()).filter(|&id| id != 0),
         )
     };
+    let schema_changed = !readonly && schema_version(conn)? != version_before;
     Ok(QueryResult {
         columns,
         rows,
         rows_affected,
         last_insert_rowid,
+        schema_changed,
     })
 }
 
@@ -557,6 +569,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn schema_changes_are_flagged_and_row_writes_are_not() {
+        let (_d, h, _t) = fresh();
+        assert!(
+            h.execute(&s("CREATE TABLE t(a)"), ALL)
+                .unwrap()
+                .schema_changed
+        );
+        assert!(
+            !h.execute(&s("INSERT INTO t VALUES (1)"), ALL)
+                .unwrap()
+                .schema_changed
+        );
+        assert!(
+            !h.execute(&s("SELECT * FROM t"), ALL)
+                .unwrap()
+                .schema_changed
+        );
+        assert!(
+            h.execute(&s("CREATE INDEX i ON t(a)"), ALL)
+                .unwrap()
+                .schema_changed
+        );
+        assert!(
+            !h.execute(&s("CREATE TABLE IF NOT EXISTS t(a)"), ALL)
+                .unwrap()
+                .schema_changed
+        );
     }
 
     #[test]

@@ -21,13 +21,15 @@ use crate::auth::Role;
 
 mod admin;
 mod api_keys;
+mod audit;
 mod members;
 mod security;
 
 pub use admin::{AdminTokenRow, MigrationFailure, SealedDbTokens, TenantSummary};
 pub use api_keys::{ApiKeyAuth, ApiKeyRow, NewApiKey};
+pub use audit::{AuditFilter, AuditHead, StoredAuditEvent};
 pub use members::{InviteRow, Joiner, MemberRow};
-pub use security::{SecurityEvent, TotpState};
+pub use security::TotpState;
 
 /// Bookkeeping table of applied catalog migrations.
 const CATALOG_MIGRATIONS_TABLE: &str = "schema_migrations";
@@ -128,7 +130,11 @@ pub enum RefreshOutcome {
         session_version: i64,
     },
     /// The token had already been used: the whole session has been revoked.
-    Reused,
+    Reused {
+        session_id: String,
+        user_id: String,
+        tenant: TenantId,
+    },
     /// Unknown, expired, or its session is revoked or outdated.
     Invalid,
 }
@@ -460,7 +466,11 @@ impl Catalog {
                 [&session_id],
             )?;
             tx.commit()?;
-            return Ok(RefreshOutcome::Reused);
+            return Ok(RefreshOutcome::Reused {
+                session_id,
+                user_id,
+                tenant: parse_tenant(tenant)?,
+            });
         }
         if revoked
             || expires_at <= now

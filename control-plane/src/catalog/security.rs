@@ -1,7 +1,6 @@
 //! Two-factor state, failed-login counting, security events, and known networks.
 
 use rusqlite::{OptionalExtension, params};
-use serde_json::Value;
 use silo_tenant_runtime::TenantId;
 
 use super::{Catalog, Result, now_unix};
@@ -11,16 +10,6 @@ pub struct TotpState {
     /// The sealed secret: set by enrolment, kept while 2FA is on.
     pub sealed_secret: Option<Vec<u8>>,
     pub enabled: bool,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SecurityEvent {
-    pub id: i64,
-    pub kind: String,
-    pub user_id: Option<String>,
-    pub ip: Option<String>,
-    pub detail: Option<Value>,
-    pub at: String,
 }
 
 impl Catalog {
@@ -154,61 +143,6 @@ impl Catalog {
         self.lock()
             .execute("DELETE FROM login_failures WHERE key = ?1", [key])?;
         Ok(())
-    }
-
-    /// Records an event for `tenant`, or for every tenant of `user` when no tenant is given.
-    pub fn record_security_event(
-        &self,
-        tenant: Option<TenantId>,
-        user_id: Option<&str>,
-        kind: &str,
-        ip: Option<&str>,
-        detail: Option<&Value>,
-    ) -> Result<()> {
-        let detail = detail.map(Value::to_string);
-        let conn = self.lock();
-        match tenant {
-            Some(t) => {
-                conn.execute(
-                    "INSERT INTO security_events (tenant_id, user_id, kind, ip, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![t.to_string(), user_id, kind, ip, detail],
-                )?;
-            }
-            None => {
-                conn.execute(
-                    "INSERT INTO security_events (tenant_id, user_id, kind, ip, detail)
-                     SELECT tenant_id, user_id, ?2, ?3, ?4 FROM memberships WHERE user_id = ?1",
-                    params![user_id, kind, ip, detail],
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The tenant's events, newest first, after `before_id` if given.
-    pub fn security_events(
-        &self,
-        tenant: TenantId,
-        limit: i64,
-        before_id: Option<i64>,
-    ) -> Result<Vec<SecurityEvent>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, kind, user_id, ip, detail, at FROM security_events
-             WHERE tenant_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![tenant.to_string(), before_id, limit], |r| {
-            let detail: Option<String> = r.get(4)?;
-            Ok(SecurityEvent {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                user_id: r.get(2)?,
-                ip: r.get(3)?,
-                detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
-                at: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Remembers that the user signed in from `network`. True when the network is new *and*

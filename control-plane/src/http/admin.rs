@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
+use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::Role;
 use crate::catalog::Catalog;
 use crate::error::{ApiError, ApiResult};
@@ -83,23 +84,21 @@ fn parse_tenant(id: &str) -> ApiResult<TenantId> {
         .map_err(|_| ApiError::NotFound("no such tenant".to_owned()))
 }
 
-/// Records an admin action against a tenant (security events now; the audit log later).
-async fn record(
-    state: &AppState,
+/// An audit record of an admin action, attributed to the admin token.
+fn admin_event(
     admin: &Admin,
-    tenant: TenantId,
+    meta: &RequestMeta,
+    tenant: Option<TenantId>,
     action: &str,
-    detail: Value,
-) -> ApiResult<()> {
-    tracing::info!(admin = %admin.token_id, admin_name = %admin.name, tenant_id = %tenant, action, "admin action");
-    let (actor, action) = (admin.actor(), action.to_owned());
-    state
-        .catalog
-        .blocking(move |c| {
-            c.record_security_event(Some(tenant), Some(&actor), &action, None, Some(&detail))
-        })
-        .await?;
-    Ok(())
+    target: String,
+) -> AuditRecord {
+    AuditRecord::new(tenant, admin.actor(), action, meta).target(target)
+}
+
+/// Records an admin action in the audit log: the tenant's chain, or the platform's.
+async fn record(state: &AppState, admin: &Admin, rec: AuditRecord) -> ApiResult<()> {
+    tracing::info!(admin = %admin.token_id, admin_name = %admin.name, action = %rec.action, "admin action");
+    state.audit(rec).await
 }
 
 async fn tenant_view(state: &AppState, tenant: TenantId) -> ApiResult<Value> {
@@ -183,6 +182,7 @@ pub(crate) struct CreateTenant {
 pub(crate) async fn handle_admin_tenant_create(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = validate_org(&req.name)?;
@@ -232,9 +232,14 @@ pub(crate) async fn handle_admin_tenant_create(
     record(
         &state,
         &admin,
-        tenant,
-        "admin.tenant_created",
-        json!({ "name": name, "plan": plan }),
+        admin_event(
+            &admin,
+            &meta,
+            Some(tenant),
+            "admin.tenant_created",
+            format!("tenant:{tenant}"),
+        )
+        .after(json!({ "name": name, "plan": plan })),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(body)))
@@ -252,6 +257,7 @@ pub(crate) async fn handle_admin_tenant_show(
 async fn change_status(
     state: &AppState,
     admin: &Admin,
+    meta: &RequestMeta,
     id: &str,
     to: TenantStatus,
     action: &str,
@@ -268,9 +274,15 @@ async fn change_status(
     record(
         state,
         admin,
-        tenant,
-        action,
-        json!({ "from": from.as_str(), "to": to.as_str() }),
+        admin_event(
+            admin,
+            meta,
+            Some(tenant),
+            action,
+            format!("tenant:{tenant}"),
+        )
+        .before(json!({ "status": from.as_str() }))
+        .after(json!({ "status": to.as_str() })),
     )
     .await?;
     tenant_view(state, tenant).await
@@ -281,12 +293,14 @@ async fn change_status(
 pub(crate) async fn handle_admin_tenant_suspend(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
         change_status(
             &state,
             &admin,
+            &meta,
             &id,
             TenantStatus::Suspended,
             "tenant.suspended",
@@ -299,10 +313,19 @@ pub(crate) async fn handle_admin_tenant_suspend(
 pub(crate) async fn handle_admin_tenant_resume(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
-        change_status(&state, &admin, &id, TenantStatus::Active, "tenant.resumed").await?,
+        change_status(
+            &state,
+            &admin,
+            &meta,
+            &id,
+            TenantStatus::Active,
+            "tenant.resumed",
+        )
+        .await?,
     ))
 }
 
@@ -311,11 +334,13 @@ pub(crate) async fn handle_admin_tenant_resume(
 pub(crate) async fn handle_admin_tenant_delete(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let body = change_status(
         &state,
         &admin,
+        &meta,
         &id,
         TenantStatus::Deleting,
         "tenant.deletion_scheduled",
@@ -329,6 +354,7 @@ pub(crate) async fn handle_admin_tenant_delete(
 pub(crate) async fn handle_admin_tenant_rotate(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let tenant = parse_tenant(&id)?;
@@ -346,7 +372,18 @@ pub(crate) async fn handle_admin_tenant_rotate(
         }
     }
     state.rotate_db_token(tenant).await?;
-    record(&state, &admin, tenant, "tenant.db_token_rotated", json!({})).await?;
+    record(
+        &state,
+        &admin,
+        admin_event(
+            &admin,
+            &meta,
+            Some(tenant),
+            "tenant.db_token_rotated",
+            format!("tenant:{tenant}"),
+        ),
+    )
+    .await?;
     Ok(Json(json!({ "id": id, "rotated": true })))
 }
 
@@ -360,6 +397,7 @@ pub(crate) struct NewAdminToken {
 pub(crate) async fn handle_admin_token_create(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<NewAdminToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = validate_org(&req.name)?;
@@ -368,7 +406,19 @@ pub(crate) async fn handle_admin_token_create(
         .catalog
         .blocking(move |c| create_admin_token(c, &n))
         .await?;
-    tracing::info!(admin = %admin.token_id, new_token = %id, "admin token created");
+    record(
+        &state,
+        &admin,
+        admin_event(
+            &admin,
+            &meta,
+            None,
+            "admin.token_created",
+            format!("admin:{id}"),
+        )
+        .after(json!({ "name": name })),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "id": id, "name": name, "token": token.expose_secret() })),
@@ -388,6 +438,7 @@ pub(crate) async fn handle_admin_token_list(
 pub(crate) async fn handle_admin_token_revoke(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let target = id.clone();
@@ -395,7 +446,18 @@ pub(crate) async fn handle_admin_token_revoke(
         .catalog
         .blocking(move |c| c.revoke_admin_token(&target))
         .await?;
-    tracing::info!(admin = %admin.token_id, revoked = %id, "admin token revoked");
+    record(
+        &state,
+        &admin,
+        admin_event(
+            &admin,
+            &meta,
+            None,
+            "admin.token_revoked",
+            format!("admin:{id}"),
+        ),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -454,6 +516,7 @@ pub(crate) struct ApplyRequest {
 pub(crate) async fn handle_admin_migrations_apply(
     State(state): State<AppState>,
     admin: Admin,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<ApplyRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let concurrency = req.concurrency.unwrap_or(8);
@@ -463,7 +526,8 @@ pub(crate) async fn handle_admin_migrations_apply(
         ));
     }
     let job = crate::fleet::start(&state, concurrency, req.canary.unwrap_or(0)).await?;
-    tracing::info!(admin = %admin.token_id, job = %job.id, "fleet migration requested");
+    record(&state, &admin, admin_event(&admin, &meta, None, "admin.migrations_started", format!("job:{}", job.id)).after(json!({ "target_version": job.target_version, "tenants": job.total, "concurrency": concurrency, "canary": job.canary })))
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))))
 }
 

@@ -7,6 +7,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role, Scope, new_api_key};
 use crate::catalog::{CatalogError, NewApiKey, now_unix};
 use crate::error::{ApiError, ApiResult};
@@ -31,6 +32,7 @@ pub(crate) struct CreateKey {
 pub(crate) async fn handle_api_key_create(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     principal.require(Role::Viewer)?;
@@ -126,6 +128,21 @@ pub(crate) async fn handle_api_key_create(
             .await
         {
             Ok(()) => {
+                let rec = AuditRecord::new(
+                    Some(principal.tenant),
+                    principal.actor(),
+                    "api_key.created",
+                    &meta,
+                )
+                .target(format!("api_key:{id}"))
+                .after(json!({
+                    "name": name,
+                    "prefix": prefix,
+                    "scopes": scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                    "expires_at": expires_at,
+                    "allowed_ips": allowed_ips,
+                }));
+                state.audit(rec).await?;
                 return Ok((
                     StatusCode::CREATED,
                     Json(json!({
@@ -170,16 +187,21 @@ pub(crate) async fn handle_api_key_list(
 pub(crate) async fn handle_api_key_revoke(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     principal.require_user()?;
     let tenant = principal.tenant;
     let only = (principal.role < Role::Admin).then(|| principal.user_id.clone());
+    let key_id = id.clone();
     let revoked = state
         .catalog
         .blocking(move |c| c.revoke_api_key(tenant, &id, only.as_deref()))
         .await?;
     if revoked {
+        let rec = AuditRecord::new(Some(tenant), principal.actor(), "api_key.revoked", &meta)
+            .target(format!("api_key:{key_id}"));
+        state.audit(rec).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("no such API key".to_owned()))

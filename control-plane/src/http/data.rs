@@ -6,6 +6,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use silo_tenant_runtime::{AccessLevel, QueryResult, Statement};
 
+use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
@@ -17,15 +18,46 @@ const MAX_BATCH_STATEMENTS: usize = 1_000;
 pub(crate) async fn handle_db_query(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(statement): ApiJson<Statement>,
 ) -> ApiResult<Json<QueryResult>> {
     let level = data_access(&principal)?;
+    let sql = statement.sql.clone();
     let result = state
         .with_tenant(principal.tenant, move |handle| {
             handle.execute(&statement, level)
         })
         .await?;
+    if result.schema_changed {
+        audit_schema_change(&state, &principal, &meta, vec![sql]).await?;
+    }
     Ok(Json(result))
+}
+
+/// Most characters of a statement kept in the audit log.
+const AUDITED_SQL_CHARS: usize = 2_000;
+
+/// Schema changes made through the data routes are audited with their SQL (row writes are
+/// not). One event per request.
+async fn audit_schema_change(
+    state: &AppState,
+    principal: &Principal,
+    meta: &RequestMeta,
+    statements: Vec<String>,
+) -> ApiResult<()> {
+    let statements: Vec<String> = statements
+        .into_iter()
+        .map(|s| s.chars().take(AUDITED_SQL_CHARS).collect())
+        .collect();
+    let rec = AuditRecord::new(
+        Some(principal.tenant),
+        principal.actor(),
+        "db.schema_changed",
+        meta,
+    )
+    .target(format!("tenant:{}", principal.tenant))
+    .after(serde_json::json!({ "statements": statements }));
+    state.audit(rec).await
 }
 
 /// Every role may reach its data; what its SQL may do is the access level, enforced by
@@ -57,6 +89,7 @@ pub(crate) struct BatchResponse {
 pub(crate) async fn handle_db_batch(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> ApiResult<Json<BatchResponse>> {
     let level = data_access(&principal)?;
@@ -68,10 +101,20 @@ pub(crate) async fn handle_db_batch(
             "a batch holds at most {MAX_BATCH_STATEMENTS} statements"
         )));
     }
+    let sqls: Vec<String> = batch.statements.iter().map(|s| s.sql.clone()).collect();
     let results = state
         .with_tenant(principal.tenant, move |handle| {
             handle.batch(&batch.statements, batch.transaction, level)
         })
         .await?;
+    let ddl: Vec<String> = results
+        .iter()
+        .zip(sqls)
+        .filter(|(r, _)| r.schema_changed)
+        .map(|(_, sql)| sql)
+        .collect();
+    if !ddl.is_empty() {
+        audit_schema_change(&state, &principal, &meta, ddl).await?;
+    }
     Ok(Json(BatchResponse { results }))
 }

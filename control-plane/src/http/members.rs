@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use silo_crypto::{hash_token, random_token};
 
+use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role, hash_password, verify_password};
 use crate::catalog::Joiner;
 use crate::error::{ApiError, ApiResult};
@@ -45,6 +46,7 @@ pub(crate) struct InviteRequest {
 pub(crate) async fn handle_invite_create(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     principal.require(Role::Admin)?;
@@ -55,13 +57,17 @@ pub(crate) async fn handle_invite_create(
     let email = normalize_email(&req.email)?;
     let token = random_token(INVITE_TOKEN_PREFIX);
     let hash = hash_token(token.expose_secret());
-    let (tenant, by) = (principal.tenant, principal.user_id.clone());
+    let (tenant, by, invited) = (principal.tenant, principal.user_id.clone(), email.clone());
     state
         .catalog
         .blocking(move |c| {
             c.create_invite(tenant, &email, req.role, Some(&by), &hash, INVITE_TTL_SECS)
         })
         .await?;
+    let rec = AuditRecord::new(Some(tenant), principal.actor(), "member.invited", &meta)
+        .target(format!("email:{invited}"))
+        .after(json!({ "email": invited, "role": req.role }));
+    state.audit(rec).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "invite_token": token.expose_secret(), "expires_in": INVITE_TTL_SECS })),
@@ -83,6 +89,7 @@ pub(crate) struct AcceptRequest {
 /// with `password`; an email that has one must prove it with that account's password.
 pub(crate) async fn handle_invite_accept(
     State(state): State<AppState>,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<AcceptRequest>,
 ) -> ApiResult<(StatusCode, Json<Tokens>)> {
     let hash = hash_token(req.invite_token.expose_secret());
@@ -145,6 +152,15 @@ pub(crate) async fn handle_invite_accept(
             c.accept_invite(&hash, joiner)
         })
         .await?;
+    let rec = AuditRecord::new(
+        Some(invite.tenant),
+        format!("user:{user_id}"),
+        "member.joined",
+        &meta,
+    )
+    .target(format!("user:{user_id}"))
+    .after(json!({ "email": invite.email, "role": invite.role }));
+    state.audit(rec).await?;
     let tokens = start_session(&state, user_id, invite.tenant, false).await?;
     Ok((StatusCode::CREATED, Json(tokens)))
 }
@@ -159,6 +175,7 @@ pub(crate) struct RoleRequest {
 pub(crate) async fn handle_member_update(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     Path(user_id): Path<String>,
     ApiJson(req): ApiJson<RoleRequest>,
 ) -> ApiResult<Json<Value>> {
@@ -171,7 +188,16 @@ pub(crate) async fn handle_member_update(
         .catalog
         .blocking(move |c| c.set_role(tenant, &target, req.role, actor))
         .await?;
-    tracing::info!(member = %user_id, from = %previous, to = %req.role, "member role changed");
+    let rec = AuditRecord::new(
+        Some(tenant),
+        principal.actor(),
+        "member.role_changed",
+        &meta,
+    )
+    .target(format!("user:{user_id}"))
+    .before(json!({ "role": previous }))
+    .after(json!({ "role": req.role }));
+    state.audit(rec).await?;
     Ok(Json(json!({ "user_id": user_id, "role": req.role })))
 }
 
@@ -179,15 +205,21 @@ pub(crate) async fn handle_member_update(
 pub(crate) async fn handle_member_remove(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     Path(user_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     principal.require(Role::Admin)?;
     principal.require_user()?;
     principal.require_step_up()?;
     let (tenant, actor) = (principal.tenant, principal.role);
-    state
+    let target = user_id.clone();
+    let previous = state
         .catalog
-        .blocking(move |c| c.remove_member(tenant, &user_id, actor))
+        .blocking(move |c| c.remove_member(tenant, &target, actor))
         .await?;
+    let rec = AuditRecord::new(Some(tenant), principal.actor(), "member.removed", &meta)
+        .target(format!("user:{user_id}"))
+        .before(json!({ "role": previous }));
+    state.audit(rec).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub(crate) mod api_keys;
+pub(crate) mod audit;
 pub(crate) mod data;
 pub(crate) mod extract;
 pub(crate) mod members;
@@ -107,6 +108,12 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/migrations/status",
             get(admin::handle_admin_migrations_status),
         )
+        .route(
+            "/admin/v1/audit/verify",
+            get(audit::handle_admin_audit_verify),
+        )
+        .route("/v1/audit", get(audit::handle_audit_list))
+        .route("/v1/audit/verify", get(audit::handle_audit_verify))
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))
         .fallback(handle_not_found)

@@ -9,6 +9,7 @@ use silo_crypto::{hash_token, random_token};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
+use crate::audit::{AuditRecord, Outcome, RequestMeta};
 use crate::auth::{
     ACCESS_TOKEN_TTL_SECS, Principal, REFRESH_TOKEN_PREFIX, REFRESH_TOKEN_TTL_SECS, Role,
     hash_password, verify_password,
@@ -200,6 +201,7 @@ pub(crate) async fn start_session(
 pub(crate) async fn handle_signup(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<SignupResponse>)> {
     let org = validate_org(&req.org)?;
@@ -230,6 +232,15 @@ pub(crate) async fn handle_signup(
         })
         .await?;
     tracing::info!(tenant_id = %tenant, "tenant signed up and provisioned");
+    let rec = AuditRecord::new(
+        Some(tenant),
+        format!("user:{user_id}"),
+        "tenant.signup",
+        &meta,
+    )
+    .target(format!("tenant:{tenant}"))
+    .after(serde_json::json!({ "name": org, "owner": user_id, "email": email }));
+    state.audit(rec).await?;
 
     if let Some(ip) = ip {
         let (uid, net) = (user_id.clone(), network_of(ip));
@@ -269,6 +280,7 @@ const LOCKOUT_WINDOW_SECS: i64 = 15 * 60;
 pub(crate) async fn handle_login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<Tokens>> {
     // A malformed email cannot have an account: same answer as a wrong password.
@@ -297,13 +309,12 @@ pub(crate) async fn handle_login(
         })
         .await?;
     if let Some(wait) = locked {
-        let (uid, ipt) = (row.as_ref().map(|r| r.user_id.clone()), ip_text.clone());
-        state
-            .catalog
-            .blocking(move |c| {
-                c.record_security_event(None, uid.as_deref(), "auth.lockout", ipt.as_deref(), None)
-            })
-            .await?;
+        if let Some(r) = &row {
+            let rec = AuditRecord::new(None, format!("user:{}", r.user_id), "auth.lockout", &meta)
+                .target(format!("user:{}", r.user_id))
+                .outcome(Outcome::Denied);
+            state.audit_for_user(&r.user_id, rec).await?;
+        }
         tracing::warn!("login refused: too many failures for this account or address");
         return Err(ApiError::RateLimited(std::time::Duration::from_secs(
             u64::try_from(wait).unwrap_or(1),
@@ -316,7 +327,7 @@ pub(crate) async fn handle_login(
         .await
         .map_err(ApiError::internal)?;
     let Some(row) = row.filter(|_| ok) else {
-        login_failed(&state, keys, None, ip_text).await?;
+        login_failed(&state, keys, None, &meta).await?;
         return Err(ApiError::InvalidCredentials);
     };
 
@@ -327,7 +338,7 @@ pub(crate) async fn handle_login(
             ));
         };
         if !second_factor_ok(&state, &row.user_id, &email, code.expose_secret()).await? {
-            login_failed(&state, keys, Some(row.user_id.clone()), ip_text).await?;
+            login_failed(&state, keys, Some(row.user_id.clone()), &meta).await?;
             return Err(ApiError::TotpRequired(
                 "that code is not valid (or was already used); send a current one",
             ));
@@ -335,69 +346,59 @@ pub(crate) async fn handle_login(
     }
 
     tracing::Span::current().record("tenant_id", tracing::field::display(row.tenant));
-    let (uid, email_key, net, ipt, t) = (
-        row.user_id.clone(),
-        keys[0].clone(),
-        ip.map(network_of),
-        ip_text,
-        row.tenant,
-    );
-    state
+    let (uid, email_key, net) = (row.user_id.clone(), keys[0].clone(), ip.map(network_of));
+    let new_network = state
         .catalog
         .blocking(move |c| {
             c.clear_login_failures(&email_key)?;
-            if let Some(net) = net
-                && c.note_network(&uid, &net)?
-            {
-                let detail = serde_json::json!({ "network": net });
-                c.record_security_event(
-                    Some(t),
-                    Some(&uid),
-                    "auth.new_network",
-                    ipt.as_deref(),
-                    Some(&detail),
-                )?;
+            match &net {
+                Some(net) if c.note_network(&uid, net)? => Ok(Some(net.clone())),
+                _ => Ok(None),
             }
-            Ok(())
         })
+        .await?;
+    let actor = format!("user:{}", row.user_id);
+    if let Some(net) = new_network {
+        let rec = AuditRecord::new(Some(row.tenant), actor.clone(), "auth.new_network", &meta)
+            .target(actor.clone())
+            .after(serde_json::json!({ "network": net }));
+        state.audit(rec).await?;
+    }
+    state
+        .audit(AuditRecord::new(Some(row.tenant), actor.clone(), "auth.login", &meta).target(actor))
         .await?;
     let tokens = start_session(&state, row.user_id, row.tenant, row.totp_enabled).await?;
     Ok(Json(tokens))
 }
 
-/// Counts a failed login against the account and the address, and tells the account's
-/// tenants (if the account exists).
+/// Counts a failed login against the account and the address, and records it in the audit
+/// log of the account's tenants (if the account exists).
 async fn login_failed(
     state: &AppState,
     keys: Vec<String>,
     user_id: Option<String>,
-    ip: Option<String>,
+    meta: &RequestMeta,
 ) -> ApiResult<()> {
     tracing::info!("login failed");
     let email_key = keys[0].clone();
-    state
+    let uid = state
         .catalog
         .blocking(move |c| {
             c.record_login_failure(&keys, LOCKOUT_WINDOW_SECS)?;
-            // The account behind the email, if any, for its tenants' security events.
-            let uid = match user_id {
+            Ok(match user_id {
                 Some(u) => Some(u),
                 None => c
-                    .find_login(email_key.trim_start_matches("email:"), None)?
-                    .map(|r| r.user_id),
-            };
-            if let Some(uid) = uid {
-                c.record_security_event(
-                    None,
-                    Some(&uid),
-                    "auth.login_failed",
-                    ip.as_deref(),
-                    None,
-                )?;
-            }
-            Ok(())
+                    .user_by_email(email_key.trim_start_matches("email:"))?
+                    .map(|(id, ..)| id),
+            })
         })
         .await?;
+    if let Some(uid) = uid {
+        let rec = AuditRecord::new(None, "anonymous", "auth.login_failed", meta)
+            .target(format!("user:{uid}"))
+            .outcome(Outcome::Failure);
+        state.audit_for_user(&uid, rec).await?;
+    }
     Ok(())
 }
 
@@ -441,6 +442,7 @@ pub(crate) async fn second_factor_ok(
 /// presented again revokes the whole session.
 pub(crate) async fn handle_refresh(
     State(state): State<AppState>,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<Tokens>> {
     let presented = hash_token(req.refresh_token.expose_secret());
@@ -469,8 +471,17 @@ pub(crate) async fn handle_refresh(
                 expires_in: ACCESS_TOKEN_TTL_SECS,
             }))
         }
-        RefreshOutcome::Reused => {
+        RefreshOutcome::Reused {
+            session_id,
+            user_id,
+            tenant,
+        } => {
             tracing::warn!("a spent refresh token was presented again; its session is revoked");
+            let rec = AuditRecord::new(Some(tenant), "anonymous", "auth.refresh_reuse", &meta)
+                .target(format!("session:{session_id}"))
+                .outcome(Outcome::Denied)
+                .after(serde_json::json!({ "user": user_id, "session_revoked": true }));
+            state.audit(rec).await?;
             Err(ApiError::Unauthenticated(
                 "this refresh token was already used; the session has been ended, sign in again",
             ))
@@ -486,12 +497,22 @@ pub(crate) async fn handle_refresh(
 pub(crate) async fn handle_logout(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
 ) -> ApiResult<StatusCode> {
     let session = principal.require_user()?.to_owned();
+    let sid = session.clone();
     state
         .catalog
-        .blocking(move |c| c.revoke_session(&session, "logout"))
+        .blocking(move |c| c.revoke_session(&sid, "logout"))
         .await?;
+    let rec = AuditRecord::new(
+        Some(principal.tenant),
+        principal.actor(),
+        "auth.logout",
+        &meta,
+    )
+    .target(format!("session:{session}"));
+    state.audit(rec).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -507,6 +528,7 @@ pub(crate) struct PasswordChange {
 pub(crate) async fn handle_password_change(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<PasswordChange>,
 ) -> ApiResult<Json<Tokens>> {
     principal.require_user()?;
@@ -530,6 +552,9 @@ pub(crate) async fn handle_password_change(
         .blocking(move |c| c.set_password(&uid, &new_hash))
         .await?;
     tracing::info!(user = %principal.user_id, "password changed; every session of the user ended");
+    let rec = AuditRecord::new(None, principal.actor(), "auth.password_changed", &meta)
+        .target(format!("user:{}", principal.user_id));
+    state.audit_for_user(&principal.user_id, rec).await?;
     Ok(Json(
         start_session(&state, principal.user_id, principal.tenant, false).await?,
     ))
@@ -539,6 +564,7 @@ pub(crate) async fn handle_password_change(
 pub(crate) async fn handle_sign_out_everywhere(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
 ) -> ApiResult<StatusCode> {
     principal.require_user()?;
     let uid = principal.user_id.clone();
@@ -546,6 +572,9 @@ pub(crate) async fn handle_sign_out_everywhere(
         .catalog
         .blocking(move |c| c.bump_session_version(&uid))
         .await?;
+    let rec = AuditRecord::new(None, principal.actor(), "auth.signed_out_everywhere", &meta)
+        .target(format!("user:{}", principal.user_id));
+    state.audit_for_user(&principal.user_id, rec).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

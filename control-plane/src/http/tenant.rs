@@ -5,7 +5,9 @@ use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role};
+use crate::catalog::AuditFilter;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
@@ -43,36 +45,61 @@ pub(crate) struct Settings {
 pub(crate) async fn handle_tenant_settings(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<Settings>,
 ) -> ApiResult<Json<Value>> {
     principal.require(Role::Owner)?;
     principal.require_user()?;
     principal.require_step_up()?;
-    let (tenant, uid) = (principal.tenant, principal.user_id.clone());
+    let tenant = principal.tenant;
+    let before = state
+        .catalog
+        .blocking(move |c| c.tenant(tenant))
+        .await?
+        .map(|t| t.require_2fa);
     state
         .catalog
-        .blocking(move |c| {
-            c.set_require_2fa(tenant, req.require_2fa)?;
-            let detail = json!({ "require_2fa": req.require_2fa });
-            c.record_security_event(
-                Some(tenant),
-                Some(&uid),
-                "tenant.settings_changed",
-                None,
-                Some(&detail),
-            )
-        })
+        .blocking(move |c| c.set_require_2fa(tenant, req.require_2fa))
         .await?;
+    let rec = AuditRecord::new(
+        Some(tenant),
+        principal.actor(),
+        "tenant.settings_changed",
+        &meta,
+    )
+    .target(format!("tenant:{tenant}"))
+    .before(json!({ "require_2fa": before }))
+    .after(json!({ "require_2fa": req.require_2fa }));
+    state.audit(rec).await?;
     Ok(Json(json!({ "require_2fa": req.require_2fa })))
 }
+
+/// The audit actions that are security events.
+const SECURITY_ACTIONS: &[&str] = &[
+    "auth.login_failed",
+    "auth.lockout",
+    "auth.new_network",
+    "auth.refresh_reuse",
+    "auth.2fa_enabled",
+    "auth.2fa_disabled",
+    "auth.step_up",
+    "auth.password_changed",
+    "auth.signed_out_everywhere",
+    "tenant.settings_changed",
+    "tenant.suspended",
+    "tenant.resumed",
+    "tenant.deletion_scheduled",
+    "tenant.db_token_rotated",
+];
 
 #[derive(Deserialize)]
 pub(crate) struct EventsQuery {
     limit: Option<i64>,
-    before: Option<i64>,
+    after: Option<i64>,
 }
 
-/// `GET /v1/security-events` (admin+): newest first; `before` pages back.
+/// `GET /v1/security-events` (admin+): the security-relevant part of the audit log, oldest
+/// first; `next` is the cursor for `after`.
 pub(crate) async fn handle_security_events(
     State(state): State<AppState>,
     principal: Principal,
@@ -87,12 +114,33 @@ pub(crate) async fn handle_security_events(
         ));
     }
     let tenant = principal.tenant;
+    let filter = AuditFilter {
+        actions: SECURITY_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
+        after_id: q.after,
+        limit,
+        ..AuditFilter::default()
+    };
     let events = state
         .catalog
-        .blocking(move |c| c.security_events(tenant, limit, q.before))
+        .blocking(move |c| c.audit_events(tenant, &filter))
         .await?;
     let next = (events.len() == usize::try_from(limit).unwrap_or(usize::MAX))
         .then(|| events.last().map(|e| e.id))
         .flatten();
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "kind": e.action,
+                "actor": e.actor,
+                "target": e.target,
+                "ip": e.ip,
+                "outcome": e.outcome,
+                "detail": e.after.and_then(|a| serde_json::from_str::<Value>(&a).ok()),
+                "at": e.at,
+            })
+        })
+        .collect();
     Ok(Json(json!({ "events": events, "next": next })))
 }

@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
@@ -51,6 +52,7 @@ pub(crate) async fn handle_2fa_enroll(
 pub(crate) async fn handle_2fa_confirm(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<Value>> {
     let session = principal.require_user()?.to_owned();
@@ -84,15 +86,17 @@ pub(crate) async fn handle_2fa_confirm(
         .iter()
         .map(|c| two_factor::recovery_code_hash(c))
         .collect();
-    let (uid, tenant) = (principal.user_id.clone(), principal.tenant);
+    let uid = principal.user_id.clone();
     state
         .catalog
         .blocking(move |c| {
             c.enable_totp(&uid, &hashes)?;
-            c.mark_session_verified(&session)?;
-            c.record_security_event(Some(tenant), Some(&uid), "auth.2fa_enabled", None, None)
+            c.mark_session_verified(&session)
         })
         .await?;
+    let rec = AuditRecord::new(None, principal.actor(), "auth.2fa_enabled", &meta)
+        .target(format!("user:{}", principal.user_id));
+    state.audit_for_user(&principal.user_id, rec).await?;
     Ok(Json(json!({ "recovery_codes": codes })))
 }
 
@@ -101,6 +105,7 @@ pub(crate) async fn handle_2fa_confirm(
 pub(crate) async fn handle_2fa_verify(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<CodeRequest>,
 ) -> ApiResult<Json<Value>> {
     let session = principal.require_user()?.to_owned();
@@ -128,11 +133,16 @@ pub(crate) async fn handle_2fa_verify(
         ));
     }
     let (uid, sid, tenant) = (principal.user_id.clone(), session.clone(), principal.tenant);
+    state
+        .audit(
+            AuditRecord::new(Some(tenant), principal.actor(), "auth.step_up", &meta)
+                .target(format!("session:{session}")),
+        )
+        .await?;
     let sv = state
         .catalog
         .blocking(move |c| {
             c.mark_session_verified(&sid)?;
-            c.record_security_event(Some(tenant), Some(&uid), "auth.step_up", None, None)?;
             c.session(&sid, &uid, tenant)
         })
         .await?
@@ -161,6 +171,7 @@ pub(crate) async fn handle_2fa_verify(
 pub(crate) async fn handle_2fa_remove(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
     ApiJson(req): ApiJson<CodeRequest>,
 ) -> ApiResult<StatusCode> {
     principal.require_user()?;
@@ -177,13 +188,13 @@ pub(crate) async fn handle_2fa_remove(
             "that code is not valid (or was already used)",
         ));
     }
-    let (uid, tenant) = (principal.user_id.clone(), principal.tenant);
+    let uid = principal.user_id.clone();
     state
         .catalog
-        .blocking(move |c| {
-            c.disable_totp(&uid)?;
-            c.record_security_event(Some(tenant), Some(&uid), "auth.2fa_disabled", None, None)
-        })
+        .blocking(move |c| c.disable_totp(&uid))
         .await?;
+    let rec = AuditRecord::new(None, principal.actor(), "auth.2fa_disabled", &meta)
+        .target(format!("user:{}", principal.user_id));
+    state.audit_for_user(&principal.user_id, rec).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -31,6 +31,21 @@ fn accept_owner(app: &TestApp, created: &Value) -> Tenant {
     }
 }
 
+/// A migrations directory with the built-in tenant migrations plus `0002_notes.sql`.
+fn ship_migration(app: &TestApp, sql: &str) -> String {
+    let dir = app.dir.path().join("migrations");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/tenant");
+    for entry in std::fs::read_dir(&shipped)
+        .expect("schemas/tenant")
+        .flatten()
+    {
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+    }
+    std::fs::write(dir.join("0002_notes.sql"), sql).expect("write migration");
+    dir.display().to_string()
+}
+
 fn versions(status: &Value) -> Value {
     status["versions"].clone()
 }
@@ -63,22 +78,12 @@ fn a_migration_reaches_every_tenant_isolates_a_failure_and_resumes() {
     .expect(200);
 
     // Ship migration 0002 from a directory, without rebuilding silo.
-    let migrations = app.dir.path().join("migrations");
-    std::fs::create_dir_all(&migrations).expect("mkdir");
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/tenant");
-    for entry in std::fs::read_dir(&shipped)
-        .expect("schemas/tenant")
-        .flatten()
-    {
-        std::fs::copy(entry.path(), migrations.join(entry.file_name())).expect("copy");
-    }
-    std::fs::write(
-        migrations.join("0002_notes.sql"),
+    let migrations = ship_migration(
+        &app,
         "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);\nCREATE INDEX notes_body ON notes (body);\n",
-    )
-    .expect("write migration");
+    );
     app.stop();
-    app.start_with(&["--migrations".to_owned(), migrations.display().to_string()]);
+    app.start_with(&["--migrations".to_owned(), migrations]);
 
     let plan = app.cli_json(&admin, &["migrate", "plan"]);
     assert_eq!(plan["latest_version"], json!(2));
@@ -163,22 +168,9 @@ fn a_canary_failure_stops_the_migration_before_the_rest() {
     let owner = accept_owner(&app, &created);
     app.query(&owner.access_token, "CREATE TABLE notes (x)")
         .expect(200);
-    let migrations = app.dir.path().join("migrations");
-    std::fs::create_dir_all(&migrations).expect("mkdir");
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/tenant");
-    for entry in std::fs::read_dir(&shipped)
-        .expect("schemas/tenant")
-        .flatten()
-    {
-        std::fs::copy(entry.path(), migrations.join(entry.file_name())).expect("copy");
-    }
-    std::fs::write(
-        migrations.join("0002_notes.sql"),
-        "CREATE TABLE notes (id INTEGER PRIMARY KEY);",
-    )
-    .expect("write");
+    let migrations = ship_migration(&app, "CREATE TABLE notes (id INTEGER PRIMARY KEY);");
     app.stop();
-    app.start_with(&["--migrations".to_owned(), migrations.display().to_string()]);
+    app.start_with(&["--migrations".to_owned(), migrations]);
     // Every tenant is a canary here, so the broken one is among them whatever the order.
     let (code, out, _) = app.cli(&admin, &["migrate", "apply", "--canary", "6", "--json"]);
     assert_eq!(code, 1);
@@ -387,4 +379,83 @@ fn admin_tokens_are_managed_with_the_cli_and_init_runs_once() {
         err.contains("HTTP 401") || err.contains("SILO_ADMIN_TOKEN"),
         "{err}"
     );
+}
+
+#[test]
+fn a_rotation_interrupted_after_the_rekey_is_finished_at_the_next_open() {
+    let (mut app, admin) = TestApp::spawn_initialized(&[]);
+    let created = app.cli_json(
+        &admin,
+        &[
+            "tenants",
+            "create",
+            "Crashy",
+            "--owner-email",
+            "o@crashy.example.com",
+        ],
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    let owner = accept_owner(&app, &created);
+    app.query(&owner.access_token, "CREATE TABLE t (v TEXT)")
+        .expect(200);
+    app.query(&owner.access_token, "INSERT INTO t VALUES ('kept')")
+        .expect(200);
+    app.stop();
+
+    // What rotate-db-token does, stopped just before its last step: the new token is
+    // recorded (sealed) and the file re-keyed, but the new token was never promoted.
+    let old = app.db_token(&id);
+    let new: [u8; 32] = silo_crypto::random_bytes();
+    {
+        let catalog = app.catalog();
+        let db_id: String = catalog
+            .query_row("SELECT db_id FROM tenants WHERE id = ?1", [&id], |r| {
+                r.get(0)
+            })
+            .expect("db_id");
+        let ring = silo_crypto::Keyring::new(
+            silo_crypto::MasterKey::from_base64(&app.master_key).expect("key"),
+            vec![],
+        );
+        let sealed = ring.seal(
+            silo_crypto::EnvelopeContext {
+                tenant: &id,
+                purpose: "db-token",
+                binding: &db_id,
+            },
+            &new,
+        );
+        catalog
+            .execute(
+                "UPDATE tenants SET db_token_next = ?2 WHERE id = ?1",
+                rusqlite::params![id, sealed],
+            )
+            .expect("record next");
+        let file = rusqlite::Connection::open(app.tenant_db_path(&id)).expect("open tenant file");
+        file.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\"; PRAGMA journal_mode = DELETE; PRAGMA rekey = \"x'{}'\"; PRAGMA journal_mode = WAL;",
+            hex::encode(&old),
+            hex::encode(new)
+        ))
+        .expect("rekey");
+    }
+    app.start();
+    let rows = app
+        .query(&owner.access_token, "SELECT v FROM t")
+        .expect(200);
+    assert_eq!(rows["rows"], json!([["kept"]]));
+    assert_eq!(
+        app.db_token(&id),
+        new.to_vec(),
+        "the rotation was not finished"
+    );
+    let pending: Option<Vec<u8>> = app
+        .catalog()
+        .query_row(
+            "SELECT db_token_next FROM tenants WHERE id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .expect("row");
+    assert!(pending.is_none());
 }
