@@ -189,6 +189,7 @@ impl TestApp {
             base: String::new(),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .user_agent("silo-e2e")
                 .build()
                 .expect("http client"),
             dir,

@@ -8,6 +8,7 @@ mod helpers;
 
 mod api_keys;
 mod at_rest;
+mod audit;
 mod input;
 mod isolation;
 mod lockout;
