@@ -116,7 +116,17 @@ impl Application {
                 Duration::from_millis(args.query_timeout_ms),
             ),
             jobs: crate::fleet::MigrationJobs::default(),
+            exports: crate::http::export::ExportsInFlight::default(),
+            exports_dir: args.data_dir.join("exports"),
         };
+        // Exports interrupted by a crash: plaintext copies nobody will ever stream.
+        if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
+            for entry in entries.flatten() {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(error = %e, "could not remove a leftover export");
+                }
+            }
+        }
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

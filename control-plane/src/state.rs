@@ -26,6 +26,10 @@ pub struct AppState {
     pub gates: TenantGates,
     /// The fleet migration job, if one was started.
     pub jobs: crate::fleet::MigrationJobs,
+    /// Tenants with an export under way (one at a time each).
+    pub exports: crate::http::export::ExportsInFlight,
+    /// Where exports are built before streaming (`<data-dir>/exports`).
+    pub exports_dir: std::path::PathBuf,
 }
 
 /// Per-tenant concurrency limit: at most `permits` requests of one tenant hold a blocking

@@ -7,6 +7,7 @@ pub mod admin;
 pub(crate) mod api_keys;
 pub(crate) mod audit;
 pub(crate) mod data;
+pub mod export;
 pub(crate) mod extract;
 pub(crate) mod members;
 pub(crate) mod ops;
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/audit", get(audit::handle_audit_list))
         .route("/v1/audit/verify", get(audit::handle_audit_verify))
+        .route("/v1/export", get(export::handle_export))
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))
         .fallback(handle_not_found)

@@ -1,0 +1,235 @@
+//! Full exports of one tenant database: a plain SQLite copy, or a SQL dump. Both read one
+//! snapshot (a read transaction, so WAL writers keep writing meanwhile) on a connection of
+//! their own, with `trusted_schema = OFF` so the tenant's views and triggers run with no more
+//! rights than in the sandbox. Blocking: run on a blocking thread.
+
+use std::io::Write;
+use std::path::Path;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+use silo_crypto::DbToken;
+
+use crate::error::{Result, RuntimeError};
+use crate::handle::open_keyed;
+
+fn internal(what: &str) -> impl Fn(rusqlite::Error) -> RuntimeError + '_ {
+    move |e| RuntimeError::Internal(format!("{what}: {e}"))
+}
+
+fn open_for_export(db: &Path, token: &DbToken) -> Result<Connection> {
+    if !db.exists() {
+        return Err(RuntimeError::Missing);
+    }
+    // CREATE: an attached export target inherits these flags and must be created.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+    let conn = open_keyed(db, token, flags).map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => RuntimeError::WrongKey,
+        _ => RuntimeError::Internal(format!("open for export: {e}")),
+    })?;
+    conn.execute_batch("PRAGMA trusted_schema = OFF; PRAGMA query_only = OFF;")
+        .map_err(internal("export settings"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(internal("busy timeout"))?;
+    Ok(conn)
+}
+
+/// Writes a plain (unencrypted) copy of the database to `out`, which must not exist.
+pub fn export_sqlite(db: &Path, token: &DbToken, out: &Path) -> Result<()> {
+    let conn = open_for_export(db, token)?;
+    let out_text = out
+        .to_str()
+        .ok_or_else(|| RuntimeError::Internal("export path is not UTF-8".to_owned()))?;
+    // SQLCipher's own export: schema first, then the rows of one read snapshot, then
+    // indexes and triggers. KEY '' makes the target a plain SQLite file.
+    conn.execute("ATTACH DATABASE ?1 AS plaintext KEY ''", [out_text])
+        .map_err(internal("attach export target"))?;
+    let result = conn
+        .query_row("SELECT sqlcipher_export('plaintext')", [], |_| Ok(()))
+        .map_err(internal("sqlcipher_export"));
+    conn.execute_batch("DETACH DATABASE plaintext")
+        .map_err(internal("detach export target"))?;
+    result
+}
+
+/// SQL text of a value, as `sqlite3 .dump` writes it.
+fn literal(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".to_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) if f.is_nan() => "NULL".to_owned(),
+        ValueRef::Real(f) if f.is_infinite() => if f > 0.0 { "9e999" } else { "-9e999" }.to_owned(),
+        // `{:?}` is the shortest text that reads back as the same f64, and keeps a `.0`.
+        ValueRef::Real(f) => format!("{f:?}"),
+        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''")),
+        ValueRef::Blob(b) => format!("X'{}'", hex::encode_upper(b)),
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Writes a SQL dump that `sqlite3 new.db < dump.sql` restores: tables with their rows, then
+/// indexes, triggers and views. Virtual tables (full-text, r-tree) are re-created and
+/// refilled through their own interface; their internal tables are not dumped.
+pub fn export_sql(db: &Path, token: &DbToken, out: &mut dyn Write) -> Result<()> {
+    let conn = open_for_export(db, token)?;
+    let io = |e: std::io::Error| RuntimeError::Internal(format!("write dump: {e}"));
+    conn.execute_batch("BEGIN")
+        .map_err(internal("begin snapshot"))?;
+    let objects: Vec<(String, String, String)> = conn
+        .prepare("SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+        .map_err(internal("read schema"))?;
+    let virtual_tables: Vec<&str> = objects
+        .iter()
+        .filter(|(kind, _, sql)| {
+            kind == "table"
+                && sql
+                    .trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("CREATE VIRTUAL TABLE")
+        })
+        .map(|(_, name, _)| name.as_str())
+        .collect();
+    let is_shadow = |name: &str| {
+        virtual_tables
+            .iter()
+            .any(|v| name.starts_with(&format!("{v}_")))
+    };
+
+    writeln!(out, "PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;").map_err(io)?;
+    for (kind, name, sql) in &objects {
+        if kind != "table" || is_shadow(name) {
+            continue;
+        }
+        writeln!(out, "{sql};").map_err(io)?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {}", quote_ident(name)))
+            .map_err(internal("read table"))?;
+        let width = stmt.column_count();
+        let mut rows = stmt.query([]).map_err(internal("read rows"))?;
+        while let Some(row) = rows.next().map_err(internal("read row"))? {
+            let mut values = Vec::with_capacity(width);
+            for i in 0..width {
+                values.push(literal(row.get_ref(i).map_err(internal("read value"))?));
+            }
+            writeln!(
+                out,
+                "INSERT INTO {} VALUES({});",
+                quote_ident(name),
+                values.join(",")
+            )
+            .map_err(io)?;
+        }
+    }
+    for (kind, name, sql) in &objects {
+        if kind != "table" && !is_shadow(name) {
+            writeln!(out, "{sql};").map_err(io)?;
+        }
+    }
+    writeln!(out, "COMMIT;").map_err(io)?;
+    conn.execute_batch("COMMIT")
+        .map_err(internal("end snapshot"))?;
+    out.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn seeded() -> (tempfile::TempDir, std::path::PathBuf, DbToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let token = DbToken::generate();
+        let conn = open_keyed(
+            &path,
+            &token,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )
+        .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE \"odd \"\"name\" (id INTEGER PRIMARY KEY, t TEXT, r REAL, b BLOB, n);
+             INSERT INTO \"odd \"\"name\" VALUES (1, 'it''s', 1.5, x'00ff', NULL), (2, '', 0.1, x'', 42);
+             CREATE INDEX odd_t ON \"odd \"\"name\" (t);
+             CREATE VIEW v AS SELECT t FROM \"odd \"\"name\";
+             CREATE VIRTUAL TABLE docs USING fts5(body);
+             INSERT INTO docs VALUES ('hello world');",
+        )
+        .unwrap();
+        (dir, path, token)
+    }
+
+    fn dump_of(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        for table in ["\"odd \"\"name\"", "docs"] {
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+                .unwrap();
+            let width = stmt.column_count();
+            let mut rows = stmt.query([]).unwrap();
+            while let Some(row) = rows.next().unwrap() {
+                out.push(
+                    (0..width)
+                        .map(|i| literal(row.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_sqlite_export_is_a_plain_copy_with_the_same_rows() {
+        let (dir, path, token) = seeded();
+        let out = dir.path().join("plain.db");
+        export_sqlite(&path, &token, &out).unwrap();
+        assert!(
+            std::fs::read(&out)
+                .unwrap()
+                .starts_with(b"SQLite format 3\0")
+        );
+        let copy = Connection::open(&out).unwrap();
+        let ok: String = copy
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let orig = open_keyed(&path, &token, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        assert_eq!(dump_of(&copy), dump_of(&orig));
+    }
+
+    #[test]
+    fn the_sql_dump_restores_the_same_content() {
+        let (_dir, path, token) = seeded();
+        let mut dump = Vec::new();
+        export_sql(&path, &token, &mut dump).unwrap();
+        let text = String::from_utf8(dump).unwrap();
+        assert!(
+            !text.contains("docs_data"),
+            "internal fts tables were dumped"
+        );
+        let restored = Connection::open_in_memory().unwrap();
+        restored.execute_batch(&text).unwrap();
+        let orig = open_keyed(&path, &token, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        assert_eq!(dump_of(&restored), dump_of(&orig));
+        let hits: i64 = restored
+            .query_row(
+                "SELECT count(*) FROM docs WHERE docs MATCH 'hello'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(hits, 1);
+    }
+
+    #[test]
+    fn reals_keep_their_exact_value() {
+        for f in [0.1, 1.0, -2.5e-300, 1e300, 123_456_789.123_456_78] {
+            let text = literal(ValueRef::Real(f));
+            assert_eq!(text.parse::<f64>().unwrap(), f, "{text}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Full exports: a plain SQLite copy and a SQL dump, both restorable, taken while writes go on.
+
+use serde_json::json;
+
+use crate::helpers::{Tenant, TestApp};
+
+fn download(app: &TestApp, token: &str, format: &str) -> (u16, String, Vec<u8>) {
+    let resp = app
+        .client
+        .get(format!("{}/v1/export?format={format}", app.base))
+        .bearer_auth(token)
+        .send()
+        .expect("export");
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, ctype, resp.bytes().expect("body").to_vec())
+}
+
+/// Every row of every user table, as text, for comparison.
+fn contents(conn: &rusqlite::Connection) -> Vec<String> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("tables");
+    let mut out = Vec::new();
+    for t in tables {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM \"{t}\""))
+            .expect("select");
+        let width = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                Ok((0..width)
+                    .map(|i| {
+                        format!("{:?}", r.get_ref(i).map(|v| v.data_type()))
+                            + &format!("{:?}", r.get::<_, rusqlite::types::Value>(i))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .and_then(|rows| rows.collect())
+            .expect("rows");
+        rows.sort();
+        out.push(format!("{t}: {rows:?}"));
+    }
+    out
+}
+
+fn seed(app: &TestApp, owner: &Tenant) {
+    app.batch(
+        &owner.access_token,
+        json!([
+            { "sql": "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, score REAL, photo BLOB, note TEXT)" },
+            { "sql": "CREATE INDEX people_name ON people (name)" },
+            { "sql": "INSERT INTO people (name, score, photo, note) VALUES (?, ?, ?, ?)", "params": ["O'Brien", 0.1, { "base64": "AAEC/w==" }, null] },
+            { "sql": "INSERT INTO people (name, score, photo, note) VALUES (?, ?, ?, ?)", "params": ["", -1e300, { "base64": "" }, "line\nbreak"] },
+            { "sql": "CREATE TABLE log (at INTEGER)" }
+        ]),
+    )
+    .expect(200);
+}
+
+#[test]
+fn both_formats_restore_to_the_same_content() {
+    let mut app = TestApp::spawn();
+    let owner = app.signup("Exporter");
+    seed(&app, &owner);
+
+    let (status, ctype, sqlite) = download(&app, &owner.access_token, "sqlite");
+    assert_eq!((status, ctype.as_str()), (200, "application/vnd.sqlite3"));
+    assert!(
+        sqlite.starts_with(b"SQLite format 3\0"),
+        "not a plain SQLite file"
+    );
+    let copy_path = app.dir.path().join("copy.db");
+    std::fs::write(&copy_path, &sqlite).expect("write copy");
+    let copy = rusqlite::Connection::open(&copy_path).expect("open copy");
+    let check: String = copy
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(check, "ok");
+
+    let (status, ctype, dump) = download(&app, &owner.access_token, "sql");
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    let restored = rusqlite::Connection::open_in_memory().expect("memory db");
+    restored
+        .execute_batch(std::str::from_utf8(&dump).expect("utf-8 dump"))
+        .expect("the dump restores");
+
+    // The original, read with its own key, to compare against.
+    app.stop();
+    let original =
+        rusqlite::Connection::open(app.tenant_db_path(&owner.id)).expect("open original");
+    original
+        .execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\";",
+            hex::encode(app.db_token(&owner.id))
+        ))
+        .expect("key");
+    let expected = contents(&original);
+    assert!(expected.iter().any(|t| t.contains("O'Brien")));
+    assert_eq!(contents(&copy), expected);
+    assert_eq!(contents(&restored), expected);
+    // Nothing is left behind in the exports directory.
+    let leftovers = std::fs::read_dir(app.data_dir().join("exports"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0);
+}
+
+#[test]
+fn an_export_taken_during_writes_is_consistent_and_the_writer_never_fails() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Busy");
+    seed(&app, &owner);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (writes, exports) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut ok = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                app.query(
+                    &owner.access_token,
+                    "INSERT INTO log VALUES (unixepoch('subsec') * 1000)",
+                )
+                .expect(200);
+                ok += 1;
+            }
+            ok
+        });
+        let mut exports = Vec::new();
+        for format in ["sqlite", "sql", "sqlite"] {
+            exports.push((format, download(&app, &owner.access_token, format)));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (writer.join().expect("writer"), exports)
+    });
+    assert!(writes > 0);
+    for (format, (status, _, body)) in exports {
+        assert_eq!(status, 200, "{format}");
+        let conn = if format == "sqlite" {
+            let path = app.dir.path().join(format!(
+                "snap-{}.db",
+                hex::encode(silo_crypto::random_bytes::<4>())
+            ));
+            std::fs::write(&path, &body).expect("write");
+            rusqlite::Connection::open(&path).expect("open")
+        } else {
+            let c = rusqlite::Connection::open_in_memory().expect("memory");
+            c.execute_batch(std::str::from_utf8(&body).expect("utf-8"))
+                .expect("restore");
+            c
+        };
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("check");
+        assert_eq!(check, "ok");
+        let people: i64 = conn
+            .query_row("SELECT count(*) FROM people", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(people, 2);
+    }
+}
+
+#[test]
+fn exports_need_an_admin_or_the_export_scope_and_are_audited() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Guarded");
+    let member = app.add_member(&owner, "member");
+    assert_eq!(download(&app, &member.access_token, "sqlite").0, 403);
+    let (_, export_key) = app.create_key(&owner, &["export"], json!({}));
+    let (_, db_key) = app.create_key(&owner, &["db:admin"], json!({}));
+    assert_eq!(download(&app, &export_key, "sql").0, 200);
+    assert_eq!(download(&app, &db_key, "sql").0, 403);
+    app.get("/v1/export?format=xlsx", Some(&owner.access_token))
+        .expect_error(400, "invalid_input");
+    let audit = app
+        .get("/v1/audit?action=data.export", Some(&owner.access_token))
+        .expect(200);
+    let events = audit["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["after"]["format"], json!("sql"));
+    assert!(
+        events[0]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("api_key:"))
+    );
+}
