@@ -26,6 +26,8 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    reaper_interval: Duration,
+    deletion_pause: Option<Duration>,
     /// Held for the life of the process: one silo per data directory (two would reconcile
     /// each other's signups away).
     _data_dir_lock: std::fs::File,
@@ -118,6 +120,7 @@ impl Application {
             jobs: crate::fleet::MigrationJobs::default(),
             exports: crate::http::export::ExportsInFlight::default(),
             exports_dir: args.data_dir.join("exports"),
+            deletion_grace: Duration::from_secs(args.deletion_grace_secs),
         };
         // Exports interrupted by a crash: plaintext copies nobody will ever stream.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
@@ -133,6 +136,8 @@ impl Application {
         Ok(Application {
             listener,
             state,
+            reaper_interval: Duration::from_millis(args.reaper_interval_ms.max(100)),
+            deletion_pause: args.test_pause_deletion_ms.map(Duration::from_millis),
             _data_dir_lock: data_dir_lock,
         })
     }
@@ -147,8 +152,22 @@ impl Application {
         let Application {
             listener,
             state,
+            reaper_interval,
+            deletion_pause,
             _data_dir_lock,
         } = self;
+        // Finishes interrupted deletions at start-up, then destroys tenants as their grace
+        // periods end.
+        let reaper = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(reaper_interval);
+                loop {
+                    tick.tick().await;
+                    crate::deletion::reap(&state, deletion_pause).await;
+                }
+            }
+        });
         let store = state.store.clone();
         let maintenance = tokio::spawn({
             let store = store.clone();
@@ -185,6 +204,7 @@ impl Application {
             }
         };
         maintenance.abort();
+        reaper.abort();
         tokio::task::spawn_blocking(move || store.close_all()).await?;
         tracing::info!("stopped; tenant databases closed");
         result

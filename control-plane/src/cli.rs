@@ -109,6 +109,11 @@ pub enum TenantsCommand {
         /// Tenant id.
         id: String,
     },
+    /// Undo a scheduled deletion within its grace period.
+    Restore {
+        /// Tenant id.
+        id: String,
+    },
     /// Re-key a tenant's database with a new DB token; the old one stops opening it.
     RotateToken {
         /// Tenant id.
@@ -188,6 +193,64 @@ pub fn audit(args: &ClientArgs, cmd: &AuditCommand) -> CliResult {
     } else {
         Err(CliError("the audit log failed verification".to_owned()))
     }
+}
+
+/// `silo verify-certificate FILE`: checks a deletion certificate's signature with the
+/// master key(s) (offline).
+#[derive(Args)]
+pub struct VerifyCertificateArgs {
+    /// The certificate document (JSON, as POST /v1/deletion-certificate returned it).
+    pub file: PathBuf,
+    /// Data directory (for a generated development master key).
+    #[arg(long, env = "SILO_DATA_DIR", default_value = "./silo-data")]
+    pub data_dir: PathBuf,
+    /// Master key (base64), as given to `silo serve`.
+    #[arg(long, env = "SILO_MASTER_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub master_key: Option<SecretString>,
+    /// File holding the master key.
+    #[arg(long, env = "SILO_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Earlier master keys, comma-separated base64.
+    #[arg(long, env = "SILO_PREVIOUS_MASTER_KEYS", hide_env_values = true, value_parser = parse_secret)]
+    pub previous_master_keys: Option<SecretString>,
+}
+
+pub fn verify_certificate(args: &VerifyCertificateArgs) -> CliResult {
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| CliError(format!("cannot read {}: {e}", args.file.display())))?;
+    let document: Value = serde_json::from_str(&text).map_err(|e| {
+        CliError(format!(
+            "{} is not a JSON certificate: {e}",
+            args.file.display()
+        ))
+    })?;
+    let (keyring, _) = crate::keys::load_keys(
+        &args.data_dir,
+        args.master_key.as_ref(),
+        args.master_key_file.as_deref(),
+        args.previous_master_keys.as_ref(),
+        false,
+    )
+    .map_err(|e| CliError(format!("{e:#}")))?;
+    if crate::deletion::verify_certificate(&keyring, &document)
+        .map_err(|e| CliError(format!("{e:#}")))?
+    {
+        println!(
+            "valid: tenant {} ({}) deleted at {}",
+            text_of(&document["certificate"]["tenant_id"]),
+            text_of(&document["certificate"]["tenant_name"]),
+            text_of(&document["certificate"]["completed_at"])
+        );
+        Ok(())
+    } else {
+        Err(CliError(
+            "INVALID: the certificate does not match its signature (altered or forged)".to_owned(),
+        ))
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    text(v)
 }
 
 /// A failed operation: the message for the operator.
@@ -495,8 +558,21 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
             None,
         )?),
         TenantsCommand::Delete { id } => {
-            show(&c.call(reqwest::Method::DELETE, &format!("/tenants/{id}"), None)?)
+            let out = c.call(reqwest::Method::DELETE, &format!("/tenants/{id}"), None)?;
+            show(&out);
+            if !args.json {
+                println!(
+                    "scheduled for deletion after unix time {}; certificate token (shown once; POST /v1/deletion-certificate):",
+                    text(&out["delete_after"])
+                );
+                println!("{}", text(&out["certificate_token"]));
+            }
         }
+        TenantsCommand::Restore { id } => show(&c.call(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/restore"),
+            None,
+        )?),
         TenantsCommand::RotateToken { id } => {
             let out = c.call(
                 reqwest::Method::POST,

@@ -50,6 +50,8 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::AuditCommand,
     },
+    /// Check a deletion certificate's signature (offline, with the master key).
+    VerifyCertificate(crate::cli::VerifyCertificateArgs),
     /// Print shell completions: `silo completions bash > /etc/bash_completion.d/silo`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -113,6 +115,19 @@ pub struct ServeArgs {
     /// Seconds after which an unused tenant database is closed.
     #[arg(long, env = "SILO_TENANT_IDLE_SECS", default_value_t = 300)]
     pub tenant_idle_secs: u64,
+
+    /// Grace period of a scheduled tenant deletion, in seconds (restorable until then).
+    #[arg(long, env = "SILO_DELETION_GRACE_SECS", default_value_t = 7 * 24 * 60 * 60)]
+    pub deletion_grace_secs: u64,
+
+    /// How often the deletion reaper looks for tenants whose grace period is over, in ms.
+    #[arg(long, env = "SILO_REAPER_INTERVAL_MS", default_value_t = 60_000)]
+    pub reaper_interval_ms: u64,
+
+    /// Test only: pause this many milliseconds inside a tenant's destruction, after its DB
+    /// token is destroyed and before its files are deleted.
+    #[arg(long, env = "SILO_TEST_PAUSE_DELETION_MS", hide = true)]
+    pub test_pause_deletion_ms: Option<u64>,
 
     /// Test only: pause this many milliseconds inside provisioning, after the tenant's
     /// database is published and before the tenant is marked active.

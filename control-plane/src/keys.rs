@@ -24,15 +24,33 @@ pub enum KeySource {
 pub const GENERATED_KEY_FILE: &str = "master.key";
 
 pub fn load_keyring(args: &ServeArgs) -> anyhow::Result<(Keyring, KeySource)> {
-    let (primary, source) = if let Some(key) = &args.master_key {
+    load_keys(
+        &args.data_dir,
+        args.master_key.as_ref(),
+        args.master_key_file.as_deref(),
+        args.previous_master_keys.as_ref(),
+        true,
+    )
+}
+
+/// The keyring from the configured key, the key file, or `<data-dir>/master.key`
+/// (generated there only if `generate`).
+pub fn load_keys(
+    data_dir: &Path,
+    master_key: Option<&secrecy::SecretString>,
+    master_key_file: Option<&Path>,
+    previous_master_keys: Option<&secrecy::SecretString>,
+    generate: bool,
+) -> anyhow::Result<(Keyring, KeySource)> {
+    let (primary, source) = if let Some(key) = master_key {
         let key = MasterKey::from_base64(key.expose_secret())
             .context("SILO_MASTER_KEY / --master-key is invalid")?;
         (key, KeySource::Env)
-    } else if let Some(path) = &args.master_key_file {
-        (read_key_file(path)?, KeySource::File(path.clone()))
+    } else if let Some(path) = master_key_file {
+        (read_key_file(path)?, KeySource::File(path.to_path_buf()))
     } else {
-        let path = args.data_dir.join(GENERATED_KEY_FILE);
-        let key = if path.exists() {
+        let path = data_dir.join(GENERATED_KEY_FILE);
+        let key = if path.exists() || !generate {
             read_key_file(&path)?
         } else {
             generate_key_file(&path)?
@@ -40,7 +58,7 @@ pub fn load_keyring(args: &ServeArgs) -> anyhow::Result<(Keyring, KeySource)> {
         (key, KeySource::Generated(path))
     };
     let mut previous = Vec::new();
-    if let Some(list) = &args.previous_master_keys {
+    if let Some(list) = previous_master_keys {
         for (i, text) in list
             .expose_secret()
             .split(',')

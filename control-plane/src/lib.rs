@@ -12,6 +12,7 @@
 //! - [`two_factor`]: TOTP and recovery codes.
 //! - [`fleet`]: migrations across every tenant database.
 //! - [`audit`]: the audit log's hash chains and signed heads.
+//! - [`deletion`]: the grace period, crypto-shredding, and deletion certificates.
 
 pub mod app;
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod deletion;
 pub mod error;
 pub mod fleet;
 pub mod http;

@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
     let cli_result = match &cli.command {
         Command::Serve(_) => None,
         Command::Init(args) => Some(silo_control_plane::cli::init(args)),
+        Command::VerifyCertificate(args) => Some(silo_control_plane::cli::verify_certificate(args)),
         Command::AdminToken { client, command } => {
             Some(silo_control_plane::cli::admin_token(client, command))
         }

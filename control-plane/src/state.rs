@@ -30,6 +30,8 @@ pub struct AppState {
     pub exports: crate::http::export::ExportsInFlight,
     /// Where exports are built before streaming (`<data-dir>/exports`).
     pub exports_dir: std::path::PathBuf,
+    /// Grace period of a scheduled deletion.
+    pub deletion_grace: std::time::Duration,
 }
 
 /// Per-tenant concurrency limit: at most `permits` requests of one tenant hold a blocking
@@ -285,6 +287,24 @@ impl AppState {
             .blocking(move |c| c.append_audit_for_user(&keyring, &uid, &rec))
             .await?;
         Ok(())
+    }
+
+    /// Schedules the tenant's deletion after the grace period (the tenant is suspended at
+    /// once) and returns (delete_after, certificate token). The token fetches the signed
+    /// certificate once the deletion is complete; it is shown only here.
+    pub async fn schedule_deletion(
+        &self,
+        tenant: TenantId,
+    ) -> Result<(i64, secrecy::SecretString), ApiError> {
+        let token = silo_crypto::random_token(crate::deletion::CERTIFICATE_TOKEN_PREFIX);
+        let hash = silo_crypto::hash_token(secrecy::ExposeSecret::expose_secret(&token));
+        let after = crate::catalog::now_unix()
+            + i64::try_from(self.deletion_grace.as_secs()).unwrap_or(i64::MAX / 2);
+        self.catalog
+            .blocking(move |c| c.schedule_deletion(tenant, after, &hash))
+            .await?;
+        self.close_tenant(tenant).await;
+        Ok((after, token))
     }
 
     /// Closes the tenant's cached handle (after a suspension or deletion). Blocking work on

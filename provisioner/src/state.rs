@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! provisioning ──▶ active ⇄ suspended
-//!      │             │         │
-//!      ▼             ▼         ▼
-//!   (rolled back)  deleting ──▶ deleted
+//!      │             ▲ │         │
+//!      ▼             │ ▼         ▼
+//!   (rolled back)  deleting ──────▶ deleted
 //! ```
+//!
+//! `deleting` goes back to `active` when restored within the grace period.
 //!
 //! A tenant left in `provisioning` by a crash is rolled back by the reconciler at start-up
 //! (its row and any file removed), so the signup can simply be retried.
@@ -53,6 +55,8 @@ impl TenantStatus {
                     | (S::Suspended, S::Active)
                     | (S::Active | S::Suspended, S::Deleting)
                     | (S::Deleting, S::Suspended)
+                    // Restored within the grace period.
+                    | (S::Deleting, S::Active)
                     | (S::Deleting, S::Deleted)
             )
     }
@@ -107,6 +111,7 @@ mod tests {
             (S::Active, S::Deleting),
             (S::Suspended, S::Deleting),
             (S::Deleting, S::Suspended),
+            (S::Deleting, S::Active),
             (S::Deleting, S::Deleted),
         ];
         for from in S::ALL {

@@ -219,6 +219,12 @@ impl Catalog {
             .ok_or(CatalogError::NotFound("no such tenant"))?
             .parse()
             .map_err(|_| CatalogError::Corrupt("tenant status".to_owned()))?;
+        if from == TenantStatus::Deleting && to != TenantStatus::Deleting {
+            return Err(CatalogError::Conflict(
+                "the tenant is scheduled for deletion: restore it first (silo tenants restore)"
+                    .to_owned(),
+            ));
+        }
         if !from.can_become(to) {
             return Err(CatalogError::Conflict(format!(
                 "a tenant that is {from} cannot become {to}"

@@ -22,12 +22,14 @@ use crate::auth::Role;
 mod admin;
 mod api_keys;
 mod audit;
+mod deletion;
 mod members;
 mod security;
 
 pub use admin::{AdminTokenRow, MigrationFailure, SealedDbTokens, TenantSummary};
 pub use api_keys::{ApiKeyAuth, ApiKeyRow, NewApiKey};
 pub use audit::{AuditFilter, AuditHead, StoredAuditEvent};
+pub use deletion::Purged;
 pub use members::{InviteRow, Joiner, MemberRow};
 pub use security::TotpState;
 

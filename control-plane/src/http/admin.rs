@@ -329,24 +329,60 @@ pub(crate) async fn handle_admin_tenant_resume(
     ))
 }
 
-/// `DELETE /admin/v1/tenants/{id}`: the tenant is suspended at once and scheduled for
-/// deletion (status `deleting`).
+/// `DELETE /admin/v1/tenants/{id}`: the tenant is suspended at once and destroyed after the
+/// grace period; `certificate_token` fetches the deletion certificate afterwards.
 pub(crate) async fn handle_admin_tenant_delete(
     State(state): State<AppState>,
     admin: Admin,
     meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let body = change_status(
+    let tenant = parse_tenant(&id)?;
+    let (after, token) = state.schedule_deletion(tenant).await?;
+    record(
         &state,
         &admin,
-        &meta,
-        &id,
-        TenantStatus::Deleting,
-        "tenant.deletion_scheduled",
+        admin_event(
+            &admin,
+            &meta,
+            Some(tenant),
+            "tenant.deletion_scheduled",
+            format!("tenant:{tenant}"),
+        )
+        .after(json!({ "delete_after": after })),
     )
     .await?;
+    let mut body = tenant_view(&state, tenant).await?;
+    body["delete_after"] = Value::from(after);
+    body["certificate_token"] = Value::from(token.expose_secret());
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// `POST /admin/v1/tenants/{id}/restore`: undoes a scheduled deletion within its grace period.
+pub(crate) async fn handle_admin_tenant_restore(
+    State(state): State<AppState>,
+    admin: Admin,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let tenant = parse_tenant(&id)?;
+    state
+        .catalog
+        .blocking(move |c| c.restore_tenant(tenant))
+        .await?;
+    record(
+        &state,
+        &admin,
+        admin_event(
+            &admin,
+            &meta,
+            Some(tenant),
+            "tenant.restored",
+            format!("tenant:{tenant}"),
+        ),
+    )
+    .await?;
+    Ok(Json(tenant_view(&state, tenant).await?))
 }
 
 /// `POST /admin/v1/tenants/{id}/rotate-db-token`: re-keys the database; the old token no

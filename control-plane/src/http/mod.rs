@@ -54,7 +54,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/2fa/verify", post(two_factor::handle_2fa_verify))
         .route("/v1/auth/2fa", delete(two_factor::handle_2fa_remove))
         .route("/v1/me", get(sessions::handle_me))
-        .route("/v1/tenant", get(tenant::handle_tenant_get))
+        .route(
+            "/v1/tenant",
+            get(tenant::handle_tenant_get).delete(tenant::handle_tenant_delete),
+        )
+        .route(
+            "/v1/deletion-certificate",
+            post(tenant::handle_deletion_certificate),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/restore",
+            post(admin::handle_admin_tenant_restore),
+        )
         .route("/v1/tenant/settings", patch(tenant::handle_tenant_settings))
         .route("/v1/security-events", get(tenant::handle_security_events))
         .route("/v1/members", get(members::handle_members_list))

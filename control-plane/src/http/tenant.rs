@@ -144,3 +144,66 @@ pub(crate) async fn handle_security_events(
         .collect();
     Ok(Json(json!({ "events": events, "next": next })))
 }
+
+/// `DELETE /v1/tenant` (owner, step-up): suspended at once, destroyed after the grace
+/// period. The answer carries the token that fetches the deletion certificate.
+pub(crate) async fn handle_tenant_delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: RequestMeta,
+) -> ApiResult<(axum::http::StatusCode, Json<Value>)> {
+    principal.require(Role::Owner)?;
+    principal.require_user()?;
+    principal.require_step_up()?;
+    let tenant = principal.tenant;
+    let (after, token) = state.schedule_deletion(tenant).await?;
+    let rec = AuditRecord::new(
+        Some(tenant),
+        principal.actor(),
+        "tenant.deletion_scheduled",
+        &meta,
+    )
+    .target(format!("tenant:{tenant}"))
+    .after(json!({ "delete_after": after }));
+    state.audit(rec).await?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "deleting",
+            "delete_after": after,
+            "certificate_token": secrecy::ExposeSecret::expose_secret(&token),
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateRequest {
+    certificate_token: secrecy::SecretString,
+}
+
+/// `POST /v1/deletion-certificate`: the signed certificate of a completed deletion, for the
+/// holder of the token given when it was scheduled (the tenant's accounts are gone by then).
+pub(crate) async fn handle_deletion_certificate(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CertificateRequest>,
+) -> ApiResult<Json<Value>> {
+    let hash =
+        silo_crypto::hash_token(secrecy::ExposeSecret::expose_secret(&req.certificate_token));
+    let found = state
+        .catalog
+        .blocking(move |c| c.deletion_certificate(&hash))
+        .await?;
+    match found {
+        None => Err(ApiError::NotFound(
+            "no deletion matches this token".to_owned(),
+        )),
+        Some((_, None)) => Err(ApiError::Conflict(
+            "the deletion is scheduled but not complete yet; ask again after the grace period"
+                .to_owned(),
+        )),
+        Some((_, Some(doc))) => Ok(Json(
+            serde_json::from_str(&doc).map_err(ApiError::internal)?,
+        )),
+    }
+}
