@@ -135,6 +135,102 @@ pub fn export_sql(db: &Path, token: &DbToken, out: &mut dyn Write) -> Result<()>
     out.flush().map_err(io)
 }
 
+/// One CSV field (RFC 4180, `\r\n` rows). NULL is an empty, unquoted field; text and blobs
+/// (base64) are always quoted, so an empty string is `""` and never looks like NULL.
+fn csv_field(v: ValueRef<'_>) -> String {
+    use base64::Engine as _;
+    let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    match v {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => format!("{f:?}"),
+        ValueRef::Text(t) => quoted(&String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => quoted(&base64::engine::general_purpose::STANDARD.encode(b)),
+    }
+}
+
+/// A file name for a table's CSV: letters, digits, `_` and `-` kept, anything else `_`
+/// (a table may be called `../x`), made unique within the archive.
+fn csv_name(table: &str, taken: &mut std::collections::HashSet<String>) -> String {
+    let base: String = table
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = format!("{base}.csv");
+    let mut n = 2;
+    while !taken.insert(name.clone()) {
+        name = format!("{base}-{n}.csv");
+        n += 1;
+    }
+    name
+}
+
+/// Writes a zip archive to `out` with one CSV file per table (header row first), from one
+/// snapshot. See [`csv_field`] for how values are written.
+pub fn export_csv_zip(db: &Path, token: &DbToken, out: &Path) -> Result<()> {
+    let conn = open_for_export(db, token)?;
+    let file = std::fs::File::create(out)
+        .map_err(|e| RuntimeError::Internal(format!("create archive: {e}")))?;
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    let zerr = |e: zip::result::ZipError| RuntimeError::Internal(format!("write archive: {e}"));
+    let io = |e: std::io::Error| RuntimeError::Internal(format!("write archive: {e}"));
+    conn.execute_batch("BEGIN")
+        .map_err(internal("begin snapshot"))?;
+    let tables: Vec<(String, String)> = conn
+        .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(internal("read schema"))?;
+    let virtual_tables: Vec<&str> = tables
+        .iter()
+        .filter(|(_, sql)| {
+            sql.trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE VIRTUAL TABLE")
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let mut taken = std::collections::HashSet::new();
+    for (name, _) in &tables {
+        if virtual_tables
+            .iter()
+            .any(|v| name.starts_with(&format!("{v}_")))
+        {
+            continue;
+        }
+        zip.start_file(csv_name(name, &mut taken), options)
+            .map_err(zerr)?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {}", quote_ident(name)))
+            .map_err(internal("read table"))?;
+        let header: Vec<String> = stmt
+            .column_names()
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+            .collect();
+        write!(zip, "{}\r\n", header.join(",")).map_err(io)?;
+        let width = stmt.column_count();
+        let mut rows = stmt.query([]).map_err(internal("read rows"))?;
+        while let Some(row) = rows.next().map_err(internal("read row"))? {
+            let mut fields = Vec::with_capacity(width);
+            for i in 0..width {
+                fields.push(csv_field(row.get_ref(i).map_err(internal("read value"))?));
+            }
+            write!(zip, "{}\r\n", fields.join(",")).map_err(io)?;
+        }
+    }
+    conn.execute_batch("COMMIT")
+        .map_err(internal("end snapshot"))?;
+    let mut inner = zip.finish().map_err(zerr)?;
+    inner.flush().map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -223,6 +319,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(hits, 1);
+    }
+
+    #[test]
+    fn the_csv_archive_has_a_file_per_table_and_tells_null_from_empty() {
+        let (dir, path, token) = seeded();
+        let out = dir.path().join("x.zip");
+        export_csv_zip(&path, &token, &out).unwrap();
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
+        let names: Vec<String> = archive
+            .file_names()
+            .map(|n| n.unwrap().into_owned())
+            .collect();
+        assert!(names.contains(&"odd__name.csv".to_owned()), "{names:?}");
+        assert!(names.contains(&"docs.csv".to_owned()), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("docs_")), "{names:?}");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name("odd__name.csv").unwrap(), &mut text)
+            .unwrap();
+        assert_eq!(
+            text,
+            "\"id\",\"t\",\"r\",\"b\",\"n\"\r\n1,\"it's\",1.5,\"AP8=\",\r\n2,\"\",0.1,\"\",42\r\n"
+        );
+    }
+
+    #[test]
+    fn csv_file_names_cannot_escape_the_archive() {
+        let mut taken = std::collections::HashSet::new();
+        assert_eq!(csv_name("../etc/passwd", &mut taken), "___etc_passwd.csv");
+        assert_eq!(csv_name("a/b", &mut taken), "a_b.csv");
+        assert_eq!(csv_name("a.b", &mut taken), "a_b-2.csv");
     }
 
     #[test]

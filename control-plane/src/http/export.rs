@@ -1,4 +1,4 @@
-//! `GET /v1/export?format=sqlite|sql`: the tenant's whole database, streamed.
+//! `GET /v1/export?format=sqlite|sql|csv`: the tenant's whole database, streamed.
 //!
 //! The export is built on a blocking thread into `<data-dir>/exports/`, from one snapshot
 //! (writers keep writing), then opened, unlinked at once, and streamed from the open file:
@@ -60,6 +60,7 @@ pub(crate) struct ExportQuery {
 enum Format {
     Sqlite,
     Sql,
+    Csv,
 }
 
 impl Format {
@@ -67,6 +68,7 @@ impl Format {
         match self {
             Format::Sqlite => "sqlite",
             Format::Sql => "sql",
+            Format::Csv => "csv",
         }
     }
 }
@@ -83,9 +85,10 @@ pub(crate) async fn handle_export(
     let format = match q.format.as_deref().unwrap_or("sqlite") {
         "sqlite" => Format::Sqlite,
         "sql" => Format::Sql,
+        "csv" => Format::Csv,
         other => {
             return Err(ApiError::InvalidInput(format!(
-                "format {other:?} is not one of sqlite, sql"
+                "format {other:?} is not one of sqlite, sql, csv"
             )));
         }
     };
@@ -116,6 +119,7 @@ pub(crate) async fn handle_export(
     let (content_type, ext) = match format {
         Format::Sqlite => ("application/vnd.sqlite3", "db"),
         Format::Sql => ("text/plain; charset=utf-8", "sql"),
+        Format::Csv => ("application/zip", "zip"),
     };
     Ok((
         [
@@ -177,6 +181,7 @@ fn build(state: &AppState, tenant: TenantId, format: Format) -> ApiResult<std::f
     for token in state.db_token_candidates(tenant)? {
         let result = match format {
             Format::Sqlite => export::export_sqlite(&db, &token, &path),
+            Format::Csv => export::export_csv_zip(&db, &token, &path),
             Format::Sql => std::fs::File::create(&path)
                 .map_err(|e| RuntimeError::Internal(format!("create dump: {e}")))
                 .and_then(|f| {

@@ -191,3 +191,40 @@ fn exports_need_an_admin_or_the_export_scope_and_are_audited() {
             .is_some_and(|a| a.starts_with("api_key:"))
     );
 }
+
+#[test]
+fn the_csv_archive_holds_every_table_with_null_and_empty_apart() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Csv");
+    seed(&app, &owner);
+    let (status, ctype, body) = download(&app, &owner.access_token, "csv");
+    assert_eq!((status, ctype.as_str()), (200, "application/zip"));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).expect("a zip archive");
+    let names: Vec<String> = archive
+        .file_names()
+        .filter_map(Result::ok)
+        .map(|n| n.into_owned())
+        .collect();
+    for expected in [
+        "people.csv",
+        "log.csv",
+        "_silo_meta.csv",
+        "_silo_migrations.csv",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let mut people = String::new();
+    std::io::Read::read_to_string(
+        &mut archive.by_name("people.csv").expect("people.csv"),
+        &mut people,
+    )
+    .expect("read");
+    let lines: Vec<&str> = people.split("\r\n").collect();
+    assert_eq!(lines[0], "\"id\",\"name\",\"score\",\"photo\",\"note\"");
+    // NULL is an empty unquoted field; the empty string is "".
+    assert_eq!(lines[1], "1,\"O'Brien\",0.1,\"AAEC/w==\",");
+    assert_eq!(lines[2], "2,\"\",-1e300,\"\",\"line\nbreak\"");
+}
