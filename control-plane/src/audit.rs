@@ -198,7 +198,7 @@ pub fn verify_chain(
     tenant: Option<TenantId>,
 ) -> anyhow::Result<VerifyReport> {
     let chain = chain_of(tenant);
-    let events = catalog.audit_chain(tenant)?;
+    let (events, head) = catalog.audit_chain_and_head(tenant)?;
     let bad = |checked: usize, id: Option<i64>, reason: String| VerifyReport {
         ok: false,
         checked,
@@ -231,8 +231,16 @@ pub fn verify_chain(
         prev.clone_from(&e.hash);
     }
     let checked = events.len();
-    let head = catalog.audit_head(&chain)?;
     match (head, events.last()) {
+        // A tenant's chain starts with its signup or creation: an existing tenant with no
+        // events at all has lost its chain.
+        (None, None) if tenant.is_some_and(|t| catalog.tenant_exists(t).unwrap_or(true)) => {
+            return Ok(bad(
+                0,
+                None,
+                "the tenant's audit chain is missing".to_owned(),
+            ));
+        }
         (None, None) => {}
         (None, Some(_)) => {
             return Ok(bad(
@@ -242,15 +250,16 @@ pub fn verify_chain(
             ));
         }
         (Some(h), last) => {
-            let key_id = keyring
-                .key_ids()
-                .find(|k| k.to_string() == h.mac_key_id)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "the audit head was signed with master key {}, which is not configured",
+            let Some(key_id) = keyring.key_ids().find(|k| k.to_string() == h.mac_key_id) else {
+                return Ok(bad(
+                    checked,
+                    None,
+                    format!(
+                        "the head was signed with master key {}, which is not configured (add it to SILO_PREVIOUS_MASTER_KEYS)",
                         h.mac_key_id
-                    )
-                })?;
+                    ),
+                ));
+            };
             let expected = head_mac(keyring, key_id, &chain, h.seq, &h.hash)?;
             if !silo_crypto::constant_time_eq(&expected, &h.mac) {
                 return Ok(bad(

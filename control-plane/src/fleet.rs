@@ -166,10 +166,31 @@ async fn run(state: AppState, job: Arc<Job>, targets: Vec<TenantId>) {
 
 /// Migrates one tenant and counts the outcome. True on success.
 async fn migrate_counted(state: &AppState, job: &Job, tenant: TenantId) -> bool {
+    // Held while the tenant's file is migrated: a DB token rotation waits for it.
+    let permit = state
+        .gates
+        .enter_for(tenant, std::time::Duration::from_secs(120))
+        .await;
     let st = state.clone();
-    let ok = tokio::task::spawn_blocking(move || migrate_tenant(&st, tenant))
+    let ok = match permit {
+        Ok(permit) => tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            migrate_tenant(&st, tenant)
+        })
         .await
-        .unwrap_or(false);
+        .unwrap_or(false),
+        Err(_) => {
+            let _ = state.catalog.record_migration_result(
+                tenant,
+                None,
+                Some((
+                    job.target_version,
+                    "the tenant stayed busy; run the migration again",
+                )),
+            );
+            false
+        }
+    };
     if ok {
         job.done.fetch_add(1, Ordering::Relaxed);
     } else {

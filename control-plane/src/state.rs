@@ -77,10 +77,20 @@ impl TenantGates {
     }
 
     async fn enter(&self, tenant: TenantId) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.enter_for(tenant, self.queue_wait).await
+    }
+
+    /// One permit, waiting up to `wait`. Export and migrations hold one while they work on
+    /// the tenant's file, so a DB token rotation (which takes every permit) excludes them.
+    pub async fn enter_for(
+        &self,
+        tenant: TenantId,
+        wait: std::time::Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         let gate = self.gates.get_with(tenant, || {
             Arc::new(tokio::sync::Semaphore::new(self.permits))
         });
-        match tokio::time::timeout(self.queue_wait, gate.acquire_owned()).await {
+        match tokio::time::timeout(wait, gate.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_closed)) => Err(ApiError::internal(anyhow::anyhow!("tenant gate closed"))),
             Err(_elapsed) => {

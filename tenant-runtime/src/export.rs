@@ -44,9 +44,15 @@ pub fn export_sqlite(db: &Path, token: &DbToken, out: &Path) -> Result<()> {
     // indexes and triggers. KEY '' makes the target a plain SQLite file.
     conn.execute("ATTACH DATABASE ?1 AS plaintext KEY ''", [out_text])
         .map_err(internal("attach export target"))?;
+    // One read transaction: the schema and every table come from the same snapshot.
     let result = conn
-        .query_row("SELECT sqlcipher_export('plaintext')", [], |_| Ok(()))
+        .execute_batch("BEGIN")
+        .and_then(|()| conn.query_row("SELECT sqlcipher_export('plaintext')", [], |_| Ok(())))
+        .and_then(|()| conn.execute_batch("COMMIT"))
         .map_err(internal("sqlcipher_export"));
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     conn.execute_batch("DETACH DATABASE plaintext")
         .map_err(internal("detach export target"))?;
     result

@@ -176,7 +176,39 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every event of one chain, in chain order, for verification.
+    /// Every event of one chain, in chain order, with the chain's signed head, read under
+    /// one lock so no append can fall between the two.
+    pub fn audit_chain_and_head(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> Result<(Vec<StoredAuditEvent>, Option<AuditHead>)> {
+        let conn = self.lock();
+        let chain = chain_of(tenant);
+        let events = {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM audit_events WHERE coalesce(tenant_id, '') = ?1 ORDER BY seq"
+            ))?;
+            let rows = stmt.query_map([&chain], row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let head = conn
+            .query_row(
+                "SELECT seq, hash, mac, mac_key_id FROM audit_heads WHERE chain = ?1",
+                [&chain],
+                |r| {
+                    Ok(AuditHead {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                        mac: r.get(2)?,
+                        mac_key_id: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok((events, head))
+    }
+
+    /// Every event of one chain, in chain order.
     pub fn audit_chain(&self, tenant: Option<TenantId>) -> Result<Vec<StoredAuditEvent>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(&format!(
@@ -204,13 +236,38 @@ impl Catalog {
             .optional()?)
     }
 
-    /// Every chain that has events: tenants, and the platform as `None`.
-    pub fn audit_chains(&self) -> Result<Vec<Option<TenantId>>> {
+    /// Every chain there is or should be: any chain with events or a head, and every tenant
+    /// that was ever provisioned (its chain must not be empty). `Err(text)` names a chain
+    /// key that is not a tenant id (a tampered head or event).
+    pub fn audit_chains(&self) -> Result<Vec<std::result::Result<Option<TenantId>, String>>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT chain FROM audit_heads ORDER BY chain")?;
+        let mut stmt = conn.prepare(
+            "SELECT coalesce(tenant_id, '') FROM audit_events
+             UNION SELECT chain FROM audit_heads
+             UNION SELECT id FROM tenants WHERE status != 'provisioning'
+             ORDER BY 1",
+        )?;
         let chains: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        Ok(chains.into_iter().map(|c| c.parse().ok()).collect())
+        Ok(chains
+            .into_iter()
+            .map(|c| {
+                if c.is_empty() {
+                    Ok(None)
+                } else {
+                    c.parse().map(Some).map_err(|_| c)
+                }
+            })
+            .collect())
+    }
+
+    /// Whether the tenant exists in the catalog (in any state but provisioning).
+    pub fn tenant_exists(&self, tenant: TenantId) -> Result<bool> {
+        Ok(self.lock().query_row(
+            "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = ?1 AND status != 'provisioning')",
+            [tenant.to_string()],
+            |r| r.get(0),
+        )?)
     }
 }

@@ -104,38 +104,54 @@ impl Catalog {
         Ok(())
     }
 
-    /// If any of `keys` has `max` or more failures in the last `window` seconds, how many
-    /// seconds until the oldest of them leaves the window.
-    pub fn login_lockout(&self, keys: &[String], max: i64, window: i64) -> Result<Option<i64>> {
+    /// Checks the lockout and, if not locked, counts this attempt as a failure *before* the
+    /// credential is checked, in one transaction: parallel guesses cannot all slip past the
+    /// check before any of them is counted. Returns the rows to forget if the attempt
+    /// succeeds, or the seconds to wait if locked.
+    pub fn begin_attempt(
+        &self,
+        keys: &[String],
+        max: i64,
+        window: i64,
+    ) -> Result<std::result::Result<Vec<i64>, i64>> {
         let now = now_unix();
-        let conn = self.lock();
-        let mut wait = None;
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM login_failures WHERE at <= ?1", [now - window])?;
+        let mut wait: Option<i64> = None;
         for key in keys {
-            let (count, oldest): (i64, Option<i64>) = conn.query_row(
+            let (count, oldest): (i64, Option<i64>) = tx.query_row(
                 "SELECT count(*), min(at) FROM login_failures WHERE key = ?1 AND at > ?2",
                 params![key, now - window],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if count >= max {
                 let w = oldest.map_or(window, |o| (o + window - now).max(1));
-                wait = Some(wait.map_or(w, |cur: i64| cur.max(w)));
+                wait = Some(wait.map_or(w, |cur| cur.max(w)));
             }
         }
-        Ok(wait)
-    }
-
-    pub fn record_login_failure(&self, keys: &[String], window: i64) -> Result<()> {
-        let now = now_unix();
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM login_failures WHERE at <= ?1", [now - window])?;
+        if let Some(w) = wait {
+            tx.commit()?;
+            return Ok(Err(w));
+        }
+        let mut rows = Vec::with_capacity(keys.len());
         for key in keys {
             tx.execute(
                 "INSERT INTO login_failures (key, at) VALUES (?1, ?2)",
                 params![key, now],
             )?;
+            rows.push(tx.last_insert_rowid());
         }
         tx.commit()?;
+        Ok(Ok(rows))
+    }
+
+    /// The attempt succeeded: it was no failure after all.
+    pub fn forget_attempt(&self, rows: &[i64]) -> Result<()> {
+        let conn = self.lock();
+        for row in rows {
+            conn.execute("DELETE FROM login_failures WHERE rowid = ?1", [row])?;
+        }
         Ok(())
     }
 

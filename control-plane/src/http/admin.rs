@@ -2,7 +2,7 @@
 //! tokens only. Operators manage tenants; no route here returns a tenant's rows.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use secrecy::ExposeSecret;
@@ -15,7 +15,7 @@ use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::Role;
 use crate::catalog::Catalog;
 use crate::error::{ApiError, ApiResult};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::sessions::{normalize_email, validate_org};
 use crate::state::AppState;
 
@@ -140,7 +140,7 @@ pub(crate) struct ListQuery {
 pub(crate) async fn handle_admin_tenants_list(
     State(state): State<AppState>,
     _admin: Admin,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let status = q
         .status

@@ -1,7 +1,7 @@
 //! The audit log over HTTP: `/v1/audit`, `/v1/audit/verify`, `/admin/v1/audit/verify`.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use silo_tenant_runtime::TenantId;
@@ -11,6 +11,7 @@ use crate::auth::{Principal, Role, Scope};
 use crate::catalog::{AuditFilter, StoredAuditEvent};
 use crate::error::{ApiError, ApiResult};
 use crate::http::admin::Admin;
+use crate::http::extract::ApiQuery;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -54,7 +55,7 @@ fn may_read_audit(principal: &Principal) -> ApiResult<()> {
 pub(crate) async fn handle_audit_list(
     State(state): State<AppState>,
     principal: Principal,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
     may_read_audit(&principal)?;
     let limit = q.limit.unwrap_or(100);
@@ -122,7 +123,7 @@ pub(crate) struct AdminVerifyQuery {
 pub(crate) async fn handle_admin_audit_verify(
     State(state): State<AppState>,
     _admin: Admin,
-    Query(q): Query<AdminVerifyQuery>,
+    ApiQuery(q): ApiQuery<AdminVerifyQuery>,
 ) -> ApiResult<Json<Value>> {
     let only: Option<TenantId> = q
         .tenant
@@ -132,20 +133,48 @@ pub(crate) async fn handle_admin_audit_verify(
                 .map_err(|_| ApiError::NotFound("no such tenant".to_owned()))
         })
         .transpose()?;
+    if let Some(t) = only
+        && !state.catalog.blocking(move |c| c.tenant_exists(t)).await?
+        && state
+            .catalog
+            .blocking(move |c| c.audit_chain(Some(t)))
+            .await?
+            .is_empty()
+    {
+        return Err(ApiError::NotFound(
+            "no such tenant, and no audit chain for it".to_owned(),
+        ));
+    }
     let keyring = state.keyring.clone();
     let chains = state
         .catalog
         .blocking(move |c| {
             let chains = match only {
-                Some(t) => vec![Some(t)],
+                Some(t) => vec![Ok(Some(t))],
                 None => c.audit_chains()?,
             };
             chains
                 .into_iter()
-                .map(|chain| {
-                    verify_chain(c, &keyring, chain)
-                        .map(|r| (chain, r))
-                        .map_err(|e| crate::catalog::CatalogError::Corrupt(format!("{e:#}")))
+                .map(|chain| match chain {
+                    Ok(chain) => verify_chain(c, &keyring, chain)
+                        .map(|r| {
+                            (
+                                chain.map_or_else(|| "platform".to_owned(), |t| t.to_string()),
+                                r,
+                            )
+                        })
+                        .map_err(|e| crate::catalog::CatalogError::Corrupt(format!("{e:#}"))),
+                    Err(bad_key) => Ok((
+                        bad_key,
+                        crate::audit::VerifyReport {
+                            ok: false,
+                            checked: 0,
+                            first_bad_id: None,
+                            reason: Some(
+                                "a chain key that is not a tenant id (tampered)".to_owned(),
+                            ),
+                        },
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
@@ -156,8 +185,7 @@ pub(crate) async fn handle_admin_audit_verify(
         .into_iter()
         .map(|(chain, r)| {
             let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            v["chain"] =
-                chain.map_or_else(|| Value::from("platform"), |t| Value::from(t.to_string()));
+            v["chain"] = Value::from(chain);
             v
         })
         .collect();

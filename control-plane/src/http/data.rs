@@ -34,20 +34,25 @@ pub(crate) async fn handle_db_query(
     Ok(Json(result))
 }
 
-/// Most characters of a statement kept in the audit log.
-const AUDITED_SQL_CHARS: usize = 2_000;
-
-/// Schema changes made through the data routes are audited with their SQL (row writes are
-/// not). One event per request.
+/// Schema changes made through the data routes are audited, one event per request, as the
+/// kind of statement and the SHA-256 of its text: never the text itself, whose literals
+/// (defaults, view bodies) are tenant data that must not outlive the tenant's deletion.
 async fn audit_schema_change(
     state: &AppState,
     principal: &Principal,
     meta: &RequestMeta,
     statements: Vec<String>,
 ) -> ApiResult<()> {
-    let statements: Vec<String> = statements
-        .into_iter()
-        .map(|s| s.chars().take(AUDITED_SQL_CHARS).collect())
+    use sha2::Digest as _;
+    let statements: Vec<serde_json::Value> = statements
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "kind": statement_kind(s),
+                "sha256": hex::encode(sha2::Sha256::digest(s.as_bytes())),
+                "length": s.len(),
+            })
+        })
         .collect();
     let rec = AuditRecord::new(
         Some(principal.tenant),
@@ -58,6 +63,28 @@ async fn audit_schema_change(
     .target(format!("tenant:{}", principal.tenant))
     .after(serde_json::json!({ "statements": statements }));
     state.audit(rec).await
+}
+
+/// "CREATE TABLE", "DROP INDEX", "CREATE VIRTUAL TABLE", …: the leading keywords only.
+fn statement_kind(sql: &str) -> String {
+    const KEYWORDS: &[&str] = &[
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "TABLE",
+        "INDEX",
+        "VIEW",
+        "TRIGGER",
+        "VIRTUAL",
+        "TEMP",
+        "TEMPORARY",
+        "UNIQUE",
+    ];
+    sql.split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .take_while(|w| KEYWORDS.contains(&w.as_str()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Every role may reach its data; what its SQL may do is the access level, enforced by

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use silo_tenant_runtime::{RuntimeError, TenantId, export};
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role, Scope};
 use crate::error::{ApiError, ApiResult};
+use crate::http::extract::ApiQuery;
 use crate::state::AppState;
 
 /// Tenants with an export under way: one at a time per tenant.
@@ -77,7 +78,7 @@ pub(crate) async fn handle_export(
     State(state): State<AppState>,
     principal: Principal,
     meta: RequestMeta,
-    Query(q): Query<ExportQuery>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> ApiResult<Response> {
     principal.require(Role::Admin)?;
     principal.require_scope(Scope::Export)?;
@@ -98,11 +99,18 @@ pub(crate) async fn handle_export(
         .begin(tenant)
         .ok_or(ApiError::RateLimited(std::time::Duration::from_secs(5)))?;
 
+    let permit = state
+        .gates
+        .enter_for(tenant, std::time::Duration::from_secs(60))
+        .await?;
     let st = state.clone();
     let span = tracing::Span::current();
-    let file = tokio::task::spawn_blocking(move || span.in_scope(|| build(&st, tenant, format)))
-        .await
-        .map_err(ApiError::internal)??;
+    let file = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        span.in_scope(|| build(&st, tenant, format))
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let size = file
         .metadata()
         .map(|m| m.len())
@@ -169,25 +177,44 @@ mod guarded {
 
 /// Builds the export file and returns it opened and already unlinked. Blocking.
 fn build(state: &AppState, tenant: TenantId, format: Format) -> ApiResult<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = state.exports_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+    // Plaintext copies: only silo's own user may read them while they exist.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(ApiError::internal)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(ApiError::internal)?;
     let path: PathBuf = dir.join(format!(
         "{tenant}-{}.{}",
         hex::encode(silo_crypto::random_bytes::<6>()),
         format.name()
     ));
     let db = state.provisioner.placement().path(tenant);
+    let private_file = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+            .map_err(|e| RuntimeError::Internal(format!("create export file: {e}")))
+    };
     let mut last = RuntimeError::Missing;
     for token in state.db_token_candidates(tenant)? {
         let result = match format {
-            Format::Sqlite => export::export_sqlite(&db, &token, &path),
-            Format::Csv => export::export_csv_zip(&db, &token, &path),
-            Format::Sql => std::fs::File::create(&path)
-                .map_err(|e| RuntimeError::Internal(format!("create dump: {e}")))
-                .and_then(|f| {
-                    let mut w = std::io::BufWriter::new(f);
-                    export::export_sql(&db, &token, &mut w)
-                }),
+            // Created empty with mode 0600 first; SQLite and the zip writer then fill it.
+            Format::Sqlite => {
+                private_file(&path).and_then(|_| export::export_sqlite(&db, &token, &path))
+            }
+            Format::Csv => {
+                private_file(&path).and_then(|_| export::export_csv_zip(&db, &token, &path))
+            }
+            Format::Sql => private_file(&path).and_then(|f| {
+                let mut w = std::io::BufWriter::new(f);
+                export::export_sql(&db, &token, &mut w)
+            }),
         };
         match result {
             Ok(()) => {

@@ -64,6 +64,25 @@ fn describe(e: &serde_json::Error) -> String {
     msg
 }
 
+/// Query-string parameters; a malformed query gets the contract's 400, not axum's text.
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| {
+                ApiError::InvalidInput(format!("the query string is not valid: {}", e.body_text()))
+            })
+    }
+}
+
 /// The address of the client, from the connection (not from headers a client can set).
 /// `None` only when the server runs without connection info (in-process tests).
 pub(crate) struct ClientIp(pub(crate) Option<std::net::IpAddr>);

@@ -51,6 +51,9 @@ pub(crate) async fn handle_invite_create(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     principal.require(Role::Admin)?;
     principal.require_user()?;
+    // An invitation grants a role: without step-up, a stolen session could invite a
+    // 2FA-less account of its own and sidestep every later step-up check.
+    principal.require_step_up()?;
     if req.role == Role::Owner && principal.role != Role::Owner {
         return Err(ApiError::Forbidden("only an owner can invite an owner"));
     }

@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/db/batch", post(data::handle_db_batch))
         .fallback(handle_not_found)
         .method_not_allowed_fallback(handle_method_not_allowed)
+        .layer(axum::middleware::from_fn(run_to_completion))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
 
@@ -196,6 +197,18 @@ impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
         let id = hex::encode(silo_crypto::random_bytes::<12>());
         HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// Runs each request's handler on a task of its own, inside the request's span. A client
+/// that hangs up then cannot cut a handler short between its change and its audit event, or
+/// between the steps of a multi-step operation: the handler finishes, and only the response
+/// is lost.
+async fn run_to_completion(req: Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    match tokio::spawn(next.run(req).instrument(tracing::Span::current())).await {
+        Ok(response) => response,
+        Err(e) => ApiError::internal(anyhow::anyhow!("handler task: {e}")).into_response(),
     }
 }
 

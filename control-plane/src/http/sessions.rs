@@ -300,26 +300,30 @@ pub(crate) async fn handle_login(
     }
 
     let (lookup_email, k) = (email.clone(), keys.clone());
-    let (row, locked) = state
+    let (row, attempt) = state
         .catalog
         .blocking(move |c| {
             let row = c.find_login(&lookup_email, tenant)?;
-            let locked = c.login_lockout(&k, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)?;
-            Ok((row, locked))
+            let attempt = c.begin_attempt(&k, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)?;
+            Ok((row, attempt))
         })
         .await?;
-    if let Some(wait) = locked {
-        if let Some(r) = &row {
-            let rec = AuditRecord::new(None, format!("user:{}", r.user_id), "auth.lockout", &meta)
-                .target(format!("user:{}", r.user_id))
-                .outcome(Outcome::Denied);
-            state.audit_for_user(&r.user_id, rec).await?;
+    let attempt_rows = match attempt {
+        Ok(rows) => rows,
+        Err(wait) => {
+            if let Some(r) = &row {
+                let rec =
+                    AuditRecord::new(None, format!("user:{}", r.user_id), "auth.lockout", &meta)
+                        .target(format!("user:{}", r.user_id))
+                        .outcome(Outcome::Denied);
+                state.audit_for_user(&r.user_id, rec).await?;
+            }
+            tracing::warn!("login refused: too many failures for this account or address");
+            return Err(ApiError::RateLimited(std::time::Duration::from_secs(
+                u64::try_from(wait).unwrap_or(1),
+            )));
         }
-        tracing::warn!("login refused: too many failures for this account or address");
-        return Err(ApiError::RateLimited(std::time::Duration::from_secs(
-            u64::try_from(wait).unwrap_or(1),
-        )));
-    }
+    };
 
     let stored = row.as_ref().map(|r| r.password_hash.clone());
     let password = req.password;
@@ -333,6 +337,12 @@ pub(crate) async fn handle_login(
 
     if row.totp_enabled {
         let Some(code) = req.totp else {
+            // The password was right: asking for the code next is no failed login.
+            let rows = attempt_rows.clone();
+            state
+                .catalog
+                .blocking(move |c| c.forget_attempt(&rows))
+                .await?;
             return Err(ApiError::TotpRequired(
                 "two-factor authentication is on: send the current code from your authenticator app as totp (or a recovery code)",
             ));
@@ -350,6 +360,7 @@ pub(crate) async fn handle_login(
     let new_network = state
         .catalog
         .blocking(move |c| {
+            c.forget_attempt(&attempt_rows)?;
             c.clear_login_failures(&email_key)?;
             match &net {
                 Some(net) if c.note_network(&uid, net)? => Ok(Some(net.clone())),
@@ -381,10 +392,11 @@ async fn login_failed(
 ) -> ApiResult<()> {
     tracing::info!("login failed");
     let email_key = keys[0].clone();
+    // The attempt was already counted as a failure by `begin_attempt`.
+    let _ = keys;
     let uid = state
         .catalog
         .blocking(move |c| {
-            c.record_login_failure(&keys, LOCKOUT_WINDOW_SECS)?;
             Ok(match user_id {
                 Some(u) => Some(u),
                 None => c
@@ -415,7 +427,26 @@ pub(crate) async fn second_factor_ok(
         account.to_owned(),
         code.to_owned(),
     );
-    state
+    let key = vec![format!("totp:{uid}")];
+    // Codes are 6 digits: guesses are counted per user, and 10 wrong ones in 15 minutes
+    // lock the second factor (429), whatever the route.
+    let attempt = state
+        .catalog
+        .blocking({
+            let key = key.clone();
+            move |c| c.begin_attempt(&key, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)
+        })
+        .await?;
+    let attempt_rows = match attempt {
+        Ok(rows) => rows,
+        Err(wait) => {
+            tracing::warn!("second factor locked: too many wrong codes");
+            return Err(ApiError::RateLimited(std::time::Duration::from_secs(
+                u64::try_from(wait).unwrap_or(1),
+            )));
+        }
+    };
+    let ok = state
         .catalog
         .blocking(move |c| {
             if crate::two_factor::is_recovery_code(&code) {
@@ -435,7 +466,16 @@ pub(crate) async fn second_factor_ok(
             }
         })
         .await
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    if ok {
+        state
+            .catalog
+            .blocking(move |c| c.forget_attempt(&attempt_rows))
+            .await?;
+    } else {
+        tracing::warn!("wrong second-factor code");
+    }
+    Ok(ok)
 }
 
 /// `POST /v1/auth/refresh`: spends the refresh token and returns a new pair. A spent token

@@ -1,7 +1,7 @@
 //! The caller's tenant: `/v1/tenant`, its settings, its security events.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -9,7 +9,7 @@ use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role};
 use crate::catalog::AuditFilter;
 use crate::error::{ApiError, ApiResult};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
 
 /// `GET /v1/tenant`.
@@ -103,7 +103,7 @@ pub(crate) struct EventsQuery {
 pub(crate) async fn handle_security_events(
     State(state): State<AppState>,
     principal: Principal,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Json<Value>> {
     principal.require(Role::Admin)?;
     principal.require_user()?;

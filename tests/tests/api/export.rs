@@ -107,6 +107,13 @@ fn both_formats_restore_to_the_same_content() {
     assert!(expected.iter().any(|t| t.contains("O'Brien")));
     assert_eq!(contents(&copy), expected);
     assert_eq!(contents(&restored), expected);
+    // Only silo's own user may enter the exports directory.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(app.data_dir().join("exports"))
+            .expect("exports dir")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     // Nothing is left behind in the exports directory.
     let leftovers = std::fs::read_dir(app.data_dir().join("exports"))
         .map(|d| d.count())

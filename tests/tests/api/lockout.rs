@@ -145,3 +145,35 @@ fn one_tenants_flood_is_capped_and_other_tenants_are_served() {
     );
     assert!(statuses.contains(&422), "nothing ran: {statuses:?}");
 }
+
+#[test]
+fn parallel_guesses_cannot_get_past_the_lockout() {
+    let app = TestApp::spawn();
+    let a = app.signup("Raced");
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let guesses: Vec<_> = (0..30)
+            .map(|i| {
+                let (app, email) = (&app, a.email.clone());
+                s.spawn(move || {
+                    app.post(
+                        "/v1/auth/login",
+                        None,
+                        json!({ "email": email, "password": format!("guess {i}") }),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        guesses
+            .into_iter()
+            .map(|g| g.join().expect("thread"))
+            .collect()
+    });
+    let tried = statuses.iter().filter(|s| **s == 401).count();
+    assert!(tried <= 10, "{tried} guesses were checked: {statuses:?}");
+    assert_eq!(
+        tried + statuses.iter().filter(|s| **s == 429).count(),
+        30,
+        "{statuses:?}"
+    );
+}

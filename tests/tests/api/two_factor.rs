@@ -101,7 +101,14 @@ fn sensitive_routes_need_a_recent_step_up_and_2fa_can_be_removed() {
     let token = fresh["access_token"].as_str().expect("token").to_owned();
     let key = json!({ "name": "k", "scopes": ["db:read"] });
     app.post("/v1/api-keys", Some(&token), key.clone())
-        .expect_error(403, "step_up_required");
+        .expect_error(403, "step_up_required"); // An invitation grants a role, so it needs the step-up too.
+    app.post(
+        "/v1/invites",
+        Some(&token),
+        json!({ "email": "helper@example.com", "role": "admin" }),
+    )
+    .expect_error(403, "step_up_required");
+
     app.request(
         reqwest::Method::DELETE,
         "/v1/auth/2fa",
@@ -237,4 +244,28 @@ fn the_totp_secret_is_stored_sealed() {
             );
         }
     }
+}
+
+#[test]
+fn wrong_codes_lock_the_second_factor() {
+    let app = TestApp::spawn();
+    let user = app.signup("Guessed");
+    let (secret, _) = enable(&app, &user);
+    // enable() already spent one wrong code (its "000000" confirmation): 9 more make 10.
+    for _ in 0..9 {
+        app.post(
+            "/v1/auth/2fa/verify",
+            Some(&user.access_token),
+            json!({ "code": "000001" }),
+        )
+        .expect_error(401, "totp_required");
+    }
+    // Locked now, even for the right code: guessing 6 digits does not pay.
+    app.post(
+        "/v1/auth/2fa/verify",
+        Some(&user.access_token),
+        json!({ "code": code(&secret, 0) }),
+    )
+    .expect_error(429, "rate_limited");
+    login(&app, &user, Some(&code(&secret, 30))).expect_error(429, "rate_limited");
 }
