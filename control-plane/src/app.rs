@@ -28,6 +28,7 @@ pub struct Application {
     state: AppState,
     reaper_interval: Duration,
     deletion_pause: Option<Duration>,
+    audit_retention: Duration,
     /// Held for the life of the process: one silo per data directory (two would reconcile
     /// each other's signups away).
     _data_dir_lock: std::fs::File,
@@ -138,6 +139,7 @@ impl Application {
             state,
             reaper_interval: Duration::from_millis(args.reaper_interval_ms.max(100)),
             deletion_pause: args.test_pause_deletion_ms.map(Duration::from_millis),
+            audit_retention: Duration::from_secs(args.audit_retention_secs),
             _data_dir_lock: data_dir_lock,
         })
     }
@@ -154,6 +156,7 @@ impl Application {
             state,
             reaper_interval,
             deletion_pause,
+            audit_retention,
             _data_dir_lock,
         } = self;
         // Finishes interrupted deletions at start-up, then destroys tenants as their grace
@@ -164,7 +167,7 @@ impl Application {
                 let mut tick = tokio::time::interval(reaper_interval);
                 loop {
                     tick.tick().await;
-                    crate::deletion::reap(&state, deletion_pause).await;
+                    crate::deletion::reap(&state, deletion_pause, audit_retention).await;
                 }
             }
         });

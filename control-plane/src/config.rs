@@ -120,6 +120,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_DELETION_GRACE_SECS", default_value_t = 7 * 24 * 60 * 60)]
     pub deletion_grace_secs: u64,
 
+    /// How long the audit events of a deleted tenant are kept, in seconds.
+    #[arg(long, env = "SILO_AUDIT_RETENTION_SECS", default_value_t = 90 * 24 * 60 * 60)]
+    pub audit_retention_secs: u64,
+
     /// How often the deletion reaper looks for tenants whose grace period is over, in ms.
     #[arg(long, env = "SILO_REAPER_INTERVAL_MS", default_value_t = 60_000)]
     pub reaper_interval_ms: u64,

@@ -164,14 +164,19 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Destroys every tenant whose grace period is over. Run at start-up and on a timer.
-pub async fn reap(state: &AppState, pause: Option<Duration>) {
+/// Destroys every tenant whose grace period is over, then purges the audit chains of
+/// deleted tenants past `audit_retention`. Run at start-up and on a timer.
+pub async fn reap(state: &AppState, pause: Option<Duration>, audit_retention: Duration) {
     let st = state.clone();
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         for (tenant, name, requested_at) in st.catalog.due_deletions()? {
             if let Err(e) = destroy(&st, tenant, &name, &requested_at, pause) {
                 tracing::error!(tenant_id = %tenant, error = format!("{e:#}"), "tenant deletion failed; retrying later");
             }
+        }
+        let retention = i64::try_from(audit_retention.as_secs()).unwrap_or(i64::MAX / 2);
+        for tenant in st.catalog.purge_expired_audit(retention)? {
+            tracing::info!(tenant_id = %tenant, "audit events of a deleted tenant purged after the retention period");
         }
         Ok(())
     })

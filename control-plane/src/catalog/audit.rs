@@ -262,6 +262,44 @@ impl Catalog {
             .collect())
     }
 
+    /// Purges the audit chains of deleted tenants whose newest event is older than
+    /// `retention_secs`: the only way rows ever leave the audit log. In one transaction the
+    /// append-only trigger is lifted, the chain and its head deleted, and the trigger
+    /// restored, so no other deletion can slip in. Returns the tenants purged.
+    pub fn purge_expired_audit(&self, retention_secs: i64) -> Result<Vec<String>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let cutoff: String = tx.query_row(
+            "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+            [format!("-{retention_secs} seconds")],
+            |r| r.get(0),
+        )?;
+        let expired: Vec<String> = tx
+            .prepare(
+                "SELECT tenant_id FROM audit_events WHERE tenant_id IS NOT NULL
+                   AND tenant_id NOT IN (SELECT id FROM tenants)
+                 GROUP BY tenant_id HAVING max(at) < ?1",
+            )?
+            .query_map([&cutoff], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if expired.is_empty() {
+            return Ok(expired);
+        }
+        tx.execute_batch("DROP TRIGGER audit_events_no_delete;")?;
+        for t in &expired {
+            tx.execute("DELETE FROM audit_events WHERE tenant_id = ?1", [t])?;
+            tx.execute("DELETE FROM audit_heads WHERE chain = ?1", [t])?;
+        }
+        tx.execute_batch(
+            "CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+             BEGIN
+                 SELECT RAISE(ABORT, 'the audit log is append-only');
+             END;",
+        )?;
+        tx.commit()?;
+        Ok(expired)
+    }
+
     /// Whether the tenant exists in the catalog (in any state but provisioning).
     pub fn tenant_exists(&self, tenant: TenantId) -> Result<bool> {
         Ok(self.lock().query_row(

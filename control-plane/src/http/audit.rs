@@ -94,6 +94,75 @@ pub(crate) async fn handle_audit_list(
     ))
 }
 
+/// `GET /v1/audit/export`: the tenant's whole audit log as JSON lines (one event per line,
+/// oldest first), read page by page so memory stays bounded.
+pub(crate) async fn handle_audit_export(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    may_read_audit(&principal)?;
+    let tenant = principal.tenant;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    let catalog = state.catalog.clone();
+    tokio::spawn(async move {
+        let mut after = None;
+        loop {
+            let filter = AuditFilter {
+                after_id: after,
+                limit: 500,
+                ..AuditFilter::default()
+            };
+            let page = match catalog
+                .blocking(move |c| c.audit_events(tenant, &filter))
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    // Report the failure at the end of the stream, not as a silent truncation.
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            let Some(last) = page.last().map(|e| e.id) else {
+                return;
+            };
+            let mut chunk = String::new();
+            for e in page {
+                chunk.push_str(&view(e).to_string());
+                chunk.push('\n');
+            }
+            if tx.send(Ok(chunk.into())).await.is_err() {
+                return;
+            }
+            after = Some(last);
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream_from(rx));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response())
+}
+
+/// A receiver as a stream (what `tokio-stream`'s wrapper does, in a few lines).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_core::Stream<Item = T> + Send + 'static {
+    struct Rx<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for Rx<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    Rx(rx)
+}
+
 /// `GET /v1/audit/verify`: checks the tenant's chain and its signed head.
 pub(crate) async fn handle_audit_verify(
     State(state): State<AppState>,

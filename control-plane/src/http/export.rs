@@ -65,6 +65,17 @@ enum Format {
 }
 
 impl Format {
+    fn parse(text: Option<&str>) -> ApiResult<Self> {
+        match text.unwrap_or("sqlite") {
+            "sqlite" => Ok(Format::Sqlite),
+            "sql" => Ok(Format::Sql),
+            "csv" => Ok(Format::Csv),
+            other => Err(ApiError::InvalidInput(format!(
+                "format {other:?} is not one of sqlite, sql, csv"
+            ))),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Format::Sqlite => "sqlite",
@@ -83,17 +94,22 @@ pub(crate) async fn handle_export(
     principal.require(Role::Admin)?;
     principal.require_scope(Scope::Export)?;
     principal.require_step_up()?;
-    let format = match q.format.as_deref().unwrap_or("sqlite") {
-        "sqlite" => Format::Sqlite,
-        "sql" => Format::Sql,
-        "csv" => Format::Csv,
-        other => {
-            return Err(ApiError::InvalidInput(format!(
-                "format {other:?} is not one of sqlite, sql, csv"
-            )));
-        }
-    };
+    let format = Format::parse(q.format.as_deref())?;
     let tenant = principal.tenant;
+    let rec = AuditRecord::new(Some(tenant), principal.actor(), "data.export", &meta)
+        .target(format!("tenant:{tenant}"));
+    export_response(&state, tenant, format, rec, serde_json::json!({})).await
+}
+
+/// Builds the export, records `audit` (its `after` gets the format and size, plus `extra`),
+/// and streams the file.
+async fn export_response(
+    state: &AppState,
+    tenant: TenantId,
+    format: Format,
+    audit: AuditRecord,
+    extra: serde_json::Value,
+) -> ApiResult<Response> {
     let in_flight = state
         .exports
         .begin(tenant)
@@ -116,10 +132,11 @@ pub(crate) async fn handle_export(
         .map(|m| m.len())
         .map_err(ApiError::internal)?;
 
-    let rec = AuditRecord::new(Some(tenant), principal.actor(), "data.export", &meta)
-        .target(format!("tenant:{tenant}"))
-        .after(serde_json::json!({ "format": format.name(), "bytes": size }));
-    state.audit(rec).await?;
+    let mut after = serde_json::json!({ "format": format.name(), "bytes": size });
+    if let (Some(a), Some(e)) = (after.as_object_mut(), extra.as_object()) {
+        a.extend(e.clone());
+    }
+    state.audit(audit.after(after)).await?;
 
     let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
     // The guard lives as long as the body: the next export may start once this one is sent.
@@ -232,4 +249,59 @@ fn build(state: &AppState, tenant: TenantId, format: Format) -> ApiResult<std::f
         }
     }
     Err(last.into())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AdminExportQuery {
+    format: Option<String>,
+    reason: Option<String>,
+}
+
+/// `GET /admin/v1/tenants/{id}/export?format=&reason=`: an operator's export of a tenant's
+/// data, which needs a stated reason and is recorded in the tenant's audit log with it.
+pub(crate) async fn handle_admin_export(
+    State(state): State<AppState>,
+    admin: crate::http::admin::Admin,
+    meta: RequestMeta,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    ApiQuery(q): ApiQuery<AdminExportQuery>,
+) -> ApiResult<Response> {
+    let tenant: TenantId = id
+        .parse()
+        .map_err(|_| ApiError::NotFound("no such tenant".to_owned()))?;
+    let format = Format::parse(q.format.as_deref())?;
+    let reason = q
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    if reason.len() < 5 || reason.len() > 500 {
+        return Err(ApiError::InvalidInput(
+            "an operator export needs a reason (5 to 500 characters), e.g. a support ticket"
+                .to_owned(),
+        ));
+    }
+    let exists = state
+        .catalog
+        .blocking(move |c| c.tenant_exists(tenant))
+        .await?;
+    if !exists {
+        return Err(ApiError::NotFound("no such tenant".to_owned()));
+    }
+    let rec = AuditRecord::new(
+        Some(tenant),
+        format!("admin:{}", admin.token_id),
+        "admin.tenant_exported",
+        &meta,
+    )
+    .target(format!("tenant:{tenant}"));
+    export_response(
+        &state,
+        tenant,
+        format,
+        rec,
+        serde_json::json!({ "reason": reason }),
+    )
+    .await
 }

@@ -66,6 +66,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/tenants/{id}/restore",
             post(admin::handle_admin_tenant_restore),
         )
+        .route(
+            "/admin/v1/tenants/{id}/export",
+            get(export::handle_admin_export),
+        )
         .route("/v1/tenant/settings", patch(tenant::handle_tenant_settings))
         .route("/v1/security-events", get(tenant::handle_security_events))
         .route("/v1/members", get(members::handle_members_list))
@@ -126,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/audit", get(audit::handle_audit_list))
         .route("/v1/audit/verify", get(audit::handle_audit_verify))
+        .route("/v1/audit/export", get(audit::handle_audit_export))
         .route("/v1/export", get(export::handle_export))
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))

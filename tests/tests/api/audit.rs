@@ -439,3 +439,90 @@ fn a_chain_deleted_whole_is_missed_by_nobody() {
     app.get("/v1/audit?limit=abc", Some(&owner.access_token))
         .expect_error(400, "invalid_input");
 }
+
+#[test]
+fn the_audit_log_exports_as_json_lines() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Lines");
+    for i in 0..3 {
+        app.query(&owner.access_token, &format!("CREATE TABLE t{i} (x)"))
+            .expect(200);
+    }
+    let listed = all_events(&app, &owner.access_token);
+    let resp = app
+        .client
+        .get(format!("{}/v1/audit/export", app.base))
+        .bearer_auth(&owner.access_token)
+        .send()
+        .expect("export");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/x-ndjson")
+    );
+    let text = resp.text().expect("body");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(lines, listed);
+}
+
+#[test]
+fn operators_export_with_a_reason_that_lands_in_the_audit_log() {
+    let (app, admin) = TestApp::spawn_initialized(&[]);
+    let owner = app.signup("Supported");
+    app.query(&owner.access_token, "CREATE TABLE t (v TEXT)")
+        .expect(200);
+    app.query(&owner.access_token, "INSERT INTO t VALUES ('row')")
+        .expect(200);
+    let out = app.dir.path().join("operator.sql");
+    let out_text = out.display().to_string();
+    let (code, _, err) = app.cli(
+        &admin,
+        &[
+            "tenants",
+            "export",
+            &owner.id,
+            "--format",
+            "sql",
+            "--reason",
+            "ticket 4711: restore request",
+            "--output",
+            &out_text,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let restored = rusqlite::Connection::open_in_memory().expect("memory");
+    restored
+        .execute_batch(&std::fs::read_to_string(&out).expect("dump"))
+        .expect("restore");
+    let v: String = restored
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .expect("row");
+    assert_eq!(v, "row");
+    // No reason, no export.
+    assert_eq!(app.cli(&admin, &["tenants", "export", &owner.id]).0, 2);
+    let (code, _, err) = app.cli(&admin, &["tenants", "export", &owner.id, "--reason", "no"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("reason"), "{err}");
+    let events = app
+        .get(
+            "/v1/audit?action=admin.tenant_exported",
+            Some(&owner.access_token),
+        )
+        .expect(200);
+    let events = events["events"].as_array().expect("events").clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0]["after"]["reason"],
+        json!("ticket 4711: restore request")
+    );
+    assert!(
+        events[0]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("admin:"))
+    );
+}

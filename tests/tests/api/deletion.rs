@@ -248,3 +248,72 @@ fn a_crash_in_the_middle_of_a_deletion_is_finished_at_the_next_start() {
         0
     );
 }
+
+#[test]
+fn a_deleted_tenants_audit_trail_is_purged_after_the_retention_period() {
+    let (app, admin) = TestApp::spawn_initialized(&[
+        "--deletion-grace-secs",
+        "1",
+        "--audit-retention-secs",
+        "2",
+        "--reaper-interval-ms",
+        "200",
+    ]);
+    let gone = app.signup("Forgotten");
+    let kept = app.signup("Remembered");
+    let token = app
+        .request(
+            reqwest::Method::DELETE,
+            "/v1/tenant",
+            Some(&gone.access_token),
+            None,
+        )
+        .expect(202)["certificate_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    wait_for_certificate(&app, &token);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(
+        &app,
+        "SELECT count(*) FROM audit_events WHERE tenant_id = ?1",
+        &gone.id,
+    ) > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the audit trail was never purged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM audit_heads WHERE chain = ?1",
+            &gone.id
+        ),
+        0
+    );
+    // The live tenant's trail is untouched, and the log is append-only again.
+    assert!(
+        count(
+            &app,
+            "SELECT count(*) FROM audit_events WHERE tenant_id = ?1",
+            &kept.id
+        ) > 0
+    );
+    let err = app
+        .catalog()
+        .execute("DELETE FROM audit_events", [])
+        .expect_err("deletes are refused again");
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let all = app
+        .request(
+            reqwest::Method::GET,
+            "/admin/v1/audit/verify",
+            Some(&admin),
+            None,
+        )
+        .expect(200);
+    assert_eq!(all["ok"], json!(true), "{all}");
+}
