@@ -67,13 +67,32 @@ fn literal(v: ValueRef<'_>) -> String {
         ValueRef::Real(f) if f.is_infinite() => if f > 0.0 { "9e999" } else { "-9e999" }.to_owned(),
         // `{:?}` is the shortest text that reads back as the same f64, and keeps a `.0`.
         ValueRef::Real(f) => format!("{f:?}"),
-        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''")),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(text) => format!("'{}'", text.replace('\'', "''")),
+            // Bytes that are not UTF-8 are kept exactly, not "repaired".
+            Err(_) => format!("CAST(X'{}' AS TEXT)", hex::encode_upper(t)),
+        },
         ValueRef::Blob(b) => format!("X'{}'", hex::encode_upper(b)),
     }
 }
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Tables SQLite itself marks as the internal storage of a virtual table (full-text, r-tree
+/// indexes): they are rebuilt by refilling the virtual table, never dumped.
+fn shadow_tables(conn: &Connection) -> Result<std::collections::HashSet<String>> {
+    conn.prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(internal("list shadow tables"))
+}
+
+/// The columns a row can be written back through: not generated, not hidden.
+fn insertable_columns(conn: &Connection, table: &str) -> Result<Vec<String>> {
+    conn.prepare("SELECT name FROM pragma_table_xinfo(?1) WHERE hidden = 0 ORDER BY cid")
+        .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
+        .map_err(internal("list columns"))
 }
 
 /// Writes a SQL dump that `sqlite3 new.db < dump.sql` restores: tables with their rows, then
@@ -88,22 +107,8 @@ pub fn export_sql(db: &Path, token: &DbToken, out: &mut dyn Write) -> Result<()>
         .prepare("SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
         .map_err(internal("read schema"))?;
-    let virtual_tables: Vec<&str> = objects
-        .iter()
-        .filter(|(kind, _, sql)| {
-            kind == "table"
-                && sql
-                    .trim_start()
-                    .to_ascii_uppercase()
-                    .starts_with("CREATE VIRTUAL TABLE")
-        })
-        .map(|(_, name, _)| name.as_str())
-        .collect();
-    let is_shadow = |name: &str| {
-        virtual_tables
-            .iter()
-            .any(|v| name.starts_with(&format!("{v}_")))
-    };
+    let shadows = shadow_tables(&conn)?;
+    let is_shadow = |name: &str| shadows.contains(name);
 
     writeln!(out, "PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;").map_err(io)?;
     for (kind, name, sql) in &objects {
@@ -111,8 +116,17 @@ pub fn export_sql(db: &Path, token: &DbToken, out: &mut dyn Write) -> Result<()>
             continue;
         }
         writeln!(out, "{sql};").map_err(io)?;
+        let columns = insertable_columns(&conn, name)?;
+        if columns.is_empty() {
+            continue;
+        }
+        let column_list = columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {}", quote_ident(name)))
+            .prepare(&format!("SELECT {column_list} FROM {}", quote_ident(name)))
             .map_err(internal("read table"))?;
         let width = stmt.column_count();
         let mut rows = stmt.query([]).map_err(internal("read rows"))?;
@@ -123,9 +137,33 @@ pub fn export_sql(db: &Path, token: &DbToken, out: &mut dyn Write) -> Result<()>
             }
             writeln!(
                 out,
-                "INSERT INTO {} VALUES({});",
+                "INSERT INTO {}({column_list}) VALUES({});",
                 quote_ident(name),
                 values.join(",")
+            )
+            .map_err(io)?;
+        }
+    }
+    // AUTOINCREMENT counters, so restored tables keep numbering where they left off.
+    let has_sequence: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(internal("read schema"))?;
+    if has_sequence {
+        writeln!(out, "DELETE FROM sqlite_sequence;").map_err(io)?;
+        let mut stmt = conn
+            .prepare("SELECT name, seq FROM sqlite_sequence")
+            .map_err(internal("read sequences"))?;
+        let mut rows = stmt.query([]).map_err(internal("read sequences"))?;
+        while let Some(row) = rows.next().map_err(internal("read sequence"))? {
+            writeln!(
+                out,
+                "INSERT INTO sqlite_sequence(name,seq) VALUES({},{});",
+                literal(row.get_ref(0).map_err(internal("read value"))?),
+                literal(row.get_ref(1).map_err(internal("read value"))?)
             )
             .map_err(io)?;
         }
@@ -194,21 +232,10 @@ pub fn export_csv_zip(db: &Path, token: &DbToken, out: &Path) -> Result<()> {
         .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid")
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(internal("read schema"))?;
-    let virtual_tables: Vec<&str> = tables
-        .iter()
-        .filter(|(_, sql)| {
-            sql.trim_start()
-                .to_ascii_uppercase()
-                .starts_with("CREATE VIRTUAL TABLE")
-        })
-        .map(|(name, _)| name.as_str())
-        .collect();
+    let shadows = shadow_tables(&conn)?;
     let mut taken = std::collections::HashSet::new();
     for (name, _) in &tables {
-        if virtual_tables
-            .iter()
-            .any(|v| name.starts_with(&format!("{v}_")))
-        {
+        if shadows.contains(name) {
             continue;
         }
         zip.start_file(csv_name(name, &mut taken), options)
@@ -258,7 +285,11 @@ mod tests {
              CREATE INDEX odd_t ON \"odd \"\"name\" (t);
              CREATE VIEW v AS SELECT t FROM \"odd \"\"name\";
              CREATE VIRTUAL TABLE docs USING fts5(body);
-             INSERT INTO docs VALUES ('hello world');",
+             INSERT INTO docs VALUES ('hello world');
+             CREATE TABLE docs_notes (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT,
+                                      shout TEXT GENERATED ALWAYS AS (upper(body)) STORED);
+             INSERT INTO docs_notes (body) VALUES ('a real table, not fts internals'), (CAST(x'ff00fe' AS TEXT)), ('x');
+             DELETE FROM docs_notes WHERE id = 3;",
         )
         .unwrap();
         (dir, path, token)
@@ -266,7 +297,7 @@ mod tests {
 
     fn dump_of(conn: &Connection) -> Vec<String> {
         let mut out = Vec::new();
-        for table in ["\"odd \"\"name\"", "docs"] {
+        for table in ["\"odd \"\"name\"", "docs", "docs_notes", "sqlite_sequence"] {
             let mut stmt = conn
                 .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
                 .unwrap();
@@ -313,6 +344,10 @@ mod tests {
             !text.contains("docs_data"),
             "internal fts tables were dumped"
         );
+        assert!(
+            text.contains("INSERT INTO \"docs_notes\""),
+            "a real table named like fts internals was dropped"
+        );
         let restored = Connection::open_in_memory().unwrap();
         restored.execute_batch(&text).unwrap();
         let orig = open_keyed(&path, &token, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
@@ -339,7 +374,11 @@ mod tests {
             .collect();
         assert!(names.contains(&"odd__name.csv".to_owned()), "{names:?}");
         assert!(names.contains(&"docs.csv".to_owned()), "{names:?}");
-        assert!(!names.iter().any(|n| n.starts_with("docs_")), "{names:?}");
+        assert_eq!(
+            names,
+            ["odd__name.csv", "docs.csv", "docs_notes.csv"],
+            "fts internals must not be exported"
+        );
         let mut text = String::new();
         std::io::Read::read_to_string(&mut archive.by_name("odd__name.csv").unwrap(), &mut text)
             .unwrap();
