@@ -218,24 +218,6 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn audit_head(&self, chain: &str) -> Result<Option<AuditHead>> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT seq, hash, mac, mac_key_id FROM audit_heads WHERE chain = ?1",
-                [chain],
-                |r| {
-                    Ok(AuditHead {
-                        seq: r.get(0)?,
-                        hash: r.get(1)?,
-                        mac: r.get(2)?,
-                        mac_key_id: r.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
-    }
-
     /// Every chain there is or should be: any chain with events or a head, and every tenant
     /// that was ever provisioned (its chain must not be empty). `Err(text)` names a chain
     /// key that is not a tenant id (a tampered head or event).

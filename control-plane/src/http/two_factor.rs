@@ -26,6 +26,7 @@ pub(crate) struct CodeRequest {
 pub(crate) async fn handle_2fa_enroll(
     State(state): State<AppState>,
     principal: Principal,
+    meta: RequestMeta,
 ) -> ApiResult<Json<Value>> {
     principal.require_user()?;
     let (secret, sealed) = two_factor::new_secret(&state.keyring, &principal.user_id);
@@ -41,6 +42,9 @@ pub(crate) async fn handle_2fa_enroll(
                 .to_owned(),
         ));
     }
+    let rec = AuditRecord::new(None, principal.actor(), "auth.2fa_enrolled", &meta)
+        .target(format!("user:{}", principal.user_id));
+    state.audit_for_user(&principal.user_id, rec).await?;
     Ok(Json(json!({
         "secret": totp.secret().to_base32(),
         "otpauth_uri": totp.to_url().map_err(|e| ApiError::internal(anyhow::anyhow!("{e:?}")))?,

@@ -184,6 +184,7 @@ fn every_action_is_recorded_exactly_once() {
         ("member.removed", 1),
         ("api_key.created", 1),
         ("api_key.revoked", 1),
+        ("auth.2fa_enrolled", 1),
         ("auth.2fa_enabled", 1),
         ("auth.step_up", 1),
         ("auth.2fa_disabled", 1),

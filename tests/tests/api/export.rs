@@ -235,3 +235,34 @@ fn the_csv_archive_holds_every_table_with_null_and_empty_apart() {
     assert_eq!(lines[1], "1,\"O'Brien\",0.1,\"AAEC/w==\",");
     assert_eq!(lines[2], "2,\"\",-1e300,\"\",\"line\nbreak\"");
 }
+
+#[test]
+fn a_second_export_of_the_same_tenant_waits_its_turn() {
+    let app = TestApp::spawn_with(&["--query-timeout-ms", "120000"]);
+    let owner = app.signup("Big");
+    app.query(&owner.access_token, "CREATE TABLE big (b BLOB)")
+        .expect(200);
+    // ~64 MiB, so each export takes long enough for the others to overlap it.
+    app.query(
+        &owner.access_token,
+        "INSERT INTO big SELECT randomblob(524288) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 128) SELECT x FROM c)",
+    )
+    .expect(200);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let all: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| download(&app, &owner.access_token, "sql").0))
+            .collect();
+        all.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "no export was turned away: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // Once they are done, the next one is served.
+    assert_eq!(download(&app, &owner.access_token, "sqlite").0, 200);
+}
