@@ -84,7 +84,7 @@ fn destroy(
     placement.destroy(tenant)?;
     let keyring = state.keyring.clone();
     let key_id = keyring.primary_id();
-    let completed_at = chrono_now();
+    let completed_at = state.catalog.now_text()?;
     let files: Vec<String> = ["", "-wal", "-shm"]
         .iter()
         .map(|s| {
@@ -136,34 +136,6 @@ fn destroy(
     Ok(())
 }
 
-fn chrono_now() -> String {
-    // RFC 3339 UTC with seconds, from the system clock (no date crate needed for this).
-    let secs = crate::catalog::now_unix();
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// Destroys every tenant whose grace period is over, then purges the audit chains of
 /// deleted tenants past `audit_retention`. Run at start-up and on a timer.
 pub async fn reap(state: &AppState, pause: Option<Duration>, audit_retention: Duration) {
@@ -193,13 +165,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use silo_crypto::MasterKey;
-
-    #[test]
-    fn civil_dates_are_right() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
-    }
 
     #[test]
     fn a_certificate_verifies_and_any_change_breaks_it() {

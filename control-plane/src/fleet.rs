@@ -180,14 +180,17 @@ async fn migrate_counted(state: &AppState, job: &Job, tenant: TenantId) -> bool 
         .await
         .unwrap_or(false),
         Err(_) => {
-            let _ = state.catalog.record_migration_result(
-                tenant,
-                None,
-                Some((
-                    job.target_version,
-                    "the tenant stayed busy; run the migration again",
-                )),
-            );
+            let target = job.target_version;
+            let _ = state
+                .catalog
+                .blocking(move |c| {
+                    c.record_migration_result(
+                        tenant,
+                        None,
+                        Some((target, "the tenant stayed busy; run the migration again")),
+                    )
+                })
+                .await;
             false
         }
     };

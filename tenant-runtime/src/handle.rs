@@ -228,12 +228,6 @@ impl TenantHandle {
         }
         out
     }
-
-    /// Runs a read-only closure on the raw connection, e.g. for health checks and tests.
-    pub fn with_raw_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn)
-    }
 }
 
 fn server_sql(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<()> {

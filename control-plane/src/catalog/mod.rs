@@ -192,6 +192,15 @@ impl Catalog {
             .map_err(|e| CatalogError::Join(e.to_string()))?
     }
 
+    /// The current time as the catalog writes it everywhere (RFC 3339 UTC, milliseconds).
+    pub fn now_text(&self) -> Result<String> {
+        Ok(self
+            .lock()
+            .query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     pub fn ping(&self) -> Result<()> {
         self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())

@@ -21,6 +21,28 @@ pub(crate) struct CodeRequest {
     code: SecretString,
 }
 
+/// A current TOTP code (or a recovery code) of the caller, or 401 `totp_required`.
+async fn require_code(
+    state: &AppState,
+    principal: &Principal,
+    code: &SecretString,
+) -> ApiResult<()> {
+    if second_factor_ok(
+        state,
+        &principal.user_id,
+        &principal.email,
+        code.expose_secret(),
+    )
+    .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::TotpRequired(
+            "that code is not valid (or was already used)",
+        ))
+    }
+}
+
 /// `POST /v1/auth/2fa/enroll`: a new secret (pending until confirmed). The secret is in
 /// this response only; the catalog keeps it sealed.
 pub(crate) async fn handle_2fa_enroll(
@@ -124,18 +146,7 @@ pub(crate) async fn handle_2fa_verify(
             "two-factor authentication is not on for this account".to_owned(),
         ));
     }
-    if !second_factor_ok(
-        &state,
-        &principal.user_id,
-        &principal.email,
-        req.code.expose_secret(),
-    )
-    .await?
-    {
-        return Err(ApiError::TotpRequired(
-            "that code is not valid (or was already used)",
-        ));
-    }
+    require_code(&state, &principal, &req.code).await?;
     let (uid, sid, tenant) = (principal.user_id.clone(), session.clone(), principal.tenant);
     state
         .audit(
@@ -180,18 +191,7 @@ pub(crate) async fn handle_2fa_remove(
 ) -> ApiResult<StatusCode> {
     principal.require_user()?;
     principal.require_step_up()?;
-    if !second_factor_ok(
-        &state,
-        &principal.user_id,
-        &principal.email,
-        req.code.expose_secret(),
-    )
-    .await?
-    {
-        return Err(ApiError::TotpRequired(
-            "that code is not valid (or was already used)",
-        ));
-    }
+    require_code(&state, &principal, &req.code).await?;
     let uid = principal.user_id.clone();
     state
         .catalog
