@@ -19,7 +19,7 @@ use crate::state::AppState;
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often idle tenant handles are looked for and closed.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A built server: listener bound (so its port is known), state ready, crash leftovers
 /// reconciled.
@@ -51,6 +51,7 @@ impl Application {
                 args.data_dir.display()
             )
         })?;
+        crate::telemetry::install();
         let (keyring, source) = load_keyring(&args)?;
         match &source {
             KeySource::Generated(path) => tracing::warn!(
@@ -98,12 +99,14 @@ impl Application {
         })
         .await??;
 
+        let max_handles = handle_budget(args.max_open_tenants, args.tenant_readers);
         let store = TenantStore::new(StoreConfig {
-            max_handles: args.max_open_tenants,
+            max_handles,
             idle_timeout: Duration::from_secs(args.tenant_idle_secs),
             limits: ExecLimits {
                 time_budget: Duration::from_millis(args.query_timeout_ms),
                 max_result_bytes: args.max_result_bytes,
+                readers: args.tenant_readers,
                 ..ExecLimits::default()
             },
         });
@@ -122,6 +125,10 @@ impl Application {
             exports: crate::http::export::ExportsInFlight::default(),
             exports_dir: args.data_dir.join("exports"),
             deletion_grace: Duration::from_secs(args.deletion_grace_secs),
+            streams: crate::http::hrana::Streams::new(crate::http::hrana::StreamLimits {
+                idle: Duration::from_millis(args.stream_idle_ms.max(1)),
+                transaction: Duration::from_millis(args.stream_transaction_ms.max(1)),
+            }),
         };
         // Exports interrupted by a crash: plaintext copies nobody will ever stream.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
@@ -171,6 +178,21 @@ impl Application {
                 }
             }
         });
+        // Expires idle libSQL streams and over-long transactions, to the second.
+        let stream_sweeper = tokio::spawn({
+            let streams = state.streams.clone();
+            let every = (streams.limits().idle / 10)
+                .clamp(Duration::from_millis(100), Duration::from_secs(1));
+            async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let streams = streams.clone();
+                    // Expiring rolls back on tenant connections: a blocking thread.
+                    let _ = tokio::task::spawn_blocking(move || streams.sweep()).await;
+                }
+            }
+        });
         let store = state.store.clone();
         let maintenance = tokio::spawn({
             let store = store.clone();
@@ -181,6 +203,7 @@ impl Application {
                     let store = store.clone();
                     // Closing a database checkpoints its WAL: file I/O, so a blocking thread.
                     let _ = tokio::task::spawn_blocking(move || store.run_maintenance()).await;
+                    crate::telemetry::upkeep();
                 }
             }
         });
@@ -208,10 +231,56 @@ impl Application {
         };
         maintenance.abort();
         reaper.abort();
+        stream_sweeper.abort();
         tokio::task::spawn_blocking(move || store.close_all()).await?;
         tracing::info!("stopped; tenant databases closed");
         result
     }
+}
+
+/// File descriptors one open tenant database costs: its writer holds the database file and
+/// its WAL, the WAL index (`-shm`) is one per file and process; each reader adds two more.
+fn fds_per_handle(readers: usize) -> u64 {
+    3 + 2 * readers as u64
+}
+
+/// Descriptors kept for everything but tenant databases: sockets, the catalog, exports.
+const FD_RESERVE: u64 = 512;
+/// The default cache never grows past this, however high the limit.
+const DEFAULT_MAX_HANDLES: u64 = 10_000;
+
+/// Raises the open-files soft limit to the hard limit and sizes the handle cache from what
+/// it allows; `configured` (SILO_MAX_OPEN_TENANTS) is honoured up to that.
+fn handle_budget(configured: Option<u64>, readers: usize) -> u64 {
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let per = fds_per_handle(readers);
+    let fits = (soft.saturating_sub(FD_RESERVE) / per).max(1);
+    let budget = match configured {
+        Some(n) if n > fits => {
+            tracing::warn!(
+                configured = n,
+                open_files_limit = soft,
+                lowered_to = fits,
+                "SILO_MAX_OPEN_TENANTS would run out of file descriptors: lowered"
+            );
+            fits
+        }
+        Some(n) => n.max(1),
+        None => fits.min(DEFAULT_MAX_HANDLES),
+    };
+    tracing::info!(
+        open_files_limit = soft,
+        fds_per_tenant = per,
+        max_open_tenants = budget,
+        "tenant handle cache sized"
+    );
+    budget
 }
 
 async fn shutdown_signal() {

@@ -98,8 +98,24 @@ pub struct ServeArgs {
     pub max_result_bytes: usize,
 
     /// Most tenant databases kept open at once (least recently used are closed first).
-    #[arg(long, env = "SILO_MAX_OPEN_TENANTS", default_value_t = 1_000)]
-    pub max_open_tenants: u64,
+    /// Default: as many as the open-files limit allows (raised to its hard limit at start),
+    /// at most 10,000. A larger figure than the limit allows is lowered, with a warning.
+    #[arg(long, env = "SILO_MAX_OPEN_TENANTS")]
+    pub max_open_tenants: Option<u64>,
+
+    /// Reader connections each open tenant database may add beside its writer (opened on
+    /// demand; read-only callers use them, so reads never queue behind a write).
+    #[arg(long, env = "SILO_TENANT_READERS", default_value_t = 2)]
+    pub tenant_readers: usize,
+
+    /// Milliseconds after which an unused libSQL stream (baton) expires.
+    #[arg(long, env = "SILO_STREAM_IDLE_MS", default_value_t = 10_000)]
+    pub stream_idle_ms: u64,
+
+    /// Milliseconds a libSQL stream may hold a transaction open; past it the transaction
+    /// is rolled back and the stream's baton answers STREAM_EXPIRED.
+    #[arg(long, env = "SILO_STREAM_TRANSACTION_MS", default_value_t = 15_000)]
+    pub stream_transaction_ms: u64,
 
     /// Directory of tenant migrations (`NNNN_name.sql`) to use instead of the ones built
     /// into silo: ship schema changes without rebuilding. Must contain every migration

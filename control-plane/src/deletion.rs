@@ -78,7 +78,7 @@ fn destroy(
         );
         std::thread::sleep(p);
     }
-    state.store.evict(tenant);
+    state.drop_connections(tenant);
     let placement = state.provisioner.placement();
     let file = placement.path(tenant);
     placement.destroy(tenant)?;

@@ -124,7 +124,7 @@ impl From<RuntimeError> for ApiError {
         let message = e.to_string();
         match e.root() {
             RuntimeError::InvalidInput(_) => ApiError::InvalidInput(message),
-            RuntimeError::Sql(_) => ApiError::Sql(message),
+            RuntimeError::Sql { .. } => ApiError::Sql(message),
             RuntimeError::Forbidden(_) => ApiError::SqlForbidden(message),
             RuntimeError::Timeout => ApiError::QueryTimeout(message),
             RuntimeError::ResultTooLarge => ApiError::ResultTooLarge(message),

@@ -12,6 +12,7 @@
 //! - [`two_factor`]: TOTP and recovery codes.
 //! - [`fleet`]: migrations across every tenant database.
 //! - [`audit`]: the audit log's hash chains and signed heads.
+//! - [`telemetry`]: Prometheus metrics.
 //! - [`deletion`]: the grace period, crypto-shredding, and deletion certificates.
 
 pub mod app;
@@ -26,4 +27,5 @@ pub mod fleet;
 pub mod http;
 pub mod keys;
 pub mod state;
+pub mod telemetry;
 pub mod two_factor;

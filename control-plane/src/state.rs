@@ -32,6 +32,8 @@ pub struct AppState {
     pub exports_dir: std::path::PathBuf,
     /// Grace period of a scheduled deletion.
     pub deletion_grace: std::time::Duration,
+    /// Open libSQL (Hrana) streams.
+    pub streams: crate::http::hrana::Streams,
 }
 
 /// Per-tenant concurrency limit: at most `permits` requests of one tenant hold a blocking
@@ -120,7 +122,7 @@ impl AppState {
     pub async fn with_tenant<T, F>(&self, tenant: TenantId, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&TenantHandle) -> Result<T, RuntimeError> + Send + 'static,
+        F: FnOnce(&Arc<TenantHandle>) -> Result<T, RuntimeError> + Send + 'static,
     {
         let permit = self.gates.enter(tenant).await?;
         let state = self.clone();
@@ -233,7 +235,7 @@ impl AppState {
                     .db_tokens(tenant)?
                     .ok_or_else(|| ApiError::NotFound("no such tenant".to_owned()))?;
                 // The cached handle holds the file open with the old key: close it first.
-                state.store.evict(tenant);
+                state.drop_connections(tenant);
                 let old = state
                     .unseal(tenant, &db_id, &sealed)
                     .map_err(ApiError::from)?;
@@ -320,7 +322,14 @@ impl AppState {
     /// Closes the tenant's cached handle (after a suspension or deletion). Blocking work on
     /// a blocking thread.
     pub async fn close_tenant(&self, tenant: TenantId) {
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.evict(tenant)).await;
+        let state = self.clone();
+        let _ = tokio::task::spawn_blocking(move || state.drop_connections(tenant)).await;
+    }
+
+    /// Closes the tenant's libSQL streams (their open transactions roll back) and forgets
+    /// its handle. Blocking.
+    pub fn drop_connections(&self, tenant: TenantId) {
+        self.streams.close_tenant(tenant);
+        self.store.evict(tenant);
     }
 }

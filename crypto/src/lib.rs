@@ -354,6 +354,14 @@ impl DbToken {
     }
 }
 
+impl Clone for DbToken {
+    /// A second copy in memory, for a handle that opens more connections to the same file
+    /// later (lazily opened readers). Still a `SecretBox`: zeroed on drop, never printed.
+    fn clone(&self) -> Self {
+        DbToken(SecretBox::new(Box::new(*self.expose_bytes())))
+    }
+}
+
 impl fmt::Debug for DbToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DbToken(..)")

@@ -7,9 +7,10 @@ pub enum RuntimeError {
     /// Malformed request: bad params, several statements in one query, empty SQL.
     #[error("{0}")]
     InvalidInput(String),
-    /// SQLite rejected the tenant's own statement (syntax, constraint, type, …).
-    #[error("{0}")]
-    Sql(String),
+    /// SQLite rejected the tenant's own statement (syntax, constraint, type, …). `code` is
+    /// SQLite's name for the error class (`SQLITE_CONSTRAINT`, …), for libSQL clients.
+    #[error("{message}")]
+    Sql { message: String, code: &'static str },
     /// The sandbox refused the statement; the message says which rule.
     #[error("{0}")]
     Forbidden(String),

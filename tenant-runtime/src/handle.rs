@@ -1,7 +1,7 @@
 //! One tenant's open database: its own connection, keyed with its own DB token, sandboxed.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -21,8 +21,11 @@ pub struct ExecLimits {
     pub time_budget: Duration,
     /// Largest result one request may return, counted as the JSON it becomes (roughly).
     pub max_result_bytes: usize,
-    /// How long a writer waits for another writer of the same tenant before `SQLITE_BUSY`.
+    /// How long a request waits for the tenant's writer (or a reader) before `SQLITE_BUSY`.
     pub busy_timeout: Duration,
+    /// Reader connections a handle may open (lazily) beside its writer; 0 sends reads to
+    /// the writer too.
+    pub readers: usize,
     pub sandbox: SandboxLimits,
 }
 
@@ -32,6 +35,7 @@ impl Default for ExecLimits {
             time_budget: Duration::from_secs(5),
             max_result_bytes: 10 * 1024 * 1024,
             busy_timeout: Duration::from_secs(5),
+            readers: 2,
             sandbox: SandboxLimits::default(),
         }
     }
@@ -48,6 +52,12 @@ pub struct QueryResult {
     /// The statement changed the schema (DDL): the control plane audits these.
     #[serde(skip)]
     pub schema_changed: bool,
+    /// Declared type of each column (`None` for expressions), for libSQL clients.
+    #[serde(skip)]
+    pub decltypes: Vec<Option<String>>,
+    /// Rows the statement produced (counted even when they are not returned).
+    #[serde(skip)]
+    pub rows_read: u64,
 }
 
 /// One statement of a request.
@@ -87,16 +97,38 @@ pub fn open_keyed(path: &Path, token: &DbToken, flags: OpenFlags) -> rusqlite::R
     Ok(conn)
 }
 
-/// A tenant's open database. Cheap to share (`Arc<TenantHandle>`) between the cache and the
-/// requests using it; the connection closes when the last of them drops it.
+/// One connection of a tenant's database with its own sandbox state.
+struct Conn {
+    conn: Connection,
+    sandbox: Arc<SandboxState>,
+}
+
+/// A tenant's open database: one writer connection plus up to `ExecLimits::readers`
+/// lazily opened reader connections, every one of them this tenant's own and keyed with its
+/// DB token. Cheap to share (`Arc<TenantHandle>`) between the cache, requests and libSQL
+/// streams; the connections close when the last of them drops it.
+///
+/// A request takes a connection out (a [`Lease`]) and puts it back when done. Callers at
+/// [`AccessLevel::ReadOnly`] read from a reader (WAL: a reader sees the last commit and
+/// never waits for the writer); everyone else queues for the writer, waiting up to the busy
+/// timeout. A libSQL stream in an interactive transaction keeps its lease across requests.
 pub struct TenantHandle {
     tenant: TenantId,
-    /// A std mutex, not a tokio one: it is only ever locked on a blocking thread, for the
-    /// duration of one request, and SQLite connections are not usable from two threads at
-    /// once anyway. Requests of the same tenant queue here; other tenants never touch it.
-    conn: Mutex<Connection>,
-    sandbox: Arc<SandboxState>,
+    path: PathBuf,
+    token: DbToken,
     limits: ExecLimits,
+    /// `None` while leased. A std mutex and condvar: only ever used on blocking threads.
+    writer: Mutex<Option<Conn>>,
+    writer_back: Condvar,
+    readers: Mutex<Readers>,
+    reader_back: Condvar,
+}
+
+#[derive(Default)]
+struct Readers {
+    idle: Vec<Conn>,
+    /// Readers in existence, idle or leased.
+    opened: usize,
 }
 
 impl std::fmt::Debug for TenantHandle {
@@ -107,37 +139,33 @@ impl std::fmt::Debug for TenantHandle {
     }
 }
 
+/// A poisoned lock means a thread panicked while holding it; what it guards (a list of idle
+/// connections, each consistent because SQLite rolls back what was not committed) is still
+/// sound, so carry on with it.
+fn relock<T>(r: std::sync::LockResult<T>) -> T {
+    r.unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl TenantHandle {
-    /// Opens `path` with `token` and installs the sandbox. Blocking: call from a blocking
-    /// thread.
+    /// Opens `path` with `token` and installs the sandbox on its writer connection. Blocking:
+    /// call from a blocking thread.
     pub fn open_local(
         tenant: TenantId,
         path: &Path,
         token: &DbToken,
         limits: ExecLimits,
     ) -> Result<Self> {
-        let mut conn = open_keyed(path, token, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| {
-            match sandbox::error_code(&e) {
-                Some(ErrorCode::NotADatabase) => RuntimeError::WrongKey,
-                Some(ErrorCode::CannotOpen) => RuntimeError::Missing,
-                _ => RuntimeError::Internal(format!("open tenant database: {e}")),
-            }
-        })?;
-        conn.busy_timeout(limits.busy_timeout)
-            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
-        conn.set_prepared_statement_cache_capacity(64);
-        // The sandbox starts at the lowest access level; so does the run-time guard.
-        // Temporary tables and sort spills go to (unlinked) temporary files bounded by the
-        // page cache, not to unbounded process memory.
-        conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = FILE;")
-            .map_err(|e| RuntimeError::Internal(format!("connection settings: {e}")))?;
-        let sandbox = sandbox::install(&mut conn, &limits.sandbox)
-            .map_err(|e| RuntimeError::Internal(format!("install sandbox: {e}")))?;
+        let writer = open_conn(path, token, &limits, AccessLevel::ReadOnly)?;
+        metrics::counter!("silo_tenant_connections_opened_total", "kind" => "writer").increment(1);
         Ok(TenantHandle {
             tenant,
-            conn: Mutex::new(conn),
-            sandbox,
+            path: path.to_owned(),
+            token: token.clone(),
             limits,
+            writer: Mutex::new(Some(writer)),
+            writer_back: Condvar::new(),
+            readers: Mutex::new(Readers::default()),
+            reader_back: Condvar::new(),
         })
     }
 
@@ -145,9 +173,20 @@ impl TenantHandle {
         self.tenant
     }
 
+    pub(crate) fn limits(&self) -> &ExecLimits {
+        &self.limits
+    }
+
+    /// Connections open now (writer and readers, leased or idle): for the file descriptor
+    /// arithmetic and the tests of it.
+    pub fn open_connections(&self) -> usize {
+        1 + relock(self.readers.lock()).opened
+    }
+
     /// Runs one statement at `level`. Blocking.
-    pub fn execute(&self, stmt: &Statement, level: AccessLevel) -> Result<QueryResult> {
-        self.with_conn(level, |conn, sandbox, limits| {
+    pub fn execute(self: &Arc<Self>, stmt: &Statement, level: AccessLevel) -> Result<QueryResult> {
+        let mut lease = self.lease(level)?;
+        lease.run(level, false, |conn, sandbox, limits| {
             let mut budget = ResultBudget::new(limits.max_result_bytes);
             run(conn, sandbox, stmt, &mut budget)
         })
@@ -157,12 +196,13 @@ impl TenantHandle {
     /// rolls everything back. Without, each commits on its own and the first failure stops
     /// the batch (earlier statements stay committed). Blocking.
     pub fn batch(
-        &self,
+        self: &Arc<Self>,
         statements: &[Statement],
         transaction: bool,
         level: AccessLevel,
     ) -> Result<Vec<QueryResult>> {
-        self.with_conn(level, |conn, sandbox, limits| {
+        let mut lease = self.lease(level)?;
+        lease.run(level, false, |conn, sandbox, limits| {
             let mut budget = ResultBudget::new(limits.max_result_bytes);
             if !transaction {
                 return statements
@@ -198,39 +238,183 @@ impl TenantHandle {
         })
     }
 
-    fn with_conn<T>(
-        &self,
+    /// Takes a connection for a request at `level`: a reader for read-only callers, the
+    /// writer for everyone else. Waits up to the busy timeout for one to come back, then
+    /// answers [`RuntimeError::Busy`]. Blocking.
+    pub fn lease(self: &Arc<Self>, level: AccessLevel) -> Result<Lease> {
+        let deadline = std::time::Instant::now() + self.limits.busy_timeout;
+        let conn = if level == AccessLevel::ReadOnly && self.limits.readers > 0 {
+            self.take_reader(deadline)?
+        } else {
+            self.take_writer(deadline)?
+        };
+        Ok(Lease {
+            handle: self.clone(),
+            conn: Some(conn.0),
+            writer: conn.1,
+        })
+    }
+
+    fn take_writer(&self, deadline: std::time::Instant) -> Result<(Conn, bool)> {
+        let mut slot = relock(self.writer.lock());
+        loop {
+            if let Some(conn) = slot.take() {
+                return Ok((conn, true));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(RuntimeError::Busy);
+            }
+            slot = relock(self.writer_back.wait_timeout(slot, left)).0;
+        }
+    }
+
+    fn take_reader(&self, deadline: std::time::Instant) -> Result<(Conn, bool)> {
+        let mut readers = relock(self.readers.lock());
+        loop {
+            if let Some(conn) = readers.idle.pop() {
+                return Ok((conn, false));
+            }
+            if readers.opened < self.limits.readers {
+                // Opened outside the lock: other readers come and go meanwhile.
+                readers.opened += 1;
+                drop(readers);
+                return match open_conn(&self.path, &self.token, &self.limits, AccessLevel::ReadOnly)
+                {
+                    Ok(conn) => {
+                        metrics::counter!("silo_tenant_connections_opened_total", "kind" => "reader")
+                            .increment(1);
+                        Ok((conn, false))
+                    }
+                    Err(e) => {
+                        relock(self.readers.lock()).opened -= 1;
+                        self.reader_back.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(RuntimeError::Busy);
+            }
+            readers = relock(self.reader_back.wait_timeout(readers, left)).0;
+        }
+    }
+
+    fn give_back(&self, conn: Conn, writer: bool) {
+        if writer {
+            *relock(self.writer.lock()) = Some(conn);
+            self.writer_back.notify_one();
+        } else {
+            relock(self.readers.lock()).idle.push(conn);
+            self.reader_back.notify_one();
+        }
+    }
+}
+
+/// Opens one sandboxed connection of a tenant database, starting at `level`.
+fn open_conn(
+    path: &Path,
+    token: &DbToken,
+    limits: &ExecLimits,
+    level: AccessLevel,
+) -> Result<Conn> {
+    let mut conn = open_keyed(path, token, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| {
+        match sandbox::error_code(&e) {
+            Some(ErrorCode::NotADatabase) => RuntimeError::WrongKey,
+            Some(ErrorCode::CannotOpen) => RuntimeError::Missing,
+            _ => RuntimeError::Internal(format!("open tenant database: {e}")),
+        }
+    })?;
+    conn.busy_timeout(limits.busy_timeout)
+        .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // The sandbox starts at the lowest access level; so does the run-time guard.
+    // Temporary tables and sort spills go to (unlinked) temporary files bounded by the
+    // page cache, not to unbounded process memory.
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = FILE;")
+        .map_err(|e| RuntimeError::Internal(format!("connection settings: {e}")))?;
+    let sandbox = sandbox::install(&mut conn, &limits.sandbox)
+        .map_err(|e| RuntimeError::Internal(format!("install sandbox: {e}")))?;
+    debug_assert_eq!(sandbox.level(), level);
+    Ok(Conn { conn, sandbox })
+}
+
+/// One connection of a tenant, taken out of its handle; it goes back when the lease drops,
+/// with any transaction still open rolled back first. Holds the handle alive meanwhile, so a
+/// leased handle is never closed under its user.
+pub struct Lease {
+    handle: Arc<TenantHandle>,
+    conn: Option<Conn>,
+    writer: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("tenant", &self.handle.tenant)
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    pub fn tenant(&self) -> TenantId {
+        self.handle.tenant
+    }
+
+    /// Runs `f` on the connection at `level`, within the time budget. `transactions`:
+    /// whether the tenant's own transaction statements may compile (libSQL streams).
+    /// Blocking.
+    pub(crate) fn run<T>(
+        &mut self,
         level: AccessLevel,
+        transactions: bool,
         f: impl FnOnce(&Connection, &SandboxState, &ExecLimits) -> Result<T>,
     ) -> Result<T> {
-        // A poisoned lock means a thread panicked mid-request; the connection itself is still
-        // consistent (SQLite rolls back what was not committed), so carry on with it.
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if self.sandbox.level() != level {
+        let limits = &self.handle.limits;
+        let Some(Conn { conn, sandbox }) = self.conn.as_ref() else {
+            return Err(RuntimeError::Internal("lease already returned".to_owned()));
+        };
+        if sandbox.level() != level || sandbox.transactions_allowed() != transactions {
             // The authorizer runs when a statement is compiled, not when a cached one is
-            // reused: statements compiled for another level must not be reused at this one.
+            // reused: statements compiled under other rules must not be reused under these.
             conn.flush_prepared_statement_cache();
             // A second, run-time guard for read-only callers, independent of the authorizer.
             // Set first: the level changes only once its guard is in place.
-            self.sandbox
+            sandbox
                 .as_server(|| {
                     conn.pragma_update(None, "query_only", level == AccessLevel::ReadOnly)
                 })
                 .map_err(|e| RuntimeError::Internal(format!("set query_only: {e}")))?;
-            self.sandbox.set_level(level);
+            sandbox.set_level(level);
+            sandbox.set_transactions_allowed(transactions);
         }
-        self.sandbox.start_budget(self.limits.time_budget);
-        let out = f(&conn, &self.sandbox, &self.limits);
-        self.sandbox.end_budget();
-        // Nothing a request does may leave a transaction open on a shared handle.
-        if !conn.is_autocommit() {
-            rollback(&conn, &self.sandbox);
-        }
+        sandbox.start_budget(limits.time_budget);
+        let out = f(conn, sandbox, limits);
+        sandbox.end_budget();
         out
+    }
+
+    /// No transaction is open on the connection.
+    pub fn is_autocommit(&self) -> bool {
+        self.conn.as_ref().is_none_or(|c| c.conn.is_autocommit())
     }
 }
 
-fn server_sql(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<()> {
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            // Nothing may leave a transaction open on a connection that goes back.
+            if !c.conn.is_autocommit() {
+                rollback(&c.conn, &c.sandbox);
+            }
+            self.handle.give_back(c, self.writer);
+        }
+    }
+}
+
+pub(crate) fn server_sql(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<()> {
     sandbox
         .as_server(|| conn.execute_batch(sql))
         .map_err(|e| map_error(e, sandbox))
@@ -243,16 +427,16 @@ fn rollback(conn: &Connection, sandbox: &SandboxState) {
 }
 
 /// Tracks the size of a request's result against the cap.
-struct ResultBudget {
+pub(crate) struct ResultBudget {
     left: usize,
 }
 
 impl ResultBudget {
-    fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         ResultBudget { left: max }
     }
 
-    fn take(&mut self, bytes: usize) -> Result<()> {
+    pub(crate) fn take(&mut self, bytes: usize) -> Result<()> {
         self.left = self
             .left
             .checked_sub(bytes)
@@ -267,16 +451,36 @@ fn run(
     stmt: &Statement,
     budget: &mut ResultBudget,
 ) -> Result<QueryResult> {
-    if stmt.sql.trim().is_empty() {
+    run_with(
+        conn,
+        sandbox,
+        &stmt.sql,
+        |prepared| bind(prepared, &stmt.params),
+        true,
+        budget,
+    )
+}
+
+/// Prepares `sql` (cached), binds it with `bind`, runs it to the end and collects its rows
+/// (or only counts them, without `want_rows`). The core of every statement a tenant runs.
+pub(crate) fn run_with(
+    conn: &Connection,
+    sandbox: &SandboxState,
+    sql: &str,
+    bind: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> Result<()>,
+    want_rows: bool,
+    budget: &mut ResultBudget,
+) -> Result<QueryResult> {
+    if sql.trim().is_empty() {
         return Err(RuntimeError::InvalidInput("sql is empty".to_owned()));
     }
     // A refusal is recognised by the reason the authorizer records (SQLite reports some
     // refusals as SQLITE_AUTH and others as a plain SQLITE_ERROR), so start clean.
     sandbox.take_denial();
     let mut prepared = conn
-        .prepare_cached(&stmt.sql)
+        .prepare_cached(sql)
         .map_err(|e| map_error(e, sandbox))?;
-    bind(&mut prepared, &stmt.params)?;
+    bind(&mut prepared)?;
     let readonly = prepared.readonly();
     // The schema cookie changes exactly when the schema does; read only around statements
     // that can write at all.
@@ -286,11 +490,20 @@ fn run(
     };
     let version_before = if readonly { 0 } else { schema_version(conn)? };
     let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
+    let decltypes: Vec<Option<String>> = prepared
+        .columns()
+        .map(|c| c.decl_type().map(str::to_owned))
+        .collect();
     let width = columns.len();
     let mut rows = Vec::new();
+    let mut rows_read = 0u64;
     {
         let mut cursor = prepared.raw_query();
         while let Some(row) = cursor.next().map_err(|e| map_error(e, sandbox))? {
+            rows_read += 1;
+            if !want_rows {
+                continue;
+            }
             let mut out = Vec::with_capacity(width);
             for i in 0..width {
                 let v = Value::from_ref(
@@ -320,6 +533,8 @@ fn run(
         rows_affected,
         last_insert_rowid,
         schema_changed,
+        decltypes,
+        rows_read,
     })
 }
 
@@ -373,13 +588,28 @@ fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &Params) -> Result<()>
     }
 }
 
+/// SQLite's name for the classes of error that are the tenant's statement's fault.
+fn sql_error_name(code: ErrorCode) -> Option<&'static str> {
+    Some(match code {
+        ErrorCode::Unknown => "SQLITE_ERROR",
+        ErrorCode::ConstraintViolation => "SQLITE_CONSTRAINT",
+        ErrorCode::TypeMismatch => "SQLITE_MISMATCH",
+        ErrorCode::TooBig => "SQLITE_TOOBIG",
+        ErrorCode::ParameterOutOfRange => "SQLITE_RANGE",
+        ErrorCode::ReadOnly => "SQLITE_READONLY",
+        ErrorCode::SchemaChanged => "SQLITE_SCHEMA",
+        ErrorCode::ApiMisuse => "SQLITE_MISUSE",
+        _ => return None,
+    })
+}
+
 /// Sorts a SQLite error into the tenant's fault (4xx) or ours (5xx).
-fn map_error(e: rusqlite::Error, sandbox: &SandboxState) -> RuntimeError {
+pub(crate) fn map_error(e: rusqlite::Error, sandbox: &SandboxState) -> RuntimeError {
     use rusqlite::Error as E;
     match &e {
         E::MultipleStatement => {
             return RuntimeError::InvalidInput(
-                "one statement per query: send several to /v1/db/batch".to_owned(),
+                "one statement per query: send several as a batch (/v1/db/batch, or a libSQL batch)".to_owned(),
             );
         }
         E::InvalidParameterCount(..) | E::InvalidParameterName(_) => {
@@ -388,23 +618,19 @@ fn map_error(e: rusqlite::Error, sandbox: &SandboxState) -> RuntimeError {
         _ => {}
     }
     if let Some(reason) = sandbox.take_denial() {
+        metrics::counter!("silo_sandbox_refusals_total").increment(1);
         return RuntimeError::Forbidden(reason);
     }
     match sandbox::error_code(&e) {
         Some(ErrorCode::AuthorizationForStatementDenied) => {
+            metrics::counter!("silo_sandbox_refusals_total").increment(1);
             RuntimeError::Forbidden("statement not allowed".to_owned())
         }
         Some(ErrorCode::OperationInterrupted) if sandbox.timed_out() => RuntimeError::Timeout,
-        Some(
-            ErrorCode::Unknown
-            | ErrorCode::ConstraintViolation
-            | ErrorCode::TypeMismatch
-            | ErrorCode::TooBig
-            | ErrorCode::ParameterOutOfRange
-            | ErrorCode::ReadOnly
-            | ErrorCode::SchemaChanged
-            | ErrorCode::ApiMisuse,
-        ) => RuntimeError::Sql(e.to_string()),
+        Some(code) if sql_error_name(code).is_some() => RuntimeError::Sql {
+            message: e.to_string(),
+            code: sql_error_name(code).unwrap_or("SQLITE_ERROR"),
+        },
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => RuntimeError::Busy,
         Some(ErrorCode::OutOfMemory | ErrorCode::DiskFull) => RuntimeError::Exhausted,
         _ => RuntimeError::Internal(e.to_string()),
@@ -416,7 +642,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn fresh() -> (tempfile::TempDir, TenantHandle, DbToken) {
+    fn fresh() -> (tempfile::TempDir, Arc<TenantHandle>, DbToken) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let token = DbToken::generate();
@@ -431,10 +657,11 @@ mod tests {
         let limits = ExecLimits {
             time_budget: Duration::from_millis(200),
             max_result_bytes: 10_000,
+            busy_timeout: Duration::from_millis(200),
             ..ExecLimits::default()
         };
         let h = TenantHandle::open_local(TenantId::generate(), &path, &token, limits).unwrap();
-        (dir, h, token)
+        (dir, Arc::new(h), token)
     }
 
     const ALL: AccessLevel = AccessLevel::Schema;
@@ -593,6 +820,63 @@ mod tests {
                 .unwrap()
                 .schema_changed
         );
+    }
+
+    #[test]
+    fn readers_see_the_last_commit_while_a_leased_writer_holds_a_transaction() {
+        let (_d, h, _t) = fresh();
+        h.execute(&s("CREATE TABLE t(a)"), ALL).unwrap();
+        h.execute(&s("INSERT INTO t VALUES (1)"), ALL).unwrap();
+        // A stream takes the writer into a transaction and keeps it.
+        let mut writer = h.lease(AccessLevel::ReadWrite).unwrap();
+        writer
+            .run(AccessLevel::ReadWrite, true, |conn, sandbox, _| {
+                server_sql(conn, sandbox, "BEGIN IMMEDIATE")?;
+                conn.execute_batch("INSERT INTO t VALUES (2)")
+                    .map_err(|e| RuntimeError::Internal(e.to_string()))
+            })
+            .unwrap();
+        assert!(!writer.is_autocommit());
+        // Readers do not wait for it and see only what was committed.
+        let n = h
+            .execute(&s("SELECT count(*) FROM t"), AccessLevel::ReadOnly)
+            .unwrap();
+        assert_eq!(n.rows[0][0], Value::Integer(1));
+        assert!(h.open_connections() >= 2);
+        // Another writer waits the busy timeout, then is told so.
+        let started = std::time::Instant::now();
+        let err = h
+            .execute(&s("INSERT INTO t VALUES (3)"), AccessLevel::ReadWrite)
+            .unwrap_err();
+        assert!(matches!(err, RuntimeError::Busy), "{err:?}");
+        assert!(started.elapsed() >= h.limits.busy_timeout);
+        // Dropping the lease rolls its transaction back and returns the writer.
+        drop(writer);
+        h.execute(&s("INSERT INTO t VALUES (3)"), AccessLevel::ReadWrite)
+            .unwrap();
+        let n = h
+            .execute(&s("SELECT group_concat(a) FROM t"), AccessLevel::ReadOnly)
+            .unwrap();
+        assert_eq!(n.rows[0][0], Value::Text("1,3".into()));
+    }
+
+    #[test]
+    fn transaction_statements_compile_only_where_allowed() {
+        let (_d, h, _t) = fresh();
+        let err = h.execute(&s("BEGIN"), ALL).unwrap_err();
+        assert!(matches!(err, RuntimeError::Forbidden(_)), "{err:?}");
+        let mut lease = h.lease(ALL).unwrap();
+        lease
+            .run(ALL, true, |conn, sandbox, _| {
+                let mut budget = ResultBudget::new(1000);
+                run(conn, sandbox, &s("BEGIN"), &mut budget)
+            })
+            .unwrap();
+        assert!(!lease.is_autocommit());
+        drop(lease);
+        // The statement cached while allowed is not reused where it is not.
+        let err = h.execute(&s("BEGIN"), ALL).unwrap_err();
+        assert!(matches!(err, RuntimeError::Forbidden(_)), "{err:?}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! SQLite.
 //!
 //! - [`id`]: [`TenantId`], the server-generated, file-name-safe tenant identity.
-//! - [`handle`]: [`TenantHandle`], one tenant's own connection, opened with that tenant's DB
+//! - [`handle`]: [`TenantHandle`], one tenant's own connections (a writer and lazy readers), opened with that tenant's DB
 //!   token ([`handle::open_keyed`]), and statement/batch execution.
+//! - [`hrana`]: libSQL's Hrana protocol (what standard libSQL clients speak) over a handle.
 //! - [`sandbox`]: the authorizer, limits and time budget every tenant connection runs under.
 //! - [`store`]: [`TenantStore`], the bounded cache of open handles (LRU + idle eviction).
 //! - [`value`]: the JSON form of SQLite values and parameters.
@@ -13,13 +14,14 @@
 pub mod error;
 pub mod export;
 pub mod handle;
+pub mod hrana;
 pub mod id;
 pub mod sandbox;
 pub mod store;
 pub mod value;
 
 pub use error::{Result, RuntimeError};
-pub use handle::{ExecLimits, QueryResult, Statement, TenantHandle};
+pub use handle::{ExecLimits, Lease, QueryResult, Statement, TenantHandle};
 pub use id::TenantId;
 pub use sandbox::AccessLevel;
 pub use store::{StoreConfig, TenantStore, tenant_db_path};

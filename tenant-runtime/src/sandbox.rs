@@ -141,6 +141,10 @@ pub struct SandboxState {
     /// Why the authorizer refused the last statement, for the 403 message. A std mutex: it is
     /// touched only from the thread that is preparing a statement on this connection.
     denial: Mutex<Option<String>>,
+    /// Transaction statements (`BEGIN`, `COMMIT`, `SAVEPOINT`, …) are the tenant's to send:
+    /// on for libSQL streams, which own their connection across requests; off for the JSON
+    /// routes, where silo frames the transaction itself.
+    transactions_allowed: AtomicBool,
 }
 
 impl SandboxState {
@@ -152,6 +156,7 @@ impl SandboxState {
             server_statement: AtomicBool::new(false),
             level: std::sync::atomic::AtomicU8::new(AccessLevel::ReadOnly as u8),
             denial: Mutex::new(None),
+            transactions_allowed: AtomicBool::new(false),
         }
     }
 
@@ -197,6 +202,15 @@ impl SandboxState {
 
     pub fn level(&self) -> AccessLevel {
         AccessLevel::from_u8(self.level.load(Ordering::Relaxed))
+    }
+
+    /// Whether tenant transaction statements compile from now on (see the field).
+    pub fn set_transactions_allowed(&self, allowed: bool) {
+        self.transactions_allowed.store(allowed, Ordering::Relaxed);
+    }
+
+    pub fn transactions_allowed(&self) -> bool {
+        self.transactions_allowed.load(Ordering::Relaxed)
     }
 
     fn over_budget(&self) -> bool {
@@ -388,6 +402,13 @@ pub fn install(
     let auth_state = state.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
         if auth_state.server_statement.load(Ordering::Relaxed) {
+            return Authorization::Allow;
+        }
+        if matches!(
+            ctx.action,
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
+        ) && auth_state.transactions_allowed()
+        {
             return Authorization::Allow;
         }
         match authorize(&ctx.action, auth_state.level()) {

@@ -1,7 +1,8 @@
 //! The bounded cache of open tenant handles.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
@@ -35,12 +36,16 @@ impl Default for StoreConfig {
     }
 }
 
-/// A cheap-to-clone store of open tenant handles, at most one cached per tenant.
+/// A cheap-to-clone store of open tenant handles, at most one per tenant.
 ///
 /// Eviction (least recently used past `max_handles`, or idle past `idle_timeout`) drops the
-/// cache's reference; the connection closes, checkpointing its WAL, when the last request
-/// holding the handle finishes. Call every method from a blocking thread: opening and
-/// closing databases do file I/O.
+/// cache's reference only. A handle still in use (a running request, a libSQL stream in a
+/// transaction) stays open and stays the tenant's one handle: the next request of that
+/// tenant gets it back instead of opening a second one. It closes, checkpointing its WAL,
+/// when its last user lets go. Committed writes are on disk either way (WAL with
+/// `synchronous = FULL`): closing a handle never loses one.
+///
+/// Call every method from a blocking thread: opening and closing databases do file I/O.
 #[derive(Clone)]
 pub struct TenantStore {
     inner: Arc<Inner>,
@@ -48,6 +53,9 @@ pub struct TenantStore {
 
 struct Inner {
     cache: moka::sync::Cache<TenantId, Arc<TenantHandle>>,
+    /// Every handle that may still be alive, evicted or not. Dead entries are swept by
+    /// [`TenantStore::run_maintenance`].
+    live: Mutex<HashMap<TenantId, Weak<TenantHandle>>>,
     config: StoreConfig,
 }
 
@@ -57,11 +65,24 @@ impl TenantStore {
             .max_capacity(config.max_handles)
             .time_to_idle(config.idle_timeout)
             .eviction_listener(|tenant: Arc<TenantId>, _handle, cause: RemovalCause| {
+                if cause.was_evicted() {
+                    let why = if cause == RemovalCause::Expired {
+                        "idle"
+                    } else {
+                        "capacity"
+                    };
+                    metrics::counter!("silo_tenant_handle_evictions_total", "cause" => why)
+                        .increment(1);
+                }
                 tracing::debug!(tenant_id = %tenant, ?cause, "tenant handle evicted");
             })
             .build();
         TenantStore {
-            inner: Arc::new(Inner { cache, config }),
+            inner: Arc::new(Inner {
+                cache,
+                live: Mutex::new(HashMap::new()),
+                config,
+            }),
         }
     }
 
@@ -69,23 +90,49 @@ impl TenantStore {
         &self.inner.config.limits
     }
 
-    /// The tenant's handle, opened with `open` if it is not cached. Concurrent callers for
+    pub fn max_handles(&self) -> u64 {
+        self.inner.config.max_handles
+    }
+
+    /// The tenant's handle, opened with `open` if it is not open. Concurrent callers for
     /// the same tenant wait for one open instead of racing to open twice.
     pub fn get_or_open(
         &self,
         tenant: TenantId,
         open: impl FnOnce() -> Result<TenantHandle>,
     ) -> Result<Arc<TenantHandle>> {
+        if let Some(handle) = self.inner.cache.get(&tenant) {
+            metrics::counter!("silo_tenant_handle_cache_hits_total").increment(1);
+            return Ok(handle);
+        }
         self.inner
             .cache
-            .try_get_with(tenant, || open().map(Arc::new))
+            .try_get_with(tenant, || {
+                // Evicted but still in use: the same handle comes back into the cache.
+                let alive = relock(self.inner.live.lock())
+                    .get(&tenant)
+                    .and_then(Weak::upgrade);
+                if let Some(handle) = alive {
+                    metrics::counter!("silo_tenant_handle_cache_hits_total").increment(1);
+                    return Ok(handle);
+                }
+                metrics::counter!("silo_tenant_handle_cache_misses_total").increment(1);
+                let started = std::time::Instant::now();
+                let handle = Arc::new(open()?);
+                metrics::histogram!("silo_tenant_open_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                relock(self.inner.live.lock()).insert(tenant, Arc::downgrade(&handle));
+                Ok(handle)
+            })
             // moka shares one open's error among every waiter.
             .map_err(Arc::unwrap_or_clone)
     }
 
-    /// Closes the tenant's cached handle (after its DB token changed or it was deleted).
+    /// Forgets the tenant's handle (after its DB token changed or it was deleted): the next
+    /// request opens a new one. Callers make sure nothing uses the old one any more.
     pub fn evict(&self, tenant: TenantId) {
         self.inner.cache.invalidate(&tenant);
+        relock(self.inner.live.lock()).remove(&tenant);
         self.inner.cache.run_pending_tasks();
     }
 
@@ -93,6 +140,8 @@ impl TenantStore {
     /// idle handles close even without traffic.
     pub fn run_maintenance(&self) {
         self.inner.cache.run_pending_tasks();
+        relock(self.inner.live.lock()).retain(|_, h| h.strong_count() > 0);
+        metrics::gauge!("silo_tenant_handles_open").set(self.live_handles() as f64);
     }
 
     /// Handles currently cached.
@@ -101,11 +150,24 @@ impl TenantStore {
         self.inner.cache.entry_count()
     }
 
+    /// Handles alive now: cached, or evicted and still in use.
+    pub fn live_handles(&self) -> usize {
+        relock(self.inner.live.lock())
+            .values()
+            .filter(|h| h.strong_count() > 0)
+            .count()
+    }
+
     /// Drops every cached handle (on shutdown): each connection closes and checkpoints.
     pub fn close_all(&self) {
         self.inner.cache.invalidate_all();
         self.inner.cache.run_pending_tasks();
+        relock(self.inner.live.lock()).clear();
     }
+}
+
+fn relock<T>(r: std::sync::LockResult<T>) -> T {
+    r.unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -5,27 +5,14 @@
 //!     cargo bench -p silo-e2e --bench export -- [MiB]        (default 1024)
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
-fn silo_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .join("silo");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release --bin silo` first",
-        bin.display()
-    );
-    bin
-}
+mod common;
+use common::silo_bin;
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -7,66 +7,14 @@
 //! Defaults: 10,000 tenants, 8 concurrent clients. Results go to stdout as a Markdown
 //! table, for docs/benchmarks.md.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn silo_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("SILO_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("bench binary path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .join("silo");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release --bin silo` first",
-        bin.display()
-    );
-    bin
-}
-
-fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(silo_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .env(
-            "SILO_MASTER_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        )
-        .env("SILO_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start silo");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read address");
-    let base = line
-        .trim()
-        .strip_prefix("silo listening on ")
-        .expect("address line")
-        .to_owned();
-    (child, base)
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+mod common;
+use common::{percentile, serve, silo_bin, stop};
 
 fn main() {
     let args: Vec<String> = std::env::args()

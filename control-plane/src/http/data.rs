@@ -37,7 +37,7 @@ pub(crate) async fn handle_db_query(
 /// Schema changes made through the data routes are audited, one event per request, as the
 /// kind of statement and the SHA-256 of its text: never the text itself, whose literals
 /// (defaults, view bodies) are tenant data that must not outlive the tenant's deletion.
-async fn audit_schema_change(
+pub(crate) async fn audit_schema_change(
     state: &AppState,
     principal: &Principal,
     meta: &RequestMeta,
@@ -89,7 +89,7 @@ fn statement_kind(sql: &str) -> String {
 
 /// Every role may reach its data; what its SQL may do is the access level, enforced by
 /// the sandbox. An API key needs at least one `db:*` scope.
-fn data_access(principal: &Principal) -> ApiResult<AccessLevel> {
+pub(crate) fn data_access(principal: &Principal) -> ApiResult<AccessLevel> {
     principal.access_level().ok_or(ApiError::Forbidden(
         "this API key has no db:read, db:write or db:admin scope",
     ))

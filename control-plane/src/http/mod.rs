@@ -9,6 +9,7 @@ pub(crate) mod audit;
 pub(crate) mod data;
 pub mod export;
 pub(crate) mod extract;
+pub(crate) mod hrana;
 pub(crate) mod members;
 pub(crate) mod ops;
 pub(crate) mod sessions;
@@ -134,6 +135,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/export", get(export::handle_export))
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))
+        // libSQL clients (Hrana over HTTP) and sqld's probes.
+        .route("/v2", get(hrana::handle_version_probe))
+        .route("/v3", get(hrana::handle_version_probe))
+        .route("/v2/pipeline", post(hrana::handle_pipeline))
+        .route("/v3/pipeline", post(hrana::handle_pipeline))
+        .route("/v3/cursor", post(hrana::handle_cursor))
+        .route("/health", get(hrana::handle_health))
+        .route("/version", get(hrana::handle_version))
+        .route("/metrics", get(crate::telemetry::handle_metrics))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::record))
         .fallback(handle_not_found)
         .method_not_allowed_fallback(handle_method_not_allowed)
         .layer(axum::middleware::from_fn(run_to_completion))

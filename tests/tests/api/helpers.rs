@@ -199,6 +199,11 @@ impl TestApp {
         }
     }
 
+    /// The server's process id (to count its open file descriptors).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -13,6 +13,7 @@ mod deletion;
 mod export;
 mod input;
 mod isolation;
+mod libsql_clients;
 mod lockout;
 mod operators;
 mod provisioning;

@@ -1,0 +1,90 @@
+//! Prometheus metrics: one recorder per process, rendered at `GET /metrics`.
+//!
+//! What is counted (names as exported):
+//! - `silo_http_request_duration_seconds{route,method,status}`: latency per route, so
+//!   `/v1/db/query`, `/v2/pipeline`, `/v3/pipeline` and `/v3/cursor` each have theirs;
+//! - `silo_tenant_handle_cache_hits_total`, `silo_tenant_handle_cache_misses_total`,
+//!   `silo_tenant_open_seconds` (every open), `silo_tenant_handle_evictions_total{cause}`,
+//!   `silo_tenant_connections_opened_total{kind}`, `silo_tenant_handles_open`;
+//! - `silo_sandbox_refusals_total`;
+//! - `silo_hrana_streams_open`.
+//!
+//! No label carries a tenant id, a user or SQL text.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Latency buckets, in seconds: 50 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process's recorder (once; later calls reuse it).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let built = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder);
+            match built {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics is empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Drains histogram samples into their buckets; called on a timer.
+pub fn upkeep() {
+    if let Some(Some(h)) = HANDLE.get() {
+        h.run_upkeep();
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn handle_metrics() -> Response {
+    let body = match HANDLE.get() {
+        Some(Some(h)) => h.render(),
+        _ => String::new(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Records each routed request's latency under its route template (never the raw path,
+/// which could carry ids).
+pub(crate) async fn record(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics::histogram!(
+        "silo_http_request_duration_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,904 @@
+//! libSQL's Hrana protocol (versions 2 and 3, JSON encoding) run against one tenant's own
+//! connection. This module is the protocol's data model and its execution; the HTTP side
+//! (routes, batons, stream lifetimes, authentication) lives in the control plane.
+//!
+//! Written here rather than taken from a crate: the `libsql` crates implement the server
+//! side only inside sqld (`libsql-server`, not a library) and the client side over their own
+//! SQLite build, which cannot link beside SQLCipher. The wire format follows
+//! `docs/HRANA_3_SPEC.md` of tursodatabase/libsql, including sqld's reading of batch
+//! conditions (a skipped step counts as failed for `error`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RuntimeError};
+use crate::handle::{Lease, QueryResult, ResultBudget, TenantHandle, map_error, run_with};
+use crate::sandbox::{AccessLevel, SandboxState};
+use crate::value::Value;
+
+/// Most SQL texts one stream may store with `store_sql`.
+pub const MAX_STORED_SQL: usize = 1_000;
+/// Most steps in one batch.
+pub const MAX_BATCH_STEPS: usize = 1_000;
+
+// --- the wire format ---
+
+/// A value as Hrana tags it: integers as decimal strings (JSON numbers lose precision past
+/// 2^53), blobs as base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum HValue {
+    Null,
+    Integer {
+        #[serde(with = "int_as_string")]
+        value: i64,
+    },
+    Float {
+        value: f64,
+    },
+    Text {
+        value: String,
+    },
+    Blob {
+        #[serde(with = "blob_base64")]
+        base64: Vec<u8>,
+    },
+}
+
+mod int_as_string {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub(super) fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// The spec says a string; a JSON integer is accepted too.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => s
+                .parse()
+                .map_err(|_| de::Error::custom(format!("{s:?} is not a 64-bit integer"))),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| de::Error::custom(format!("{n} is not a 64-bit integer"))),
+            other => Err(de::Error::custom(format!(
+                "an integer value is a string of digits, not {other}"
+            ))),
+        }
+    }
+}
+
+mod blob_base64 {
+    use super::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    /// Emitted without padding, as sqld does; clients decode either form.
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD_NO_PAD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD
+            .decode(&text)
+            .or_else(|_| STANDARD_NO_PAD.decode(&text))
+            .map_err(|_| de::Error::custom("blob value is not valid base64"))
+    }
+}
+
+impl From<Value> for HValue {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Null => HValue::Null,
+            Value::Integer(value) => HValue::Integer { value },
+            // JSON has no NaN or infinity (SQLite never stores NaN; ±inf go out as null).
+            Value::Real(value) if value.is_finite() => HValue::Float { value },
+            Value::Real(_) => HValue::Null,
+            Value::Text(value) => HValue::Text { value },
+            Value::Blob(base64) => HValue::Blob { base64 },
+        }
+    }
+}
+
+impl rusqlite::ToSql for HValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value as V, ValueRef};
+        Ok(match self {
+            HValue::Null => ToSqlOutput::Owned(V::Null),
+            HValue::Integer { value } => ToSqlOutput::Owned(V::Integer(*value)),
+            HValue::Float { value } => ToSqlOutput::Owned(V::Real(*value)),
+            HValue::Text { value } => ToSqlOutput::Borrowed(ValueRef::Text(value.as_bytes())),
+            HValue::Blob { base64 } => ToSqlOutput::Borrowed(ValueRef::Blob(base64)),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedArg {
+    pub name: String,
+    pub value: HValue,
+}
+
+/// A statement: its text (or a stored text's id) and its arguments.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Stmt {
+    #[serde(default)]
+    pub sql: Option<String>,
+    #[serde(default)]
+    pub sql_id: Option<i32>,
+    #[serde(default)]
+    pub args: Vec<HValue>,
+    #[serde(default)]
+    pub named_args: Vec<NamedArg>,
+    #[serde(default = "yes")]
+    pub want_rows: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Col {
+    pub name: Option<String>,
+    pub decltype: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StmtResult {
+    pub cols: Vec<Col>,
+    pub rows: Vec<Vec<HValue>>,
+    pub affected_row_count: u64,
+    #[serde(serialize_with = "opt_int_as_string")]
+    pub last_insert_rowid: Option<i64>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub query_duration_ms: f64,
+}
+
+fn opt_int_as_string<S: serde::Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Batch {
+    pub steps: Vec<BatchStep>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchStep {
+    #[serde(default)]
+    pub condition: Option<BatchCond>,
+    pub stmt: Stmt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BatchCond {
+    Ok { step: u32 },
+    Error { step: u32 },
+    Not { cond: Box<BatchCond> },
+    And { conds: Vec<BatchCond> },
+    Or { conds: Vec<BatchCond> },
+    IsAutocommit,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchResult {
+    pub step_results: Vec<Option<StmtResult>>,
+    pub step_errors: Vec<Option<HError>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DescribeResult {
+    pub params: Vec<DescribeParam>,
+    pub cols: Vec<Col>,
+    pub is_explain: bool,
+    pub is_readonly: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DescribeParam {
+    pub name: Option<String>,
+}
+
+/// An error as Hrana reports it: a message for people and a code for programs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HError {
+    pub message: String,
+    pub code: String,
+}
+
+impl From<&RuntimeError> for HError {
+    fn from(e: &RuntimeError) -> Self {
+        let code = match e.root() {
+            RuntimeError::Sql { code, .. } => code,
+            RuntimeError::InvalidInput(_) => "SQL_INPUT_ERROR",
+            RuntimeError::Forbidden(_) => "SQLITE_AUTH",
+            RuntimeError::Timeout => "SQLITE_INTERRUPT",
+            RuntimeError::ResultTooLarge => "RESPONSE_TOO_LARGE",
+            RuntimeError::Busy => "SQLITE_BUSY",
+            RuntimeError::Exhausted => "SQLITE_FULL",
+            RuntimeError::WrongKey | RuntimeError::Missing => "TENANT_UNAVAILABLE",
+            RuntimeError::Internal(_) | RuntimeError::InStatement { .. } => "INTERNAL",
+        };
+        let message = match e.root() {
+            // The details of silo's own faults are for its log, not for the client.
+            RuntimeError::Internal(_) => "internal error; the operator can find it in the log",
+            RuntimeError::WrongKey | RuntimeError::Missing => {
+                "the tenant database is unavailable; the operator has been told"
+            }
+            _ => "",
+        };
+        HError {
+            message: if message.is_empty() {
+                e.root().to_string()
+            } else {
+                message.to_owned()
+            },
+            code: code.to_owned(),
+        }
+    }
+}
+
+/// One request of a pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamRequest {
+    Close,
+    Execute {
+        stmt: Stmt,
+    },
+    Batch {
+        batch: Batch,
+    },
+    Sequence {
+        #[serde(default)]
+        sql: Option<String>,
+        #[serde(default)]
+        sql_id: Option<i32>,
+    },
+    Describe {
+        #[serde(default)]
+        sql: Option<String>,
+        #[serde(default)]
+        sql_id: Option<i32>,
+    },
+    StoreSql {
+        sql_id: i32,
+        sql: String,
+    },
+    CloseSql {
+        sql_id: i32,
+    },
+    GetAutocommit,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamResponse {
+    Close,
+    Execute { result: StmtResult },
+    Batch { result: BatchResult },
+    Sequence,
+    Describe { result: DescribeResult },
+    StoreSql,
+    CloseSql,
+    GetAutocommit { is_autocommit: bool },
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamResult {
+    Ok { response: StreamResponse },
+    Error { error: HError },
+}
+
+/// One line of a `/v3/cursor` answer after the first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CursorEntry {
+    StepBegin {
+        step: u32,
+        cols: Vec<Col>,
+    },
+    StepEnd {
+        affected_row_count: u64,
+        #[serde(serialize_with = "opt_int_as_string")]
+        last_insert_rowid: Option<i64>,
+    },
+    StepError {
+        step: u32,
+        error: HError,
+    },
+    Row {
+        row: Vec<HValue>,
+    },
+    Error {
+        error: HError,
+    },
+}
+
+// --- execution ---
+
+/// The server side of one stream: the SQL texts it stored, and, while it is inside a
+/// transaction, the tenant connection it holds. Not shared: the control plane keeps each
+/// session behind its own lock and runs it on a blocking thread.
+#[derive(Debug, Default)]
+pub struct Session {
+    lease: Option<Lease>,
+    sqls: HashMap<i32, String>,
+    closed: bool,
+    transaction_started: Option<Instant>,
+}
+
+/// What a pipeline or cursor call did, beyond its answers.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Texts of the statements that changed the schema, for the audit log.
+    pub schema_changes: Vec<String>,
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Session::default()
+    }
+
+    /// The client closed the stream.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Since when the stream has held a transaction open, if it does.
+    pub fn transaction_started(&self) -> Option<Instant> {
+        self.transaction_started
+    }
+
+    /// The tenant this session holds a connection of, if it holds one.
+    pub fn holds_tenant(&self) -> Option<crate::TenantId> {
+        self.lease.as_ref().map(Lease::tenant)
+    }
+
+    /// Ends the stream: an open transaction is rolled back and the connection goes back to
+    /// its handle.
+    pub fn close(&mut self) {
+        self.lease = None;
+        self.transaction_started = None;
+        self.sqls.clear();
+        self.closed = true;
+    }
+
+    /// Runs a pipeline's requests in order; each gets its own result. Blocking.
+    pub fn pipeline(
+        &mut self,
+        handle: &Arc<TenantHandle>,
+        level: AccessLevel,
+        requests: Vec<StreamRequest>,
+    ) -> (Vec<StreamResult>, Outcome) {
+        let mut outcome = Outcome::default();
+        let mut budget = ResultBudget::new(handle.limits().max_result_bytes);
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            let result = if self.closed {
+                Err(RuntimeError::InvalidInput(
+                    "the stream is closed; open a new one".to_owned(),
+                ))
+            } else {
+                self.request(handle, level, request, &mut budget, &mut outcome)
+            };
+            results.push(match result {
+                Ok(response) => StreamResult::Ok { response },
+                Err(e) => StreamResult::Error {
+                    error: HError::from(&e),
+                },
+            });
+        }
+        self.settle();
+        (results, outcome)
+    }
+
+    /// Runs a batch and reports it as cursor entries. Blocking.
+    pub fn cursor(
+        &mut self,
+        handle: &Arc<TenantHandle>,
+        level: AccessLevel,
+        batch: Batch,
+    ) -> (Vec<CursorEntry>, Outcome) {
+        let mut outcome = Outcome::default();
+        let mut budget = ResultBudget::new(handle.limits().max_result_bytes);
+        let mut entries = Vec::new();
+        match self.batch(handle, level, batch, &mut budget, &mut outcome) {
+            Ok(result) => {
+                for (step, (ok, err)) in result
+                    .step_results
+                    .into_iter()
+                    .zip(result.step_errors)
+                    .enumerate()
+                {
+                    let step = u32::try_from(step).unwrap_or(u32::MAX);
+                    if let Some(r) = ok {
+                        entries.push(CursorEntry::StepBegin { step, cols: r.cols });
+                        entries.extend(r.rows.into_iter().map(|row| CursorEntry::Row { row }));
+                        entries.push(CursorEntry::StepEnd {
+                            affected_row_count: r.affected_row_count,
+                            last_insert_rowid: r.last_insert_rowid,
+                        });
+                    } else if let Some(error) = err {
+                        entries.push(CursorEntry::StepError { step, error });
+                    }
+                }
+            }
+            Err(e) => entries.push(CursorEntry::Error {
+                error: HError::from(&e),
+            }),
+        }
+        self.settle();
+        (entries, outcome)
+    }
+
+    /// After a call: a connection outside a transaction goes back to the handle, so a stream
+    /// holds one only while the tenant's transaction needs it.
+    fn settle(&mut self) {
+        match &self.lease {
+            Some(lease) if lease.is_autocommit() => {
+                self.lease = None;
+                self.transaction_started = None;
+            }
+            Some(_) => {
+                self.transaction_started.get_or_insert_with(Instant::now);
+            }
+            None => self.transaction_started = None,
+        }
+    }
+
+    fn lease(&mut self, handle: &Arc<TenantHandle>, level: AccessLevel) -> Result<&mut Lease> {
+        if self.lease.is_none() {
+            self.lease = Some(handle.lease(level)?);
+        }
+        self.lease
+            .as_mut()
+            .ok_or_else(|| RuntimeError::Internal("no lease".to_owned()))
+    }
+
+    fn sql_text(&self, sql: Option<String>, sql_id: Option<i32>) -> Result<String> {
+        match (sql, sql_id) {
+            (Some(sql), None) => Ok(sql),
+            (None, Some(id)) => self.sqls.get(&id).cloned().ok_or_else(|| {
+                RuntimeError::InvalidInput(format!("no SQL text is stored under sql_id {id}"))
+            }),
+            (Some(_), Some(_)) => Err(RuntimeError::InvalidInput(
+                "give either sql or sql_id, not both".to_owned(),
+            )),
+            (None, None) => Err(RuntimeError::InvalidInput("give sql or sql_id".to_owned())),
+        }
+    }
+
+    fn request(
+        &mut self,
+        handle: &Arc<TenantHandle>,
+        level: AccessLevel,
+        request: StreamRequest,
+        budget: &mut ResultBudget,
+        outcome: &mut Outcome,
+    ) -> Result<StreamResponse> {
+        Ok(match request {
+            StreamRequest::Close => {
+                self.close();
+                StreamResponse::Close
+            }
+            StreamRequest::Execute { stmt } => {
+                let sql = self.sql_text(stmt.sql.clone(), stmt.sql_id)?;
+                let lease = self.lease(handle, level)?;
+                let result = lease.run(level, true, |conn, sandbox, _| {
+                    execute(conn, sandbox, &sql, &stmt, budget)
+                })?;
+                if result.1 {
+                    outcome.schema_changes.push(sql);
+                }
+                StreamResponse::Execute { result: result.0 }
+            }
+            StreamRequest::Batch { batch } => StreamResponse::Batch {
+                result: self.batch(handle, level, batch, budget, outcome)?,
+            },
+            StreamRequest::Sequence { sql, sql_id } => {
+                let sql = self.sql_text(sql, sql_id)?;
+                let lease = self.lease(handle, level)?;
+                let changed = lease.run(level, true, |conn, sandbox, _| {
+                    sequence(conn, sandbox, &sql)
+                })?;
+                if changed {
+                    outcome.schema_changes.push(sql);
+                }
+                StreamResponse::Sequence
+            }
+            StreamRequest::Describe { sql, sql_id } => {
+                let sql = self.sql_text(sql, sql_id)?;
+                let lease = self.lease(handle, level)?;
+                StreamResponse::Describe {
+                    result: lease.run(level, true, |conn, sandbox, _| {
+                        describe(conn, sandbox, &sql)
+                    })?,
+                }
+            }
+            StreamRequest::StoreSql { sql_id, sql } => {
+                if self.sqls.len() >= MAX_STORED_SQL && !self.sqls.contains_key(&sql_id) {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "a stream stores at most {MAX_STORED_SQL} SQL texts; close some first"
+                    )));
+                }
+                if self.sqls.contains_key(&sql_id) {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "sql_id {sql_id} is already in use"
+                    )));
+                }
+                self.sqls.insert(sql_id, sql);
+                StreamResponse::StoreSql
+            }
+            StreamRequest::CloseSql { sql_id } => {
+                self.sqls.remove(&sql_id);
+                StreamResponse::CloseSql
+            }
+            StreamRequest::GetAutocommit => StreamResponse::GetAutocommit {
+                is_autocommit: self.lease.as_ref().is_none_or(Lease::is_autocommit),
+            },
+        })
+    }
+
+    fn batch(
+        &mut self,
+        handle: &Arc<TenantHandle>,
+        level: AccessLevel,
+        batch: Batch,
+        budget: &mut ResultBudget,
+        outcome: &mut Outcome,
+    ) -> Result<BatchResult> {
+        if batch.steps.len() > MAX_BATCH_STEPS {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a batch holds at most {MAX_BATCH_STEPS} steps"
+            )));
+        }
+        for (i, step) in batch.steps.iter().enumerate() {
+            if let Some(cond) = &step.condition {
+                check_cond(cond, i)?;
+            }
+        }
+        // Stored SQL is looked up before the connection is borrowed.
+        let texts = batch
+            .steps
+            .iter()
+            .map(|s| self.sql_text(s.stmt.sql.clone(), s.stmt.sql_id))
+            .collect::<Vec<_>>();
+        let lease = self.lease(handle, level)?;
+        lease.run(level, true, |conn, sandbox, _| {
+            let n = batch.steps.len();
+            let mut out = BatchResult {
+                step_results: Vec::with_capacity(n),
+                step_errors: Vec::with_capacity(n),
+            };
+            for (step, text) in batch.steps.iter().zip(texts) {
+                let run = match &step.condition {
+                    Some(cond) => eval_cond(cond, &out, conn),
+                    None => true,
+                };
+                if !run {
+                    out.step_results.push(None);
+                    out.step_errors.push(None);
+                    continue;
+                }
+                let result = text.and_then(|sql| {
+                    execute(conn, sandbox, &sql, &step.stmt, budget).map(|(r, changed)| {
+                        if changed {
+                            outcome.schema_changes.push(sql);
+                        }
+                        r
+                    })
+                });
+                match result {
+                    Ok(r) => {
+                        out.step_results.push(Some(r));
+                        out.step_errors.push(None);
+                    }
+                    // Past the result cap nothing more can be answered: stop here.
+                    Err(RuntimeError::ResultTooLarge) => return Err(RuntimeError::ResultTooLarge),
+                    Err(e) => {
+                        out.step_results.push(None);
+                        out.step_errors.push(Some(HError::from(&e)));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// A condition may only look at steps before its own.
+fn check_cond(cond: &BatchCond, step: usize) -> Result<()> {
+    match cond {
+        BatchCond::Ok { step: s } | BatchCond::Error { step: s } => {
+            if usize::try_from(*s).is_ok_and(|s| s < step) {
+                Ok(())
+            } else {
+                Err(RuntimeError::InvalidInput(format!(
+                    "the condition of batch step {step} refers to step {s}, which does not come \
+                     before it"
+                )))
+            }
+        }
+        BatchCond::Not { cond } => check_cond(cond, step),
+        BatchCond::And { conds } | BatchCond::Or { conds } => {
+            conds.iter().try_for_each(|c| check_cond(c, step))
+        }
+        BatchCond::IsAutocommit => Ok(()),
+    }
+}
+
+/// As sqld evaluates conditions: `ok` is "the step ran and succeeded", and `error` is its
+/// negation, so a skipped step counts as an error. Clients build their
+/// `BEGIN … COMMIT / ROLLBACK` batches on that reading.
+fn eval_cond(cond: &BatchCond, done: &BatchResult, conn: &Connection) -> bool {
+    let ok = |s: &u32| {
+        usize::try_from(*s)
+            .ok()
+            .and_then(|s| done.step_results.get(s))
+            .is_some_and(Option::is_some)
+    };
+    match cond {
+        BatchCond::Ok { step } => ok(step),
+        BatchCond::Error { step } => !ok(step),
+        BatchCond::Not { cond } => !eval_cond(cond, done, conn),
+        BatchCond::And { conds } => conds.iter().all(|c| eval_cond(c, done, conn)),
+        BatchCond::Or { conds } => conds.iter().any(|c| eval_cond(c, done, conn)),
+        BatchCond::IsAutocommit => conn.is_autocommit(),
+    }
+}
+
+/// Binds Hrana arguments: positional ones to `?1…?n` in order, named ones by their name
+/// with or without its prefix (`:a`, `@a`, `$a`). Parameters given no value stay NULL, as
+/// in sqld.
+fn bind_hrana(prepared: &mut rusqlite::CachedStatement<'_>, stmt: &Stmt) -> Result<()> {
+    let count = prepared.parameter_count();
+    if stmt.args.len() > count {
+        return Err(RuntimeError::InvalidInput(format!(
+            "the statement has {count} parameter(s) but {} positional value(s) were given",
+            stmt.args.len()
+        )));
+    }
+    let bind_err =
+        |e: rusqlite::Error| RuntimeError::InvalidInput(format!("cannot bind parameter: {e}"));
+    for (i, v) in stmt.args.iter().enumerate() {
+        prepared.raw_bind_parameter(i + 1, v).map_err(bind_err)?;
+    }
+    for arg in &stmt.named_args {
+        let index = if arg.name.starts_with([':', '@', '$']) {
+            prepared.parameter_index(&arg.name).map_err(bind_err)?
+        } else {
+            let mut found = None;
+            for prefix in [':', '@', '$'] {
+                found = prepared
+                    .parameter_index(&format!("{prefix}{}", arg.name))
+                    .map_err(bind_err)?;
+                if found.is_some() {
+                    break;
+                }
+            }
+            found
+        };
+        let index = index.ok_or_else(|| {
+            RuntimeError::InvalidInput(format!(
+                "the statement has no parameter named {:?}",
+                arg.name
+            ))
+        })?;
+        prepared
+            .raw_bind_parameter(index, &arg.value)
+            .map_err(bind_err)?;
+    }
+    Ok(())
+}
+
+/// Runs one statement; answers its result and whether it changed the schema.
+fn execute(
+    conn: &Connection,
+    sandbox: &SandboxState,
+    sql: &str,
+    stmt: &Stmt,
+    budget: &mut ResultBudget,
+) -> Result<(StmtResult, bool)> {
+    let started = Instant::now();
+    let r: QueryResult = run_with(
+        conn,
+        sandbox,
+        sql,
+        |p| bind_hrana(p, stmt),
+        stmt.want_rows,
+        budget,
+    )?;
+    let changed = r.schema_changed;
+    let cols = r
+        .columns
+        .into_iter()
+        .zip(r.decltypes)
+        .map(|(name, decltype)| Col {
+            name: Some(name),
+            decltype,
+        })
+        .collect();
+    Ok((
+        StmtResult {
+            cols,
+            rows: r
+                .rows
+                .into_iter()
+                .map(|row| row.into_iter().map(HValue::from).collect())
+                .collect(),
+            affected_row_count: r.rows_affected,
+            last_insert_rowid: r.last_insert_rowid,
+            rows_read: r.rows_read,
+            rows_written: r.rows_affected,
+            query_duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        },
+        changed,
+    ))
+}
+
+/// Runs every statement of `sql` in order, discarding rows; stops at the first error.
+/// Answers whether the schema changed.
+fn sequence(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<bool> {
+    let version = || -> Result<i64> {
+        conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(|e| map_error(e, sandbox))
+    };
+    let before = version()?;
+    sandbox.take_denial();
+    use rusqlite::fallible_iterator::FallibleIterator as _;
+    let mut batch = rusqlite::Batch::new(conn, sql);
+    while let Some(mut stmt) = batch.next().map_err(|e| map_error(e, sandbox))? {
+        let mut rows = stmt.raw_query();
+        while rows.next().map_err(|e| map_error(e, sandbox))?.is_some() {}
+    }
+    Ok(version()? != before)
+}
+
+fn describe(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<DescribeResult> {
+    sandbox.take_denial();
+    let stmt = conn.prepare(sql).map_err(|e| map_error(e, sandbox))?;
+    let params = (1..=stmt.parameter_count())
+        .map(|i| DescribeParam {
+            name: stmt.parameter_name(i).map(str::to_owned),
+        })
+        .collect();
+    let cols = stmt
+        .columns()
+        .map(|c| Col {
+            name: Some(c.name().to_owned()),
+            decltype: c.decl_type().map(str::to_owned),
+        })
+        .collect();
+    Ok(DescribeResult {
+        params,
+        cols,
+        is_explain: stmt.is_explain() != 0,
+        is_readonly: stmt.readonly(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn values_are_tagged_as_the_spec_says() {
+        let cases = [
+            (HValue::Null, r#"{"type":"null"}"#),
+            (
+                HValue::Integer { value: i64::MAX },
+                r#"{"type":"integer","value":"9223372036854775807"}"#,
+            ),
+            (
+                HValue::Float { value: 1.5 },
+                r#"{"type":"float","value":1.5}"#,
+            ),
+            (
+                HValue::Text { value: "é".into() },
+                r#"{"type":"text","value":"é"}"#,
+            ),
+            (
+                HValue::Blob {
+                    base64: vec![0, 1, 2, 255],
+                },
+                r#"{"type":"blob","base64":"AAEC/w"}"#,
+            ),
+        ];
+        for (value, json) in cases {
+            assert_eq!(serde_json::to_string(&value).unwrap(), json);
+            assert_eq!(serde_json::from_str::<HValue>(json).unwrap(), value);
+        }
+        // Padded base64 and integers as JSON numbers are read too.
+        assert_eq!(
+            serde_json::from_str::<HValue>(r#"{"type":"blob","base64":"AAEC/w=="}"#).unwrap(),
+            HValue::Blob {
+                base64: vec![0, 1, 2, 255]
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<HValue>(r#"{"type":"integer","value":-3}"#).unwrap(),
+            HValue::Integer { value: -3 }
+        );
+        for bad in [
+            r#"{"type":"integer","value":"9223372036854775808"}"#,
+            r#"{"type":"integer","value":"1.5"}"#,
+            r#"{"type":"blob","base64":"*"}"#,
+            r#"{"type":"bool","value":true}"#,
+        ] {
+            assert!(serde_json::from_str::<HValue>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(HValue::from(Value::Real(f64::INFINITY)), HValue::Null);
+    }
+
+    fn cond(json: &str) -> BatchCond {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_skipped_step_is_neither_ok_nor_free_of_error() {
+        let conn = Connection::open_in_memory().unwrap();
+        let done = BatchResult {
+            step_results: vec![
+                Some(StmtResult {
+                    cols: vec![],
+                    rows: vec![],
+                    affected_row_count: 0,
+                    last_insert_rowid: None,
+                    rows_read: 0,
+                    rows_written: 0,
+                    query_duration_ms: 0.0,
+                }),
+                None,
+                None,
+            ],
+            step_errors: vec![
+                None,
+                Some(HError {
+                    message: "x".into(),
+                    code: "SQLITE_ERROR".into(),
+                }),
+                None,
+            ],
+        };
+        let truth = |j: &str| eval_cond(&cond(j), &done, &conn);
+        assert!(truth(r#"{"type":"ok","step":0}"#));
+        assert!(!truth(r#"{"type":"error","step":0}"#));
+        assert!(!truth(r#"{"type":"ok","step":1}"#));
+        assert!(truth(r#"{"type":"error","step":1}"#));
+        // Step 2 was skipped: not ok, and so "error".
+        assert!(!truth(r#"{"type":"ok","step":2}"#));
+        assert!(truth(r#"{"type":"error","step":2}"#));
+        assert!(truth(
+            r#"{"type":"and","conds":[{"type":"ok","step":0},{"type":"not","cond":{"type":"ok","step":2}}]}"#
+        ));
+        assert!(truth(
+            r#"{"type":"or","conds":[{"type":"ok","step":1},{"type":"is_autocommit"}]}"#
+        ));
+        assert!(!truth(
+            r#"{"type":"and","conds":[]}"#.replace("and", "or").as_str()
+        ));
+        assert!(check_cond(&cond(r#"{"type":"ok","step":3}"#), 3).is_err());
+        assert!(
+            check_cond(
+                &cond(r#"{"type":"not","cond":{"type":"error","step":2}}"#),
+                3
+            )
+            .is_ok()
+        );
+    }
+}

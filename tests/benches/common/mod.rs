@@ -1,0 +1,61 @@
+//! What the benchmarks share: the release binary, starting and stopping it, percentiles.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub(crate) fn silo_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SILO_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("bench binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join("silo");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release --bin silo` first",
+        bin.display()
+    );
+    bin
+}
+
+pub(crate) fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(silo_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env(
+            "SILO_MASTER_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
+        .env("SILO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start silo");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read address");
+    let base = line
+        .trim()
+        .strip_prefix("silo listening on ")
+        .expect("address line")
+        .to_owned();
+    (child, base)
+}
+
+pub(crate) fn stop(mut child: Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

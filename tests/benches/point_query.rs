@@ -1,0 +1,350 @@
+//! Point-query benchmark: one hot tenant queried by primary key over `/v2/pipeline` (the
+//! libSQL protocol) and over `/v1/db/query`, against the HTTP floor (`GET /health`, a
+//! route of the same binary, behind the same middleware, that does nothing). Then the
+//! cold-open latency: 10,000 tenants read in turn through a cache of 1,000 handles.
+//!
+//!     cargo build --release --bin silo
+//!     cargo bench -p silo-e2e --bench point_query -- [SECONDS] [CONNECTIONS] [TENANTS] [CACHE]
+//!
+//! Defaults: 10 s per run, 32 connections, 10,000 tenants, a cache of 1,000. The load
+//! generator is `wrk` (Debian): installed with apt-get if it is missing. Results go to
+//! stdout as Markdown, for docs/benchmarks.md.
+
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+mod common;
+use common::{percentile, serve, stop};
+
+fn ensure_wrk() {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return;
+    }
+    eprintln!("wrk is missing: installing it from Debian");
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            "(apt-get install -y wrk || (apt-get update && apt-get install -y wrk)) >/dev/null",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "could not install wrk (apt-get install wrk)");
+}
+
+struct Run {
+    name: String,
+    rps: f64,
+    p50: String,
+    p99: String,
+    errors: String,
+}
+
+/// Runs wrk against `url` (POSTing `body` with `token` when given) and reads its summary.
+fn wrk(
+    name: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    secs: u64,
+    conns: u32,
+) -> Run {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("req.lua");
+    let mut lua = String::new();
+    if let Some(b) = body {
+        lua.push_str("wrk.method = \"POST\"\n");
+        lua.push_str(&format!("wrk.body = {}\n", lua_string(&b.to_string())));
+        lua.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    }
+    if let Some(t) = token {
+        lua.push_str(&format!(
+            "wrk.headers[\"Authorization\"] = {}\n",
+            lua_string(&format!("Bearer {t}"))
+        ));
+    }
+    // Non-2xx answers are counted by wrk and reported below.
+    std::fs::write(&script, lua).expect("write script");
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| -> String {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let errors = text.lines().find(|l| l.contains("Non-2xx")).map_or_else(
+        || "0".to_owned(),
+        |l| l.trim().rsplit(' ').next().unwrap_or("?").to_owned(),
+    );
+    Run {
+        name: name.to_owned(),
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50: field("50%"),
+        p99: field("99%"),
+        errors,
+    }
+}
+
+fn lua_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn post(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Value {
+    let mut req = client.post(format!("{base}{path}")).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().expect("request");
+    let status = resp.status();
+    let body: Value = resp.json().unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {body}");
+    body
+}
+
+fn signup(client: &reqwest::blocking::Client, base: &str, i: usize) -> String {
+    let body = post(
+        client,
+        base,
+        "/v1/signup",
+        None,
+        json!({ "org": format!("Bench{i}"), "email": format!("owner{i}@bench.example.com"), "password": "a bench password" }),
+    );
+    body["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let secs: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let conns: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(32);
+    let tenants: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let cache: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    ensure_wrk();
+    let client = reqwest::blocking::Client::new();
+
+    // --- one hot tenant ---
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (child, base) = serve(&dir.path().join("data"), &[]);
+    let token = signup(&client, &base, 0);
+    post(
+        &client,
+        &base,
+        "/v1/db/query",
+        Some(&token),
+        json!({ "sql": "CREATE TABLE kv(id INTEGER PRIMARY KEY, v TEXT NOT NULL)" }),
+    );
+    post(
+        &client,
+        &base,
+        "/v1/db/query",
+        Some(&token),
+        json!({ "sql": "INSERT INTO kv SELECT value, hex(randomblob(16)) FROM generate_series(1, 10000)" }),
+    );
+    let key = post(
+        &client,
+        &base,
+        "/v1/api-keys",
+        Some(&token),
+        json!({ "name": "bench", "scopes": ["db:read"] }),
+    )["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let v1 = json!({ "sql": "SELECT v FROM kv WHERE id = ?", "params": [4242] });
+    let v2 = json!({ "requests": [
+        { "type": "execute", "stmt": { "sql": "SELECT v FROM kv WHERE id = ?", "args": [{ "type": "integer", "value": "4242" }] } },
+        { "type": "close" }
+    ]});
+    // Warm up: caches, connections, the statement cache.
+    for _ in 0..100 {
+        post(&client, &base, "/v1/db/query", Some(&token), v1.clone());
+        post(&client, &base, "/v2/pipeline", Some(&token), v2.clone());
+    }
+    let runs = [
+        wrk(
+            "HTTP floor: `GET /health` (no work)",
+            &format!("{base}/health"),
+            None,
+            None,
+            secs,
+            conns,
+        ),
+        wrk(
+            "`POST /v2/pipeline`, access token",
+            &format!("{base}/v2/pipeline"),
+            Some(&token),
+            Some(&v2),
+            secs,
+            conns,
+        ),
+        wrk(
+            "`POST /v1/db/query`, access token",
+            &format!("{base}/v1/db/query"),
+            Some(&token),
+            Some(&v1),
+            secs,
+            conns,
+        ),
+        wrk(
+            "`POST /v2/pipeline`, API key (db:read)",
+            &format!("{base}/v2/pipeline"),
+            Some(&key),
+            Some(&v2),
+            secs,
+            conns,
+        ),
+        wrk(
+            "`POST /v1/db/query`, API key (db:read)",
+            &format!("{base}/v1/db/query"),
+            Some(&key),
+            Some(&v1),
+            secs,
+            conns,
+        ),
+    ];
+    stop(child);
+    let floor = runs[0].rps.max(1.0);
+    println!("### Point query on one hot tenant ({secs} s a run, {conns} connections, wrk -t2)\n");
+    println!("| run | requests/s | % of floor | p50 | p99 | non-2xx |");
+    println!("|---|---|---|---|---|---|");
+    for r in &runs {
+        println!(
+            "| {} | {:.0} | {:.0} % | {} | {} | {} |",
+            r.name,
+            r.rps,
+            r.rps / floor * 100.0,
+            r.p50,
+            r.p99,
+            r.errors
+        );
+    }
+
+    // --- cold opens across many tenants ---
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (child, base) = serve(
+        &dir.path().join("data"),
+        &["--max-open-tenants", &cache.to_string()],
+    );
+    let started = Instant::now();
+    let tokens: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let (client, base) = (&client, &base);
+                s.spawn(move || {
+                    (0..tenants)
+                        .filter(|i| i % 4 == w)
+                        .map(|i| {
+                            let t = signup(client, base, i);
+                            post(
+                                client,
+                                base,
+                                "/v1/db/query",
+                                Some(&t),
+                                json!({ "sql": "CREATE TABLE kv(id INTEGER PRIMARY KEY, v TEXT)" }),
+                            );
+                            t
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    eprintln!("{tenants} tenants signed up in {:?}", started.elapsed());
+    // Read each tenant once, in turn: past the first `cache`, every read opens a database
+    // the cache evicted (least recently used).
+    let mut cold = Vec::with_capacity(tenants);
+    for t in &tokens {
+        let started = Instant::now();
+        post(
+            &client,
+            &base,
+            "/v2/pipeline",
+            Some(t),
+            v2.clone().tap_sql("SELECT count(*) FROM kv"),
+        );
+        cold.push(started.elapsed());
+    }
+    // The same tenants once more, the last `cache` of them now warm.
+    let mut warm = Vec::new();
+    for t in tokens.iter().rev().take(cache / 2) {
+        let started = Instant::now();
+        post(
+            &client,
+            &base,
+            "/v2/pipeline",
+            Some(t),
+            v2.clone().tap_sql("SELECT count(*) FROM kv"),
+        );
+        warm.push(started.elapsed());
+    }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    stop(child);
+    cold.sort();
+    warm.sort();
+    let misses = metrics
+        .lines()
+        .find(|l| l.starts_with("silo_tenant_handle_cache_misses_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("?")
+        .to_owned();
+    println!("\n### Cold opens: {tenants} tenants read in turn, cache of {cache} handles\n");
+    println!("| requests | p50 | p99 |");
+    println!("|---|---|---|");
+    println!(
+        "| cold (handle evicted, reopened: unseal DB token, key SQLCipher, install sandbox) | {:.2?} | {:.2?} |",
+        percentile(&cold, 0.5),
+        percentile(&cold, 0.99)
+    );
+    println!(
+        "| warm (handle cached), for comparison | {:.2?} | {:.2?} |",
+        percentile(&warm, 0.5),
+        percentile(&warm, 0.99)
+    );
+    println!("\nCache misses counted by the server: {misses} (each a database open).");
+}
+
+trait TapSql {
+    fn tap_sql(self, sql: &str) -> Value;
+}
+
+impl TapSql for Value {
+    /// The same pipeline with another statement.
+    fn tap_sql(mut self, sql: &str) -> Value {
+        self["requests"][0]["stmt"] = json!({ "sql": sql });
+        self
+    }
+}

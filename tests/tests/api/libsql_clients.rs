@@ -1,0 +1,685 @@
+//! Standard libSQL clients against silo: the Rust `libsql` crate's remote client, and the
+//! Hrana-over-HTTP wire protocol itself (batons, streams, conditions, cursor).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Resp, Tenant, TestApp};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+async fn client(app: &TestApp, token: &str) -> libsql::Connection {
+    // Without the `tls` feature the client takes its connector from the caller: plain HTTP
+    // to the server on loopback.
+    libsql::Builder::new_remote(app.base.clone(), token.to_owned())
+        .connector(hyper_014::client::HttpConnector::new())
+        .build()
+        .await
+        .expect("build database")
+        .connect()
+        .expect("connect")
+}
+
+async fn all_rows(conn: &libsql::Connection, sql: &str) -> Vec<Vec<libsql::Value>> {
+    let mut rows = conn.query(sql, ()).await.expect(sql);
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.expect("next row") {
+        let n = row.column_count();
+        out.push((0..n).map(|i| row.get_value(i).expect("value")).collect());
+    }
+    out
+}
+
+#[test]
+fn the_rust_libsql_client_reaches_its_own_tenant_with_every_feature() {
+    use libsql::Value as V;
+    let app = TestApp::spawn();
+    let owner = app.signup("Libsql");
+    let other = app.signup("Other");
+    let viewer = app.add_member(&owner, "viewer");
+    let (_, key) = app.create_key(&owner, &["db:write"], json!({}));
+
+    runtime().block_on(async {
+        let conn = client(&app, &owner.access_token).await;
+        let by_key = client(&app, &key).await;
+        let as_viewer = client(&app, &viewer.access_token).await;
+        let as_other = client(&app, &other.access_token).await;
+        conn.execute(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, i INTEGER, r REAL, s TEXT, b BLOB, n)",
+            (),
+        )
+        .await
+        .expect("create table");
+
+        // Positional parameters, every value type.
+        let inserted = conn
+            .execute(
+                "INSERT INTO t(i, r, s, b, n) VALUES (?1, ?2, ?3, ?4, ?5)",
+                libsql::params![i64::MAX, 1.5f64, "héllo ✓", vec![0u8, 1, 255], V::Null],
+            )
+            .await
+            .expect("insert positional");
+        assert_eq!(inserted, 1);
+        assert_eq!(conn.last_insert_rowid(), 1);
+        // Named parameters.
+        conn.execute(
+            "INSERT INTO t(i, s) VALUES (:i, :s)",
+            libsql::named_params! { ":i": -7i64, ":s": "named" },
+        )
+        .await
+        .expect("insert named");
+
+        let rows = all_rows(&conn, "SELECT i, r, s, b, n FROM t ORDER BY id").await;
+        assert_eq!(
+            rows,
+            vec![
+                vec![
+                    V::Integer(i64::MAX),
+                    V::Real(1.5),
+                    V::Text("héllo ✓".into()),
+                    V::Blob(vec![0, 1, 255]),
+                    V::Null
+                ],
+                vec![
+                    V::Integer(-7),
+                    V::Null,
+                    V::Text("named".into()),
+                    V::Null,
+                    V::Null
+                ],
+            ]
+        );
+        // Parameters bound in a query too, and the declared column types.
+        let mut found = conn
+            .query("SELECT s FROM t WHERE i = ?", libsql::params![-7i64])
+            .await
+            .expect("query with params");
+        assert_eq!(found.column_name(0), Some("s"));
+        let row = found.next().await.expect("row").expect("one row");
+        assert_eq!(row.get::<String>(0).expect("text"), "named");
+
+        // A batch of several statements.
+        conn.execute_batch(
+            "INSERT INTO t(i) VALUES (100); INSERT INTO t(i) VALUES (101); \
+             UPDATE t SET s = 'batched' WHERE i IN (100, 101);",
+        )
+        .await
+        .expect("batch");
+        let n = all_rows(&conn, "SELECT count(*) FROM t WHERE s = 'batched'").await;
+        assert_eq!(n, vec![vec![V::Integer(2)]]);
+
+        // An interactive transaction that commits, over several requests.
+        let tx = conn.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t(i) VALUES (200)", ())
+            .await
+            .expect("insert in tx");
+        tx.execute("UPDATE t SET s = 'in tx' WHERE i = 200", ())
+            .await
+            .expect("update in tx");
+        tx.commit().await.expect("commit");
+        let n = all_rows(&conn, "SELECT s FROM t WHERE i = 200").await;
+        assert_eq!(n, vec![vec![V::Text("in tx".into())]]);
+
+        // And one that rolls back.
+        let tx = conn.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t(i) VALUES (300)", ())
+            .await
+            .expect("insert in tx");
+        tx.execute("DELETE FROM t WHERE i = 200", ())
+            .await
+            .expect("delete in tx");
+        tx.rollback().await.expect("rollback");
+        let n = all_rows(&conn, "SELECT count(*) FROM t WHERE i IN (200, 300)").await;
+        assert_eq!(n, vec![vec![V::Integer(1)]]);
+
+        // An SQL error comes back as an error, with SQLite's message.
+        let err = conn
+            .execute("INSERT INTO no_such_table VALUES (1)", ())
+            .await
+            .expect_err("no such table");
+        assert!(err.to_string().contains("no such table"), "{err}");
+        let err = conn
+            .execute("INSERT INTO t(id) VALUES (1)", ())
+            .await
+            .expect_err("constraint");
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+
+        // The sandbox applies as on /v1/db/*.
+        for sql in [
+            "ATTACH DATABASE '/tmp/silo-libsql-attach.db' AS other",
+            "SELECT load_extension('/tmp/silo-evil.so')",
+            "INSERT INTO _silo_meta(key, value) VALUES ('x', 'y')",
+        ] {
+            let err = conn.execute(sql, ()).await.expect_err(sql);
+            assert!(
+                err.to_string().contains("not allowed")
+                    || err.to_string().contains("belong to silo"),
+                "{sql}: {err}"
+            );
+        }
+
+        // An API key is an authToken like any other.
+        let n = all_rows(&by_key, "SELECT count(*) FROM t").await;
+        assert_eq!(n, vec![vec![V::Integer(5)]]);
+        by_key
+            .execute("INSERT INTO t(i) VALUES (400)", ())
+            .await
+            .expect("a db:write key writes");
+
+        // A viewer's stream reads and cannot write, not even inside a transaction.
+        let n = all_rows(&as_viewer, "SELECT count(*) FROM t").await;
+        assert_eq!(n, vec![vec![V::Integer(6)]]);
+        let err = as_viewer
+            .execute("INSERT INTO t(i) VALUES (500)", ())
+            .await
+            .expect_err("viewer write");
+        assert!(
+            err.to_string().contains("not change it") && err.to_string().contains("SQLITE_AUTH"),
+            "{err}"
+        );
+        let tx = as_viewer.transaction().await.expect("viewer begin");
+        let err = tx
+            .execute("DELETE FROM t", ())
+            .await
+            .expect_err("viewer delete in tx");
+        assert!(!err.to_string().is_empty());
+        drop(tx);
+
+        // Another tenant's client sees its own, empty, database.
+        let err = as_other
+            .query("SELECT count(*) FROM t", ())
+            .await
+            .expect_err("other tenant");
+        assert!(err.to_string().contains("no such table"), "{err}");
+    });
+
+    // What the client wrote is what /v1/db/query reads.
+    let rows = app
+        .query(&owner.access_token, "SELECT count(*) FROM t")
+        .expect(200);
+    assert_eq!(rows["rows"], json!([[6]]));
+}
+
+fn pipeline(app: &TestApp, token: &str, baton: Option<&str>, requests: Value) -> Resp {
+    app.post(
+        "/v3/pipeline",
+        Some(token),
+        json!({ "baton": baton, "requests": requests }),
+    )
+}
+
+fn exec(sql: &str) -> Value {
+    json!({ "type": "execute", "stmt": { "sql": sql } })
+}
+
+#[test]
+fn the_wire_protocol_as_sqld_speaks_it() {
+    let app = TestApp::spawn();
+    let t = app.signup("Wire");
+    for path in ["/v2", "/v3", "/health", "/version"] {
+        let r = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    // No credential, no stream.
+    assert_eq!(
+        pipeline(&app, "", None, json!([exec("SELECT 1")])).status,
+        401
+    );
+
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([
+            exec("CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT, c BLOB, d REAL)"),
+            { "type": "execute", "stmt": {
+                "sql": "INSERT INTO t(b, c, d) VALUES (?, ?, :d)",
+                "args": [{"type": "text", "value": "x"}, {"type": "blob", "base64": "AAEC/w=="}],
+                "named_args": [{"name": "d", "value": {"type": "float", "value": 2.5}}]
+            }},
+            exec("SELECT a, b, c, d, 9007199254740993 AS big FROM t"),
+            { "type": "describe", "sql": "SELECT b FROM t WHERE a = :a" },
+            { "type": "store_sql", "sql_id": 1, "sql": "SELECT count(*) AS n FROM t" },
+            { "type": "execute", "stmt": { "sql_id": 1 } },
+            { "type": "close_sql", "sql_id": 1 },
+            { "type": "execute", "stmt": { "sql_id": 1 } },
+            { "type": "sequence", "sql": "INSERT INTO t(b) VALUES ('s1'); INSERT INTO t(b) VALUES ('s2');" },
+            { "type": "get_autocommit" },
+            exec("SELECT * FROM t; SELECT 1"),
+            { "type": "close" }
+        ]),
+    )
+    .expect(200);
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), 12);
+    assert_eq!(r["baton"], Value::Null, "closed stream, no baton");
+    let ok = |i: usize| &results[i]["response"];
+    let insert = &ok(1)["result"];
+    assert_eq!(insert["affected_row_count"], json!(1));
+    assert_eq!(insert["last_insert_rowid"], json!("1"));
+    let select = &ok(2)["result"];
+    assert_eq!(
+        select["cols"],
+        json!([
+            {"name": "a", "decltype": "INTEGER"},
+            {"name": "b", "decltype": "TEXT"},
+            {"name": "c", "decltype": "BLOB"},
+            {"name": "d", "decltype": "REAL"},
+            {"name": "big", "decltype": null}
+        ])
+    );
+    assert_eq!(
+        select["rows"],
+        json!([[
+            {"type": "integer", "value": "1"},
+            {"type": "text", "value": "x"},
+            {"type": "blob", "base64": "AAEC/w"},
+            {"type": "float", "value": 2.5},
+            {"type": "integer", "value": "9007199254740993"}
+        ]])
+    );
+    assert_eq!(select["last_insert_rowid"], Value::Null);
+    for field in ["rows_read", "rows_written", "query_duration_ms"] {
+        assert!(select[field].is_number(), "{field}: {select}");
+    }
+    assert_eq!(
+        ok(3)["result"],
+        json!({
+            "params": [{"name": ":a"}],
+            "cols": [{"name": "b", "decltype": "TEXT"}],
+            "is_explain": false,
+            "is_readonly": true
+        })
+    );
+    assert_eq!(
+        ok(5)["result"]["rows"],
+        json!([[{"type": "integer", "value": "1"}]])
+    );
+    assert_eq!(results[7]["type"], "error", "closed sql id");
+    assert_eq!(ok(8)["type"], "sequence");
+    assert_eq!(ok(9)["is_autocommit"], json!(true));
+    assert_eq!(
+        results[10]["type"], "error",
+        "two statements in one execute"
+    );
+    assert!(results[10]["error"]["code"].is_string());
+
+    // Batch conditions, with sqld's reading: a skipped step counts as "error".
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([{ "type": "batch", "batch": { "steps": [
+            { "stmt": { "sql": "BEGIN" } },
+            { "condition": {"type": "ok", "step": 0}, "stmt": { "sql": "INSERT INTO t(a) VALUES (1)" } },
+            { "condition": {"type": "ok", "step": 1}, "stmt": { "sql": "INSERT INTO t(b) VALUES ('skipped')" } },
+            { "condition": {"type": "error", "step": 2}, "stmt": { "sql": "SELECT 'skipped counts as error'" } },
+            { "condition": {"type": "and", "conds": [{"type": "not", "cond": {"type": "is_autocommit"}}, {"type": "error", "step": 1}]},
+              "stmt": { "sql": "ROLLBACK" } },
+            { "condition": {"type": "or", "conds": [{"type": "ok", "step": 2}, {"type": "is_autocommit"}]},
+              "stmt": { "sql": "SELECT count(*) FROM t" } }
+        ]}}, { "type": "close" }]),
+    )
+    .expect(200);
+    let batch = &r["results"][0]["response"]["result"];
+    let errors = batch["step_errors"].as_array().expect("errors");
+    let results = batch["step_results"].as_array().expect("results");
+    assert!(results[0].is_object());
+    assert!(
+        errors[1]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("UNIQUE"),
+        "{batch}"
+    );
+    assert_eq!(errors[1]["code"], "SQLITE_CONSTRAINT");
+    assert!(
+        results[2].is_null() && errors[2].is_null(),
+        "step 2 skipped"
+    );
+    assert_eq!(results[3]["rows"][0][0]["value"], "skipped counts as error");
+    assert!(results[4].is_object(), "rolled back: {batch}");
+    assert_eq!(
+        results[5]["rows"],
+        json!([[{"type": "integer", "value": "3"}]])
+    );
+
+    // A condition may only look back.
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([{ "type": "batch", "batch": { "steps": [
+            { "condition": {"type": "ok", "step": 0}, "stmt": { "sql": "SELECT 1" } }
+        ]}}]),
+    )
+    .expect(200);
+    assert_eq!(r["results"][0]["type"], "error");
+
+    // The cursor endpoint: newline-delimited JSON.
+    let text = app
+        .client
+        .post(format!("{}/v3/cursor", app.base))
+        .bearer_auth(&t.access_token)
+        .json(&json!({ "baton": null, "batch": { "steps": [
+            { "stmt": { "sql": "SELECT b FROM t WHERE b LIKE 's%' ORDER BY b" } },
+            { "stmt": { "sql": "SELECT * FROM nope" } }
+        ]}}))
+        .send()
+        .expect("cursor")
+        .text()
+        .expect("body");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(lines[0]["baton"].is_string(), "{text}");
+    let kinds: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["step_begin", "row", "row", "step_end", "step_error"],
+        "{text}"
+    );
+    assert_eq!(lines[2]["row"], json!([{"type": "text", "value": "s1"}]));
+
+    // Malformed requests are 400s that say what is wrong.
+    for bad in [
+        json!({ "requests": [{ "type": "explode" }] }),
+        json!({ "requests": [{ "type": "execute", "stmt": { "sql": "SELECT ?", "args": [{"type": "integer", "value": "x"}] } }] }),
+        json!({ "baton": 5, "requests": [] }),
+        json!({}),
+    ] {
+        let r = app.post("/v2/pipeline", Some(&t.access_token), bad.clone());
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+}
+
+#[test]
+fn batons_are_bound_to_their_credential_and_expire() {
+    let app = TestApp::spawn_with(&[
+        "--stream-idle-ms",
+        "1500",
+        "--stream-transaction-ms",
+        "3000",
+    ]);
+    let a = app.signup("Alpha");
+    let b = app.signup("Beta");
+    let (_, a_key) = app.create_key(&a, &["db:admin"], json!({}));
+    app.query(&a.access_token, "CREATE TABLE t(x)").expect(200);
+
+    // A opens a transaction on a stream.
+    let r = pipeline(
+        &app,
+        &a.access_token,
+        None,
+        json!([exec("BEGIN"), exec("INSERT INTO t VALUES (1)")]),
+    )
+    .expect(200);
+    let baton = r["baton"].as_str().expect("baton").to_owned();
+
+    // The baton with another tenant's credential, or another credential of the same
+    // tenant: refused, and the stream is untouched.
+    for token in [&b.access_token, &a_key] {
+        let r = pipeline(&app, token, Some(&baton), json!([exec("SELECT * FROM t")]));
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("BATON_INVALID")),
+            "{}",
+            r.body
+        );
+    }
+    // A forged baton (one character changed) is refused.
+    let mut forged = baton.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    let r = pipeline(
+        &app,
+        &a.access_token,
+        Some(&forged),
+        json!([exec("SELECT 1")]),
+    );
+    assert_eq!(r.body["code"], "BATON_INVALID");
+
+    // The owner continues the transaction: it sees its own uncommitted row.
+    let r = pipeline(
+        &app,
+        &a.access_token,
+        Some(&baton),
+        json!([exec("SELECT count(*) FROM t")]),
+    )
+    .expect(200);
+    assert_eq!(
+        r["results"][0]["response"]["result"]["rows"][0][0]["value"],
+        "1"
+    );
+    let next = r["baton"].as_str().expect("next baton").to_owned();
+    assert_ne!(next, baton);
+    // A baton works once.
+    let r = pipeline(
+        &app,
+        &a.access_token,
+        Some(&baton),
+        json!([exec("SELECT 1")]),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("BATON_REUSED"))
+    );
+
+    // Meanwhile others see the last commit (no row yet).
+    let seen = app.query(&a_key, "SELECT count(*) FROM t").expect(200);
+    assert_eq!(seen["rows"], json!([[0]]));
+
+    // Idle past the limit: the stream expires, its transaction is rolled back, and the
+    // writer is free again.
+    std::thread::sleep(Duration::from_millis(3_000));
+    let r = pipeline(&app, &a.access_token, Some(&next), json!([exec("COMMIT")]));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("STREAM_EXPIRED")),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .expect("message")
+            .contains("expired")
+    );
+    let seen = app
+        .query(&a.access_token, "SELECT count(*) FROM t")
+        .expect(200);
+    assert_eq!(seen["rows"], json!([[0]]));
+    app.query(&a.access_token, "INSERT INTO t VALUES (2)")
+        .expect(200);
+
+    // A transaction kept busy but open past its limit is rolled back too.
+    let r = pipeline(
+        &app,
+        &a.access_token,
+        None,
+        json!([exec("BEGIN"), exec("INSERT INTO t VALUES (3)")]),
+    )
+    .expect(200);
+    let mut baton = r["baton"].as_str().expect("baton").to_owned();
+    let started = std::time::Instant::now();
+    let expired = loop {
+        std::thread::sleep(Duration::from_millis(400));
+        let r = pipeline(
+            &app,
+            &a.access_token,
+            Some(&baton),
+            json!([exec("SELECT 1")]),
+        );
+        if r.status != 200 {
+            break r;
+        }
+        baton = r.body["baton"].as_str().expect("baton").to_owned();
+        assert!(started.elapsed() < Duration::from_secs(30), "never expired");
+    };
+    assert_eq!(expired.body["code"], "STREAM_EXPIRED", "{}", expired.body);
+    let seen = app
+        .query(&a.access_token, "SELECT group_concat(x) FROM t")
+        .expect(200);
+    assert_eq!(seen["rows"], json!([["2"]]));
+}
+
+#[test]
+fn two_thousand_tenants_through_a_cache_of_one_hundred_handles() {
+    const TENANTS: usize = 2_000;
+    const CACHE: usize = 100;
+    let app = TestApp::spawn_with(&["--max-open-tenants", &CACHE.to_string()]);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("proc fd")
+            .count()
+    };
+    // Each handle costs at most 3 descriptors for its writer and 2 per reader (2 readers);
+    // the rest is sockets, the catalog and the log.
+    let bound = CACHE * 7 + 150;
+    let pid = app.pid();
+
+    let tenants: Vec<Tenant> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let app = &app;
+                s.spawn(move || {
+                    (0..TENANTS / 4)
+                        .map(|i| {
+                            let t = app.signup(&format!("Fleet{w}x{i}"));
+                            // Half through libSQL, half through the JSON route.
+                            if i % 2 == 0 {
+                                pipeline(app, &t.access_token, None, json!([
+                                    exec("CREATE TABLE mine(id TEXT)"),
+                                    { "type": "execute", "stmt": { "sql": "INSERT INTO mine VALUES (?)", "args": [{"type": "text", "value": t.id}] } },
+                                    { "type": "close" }
+                                ])).expect(200);
+                            } else {
+                                app.batch(&t.access_token, json!([
+                                    { "sql": "CREATE TABLE mine(id TEXT)" },
+                                    { "sql": "INSERT INTO mine VALUES (?)", "params": [t.id] }
+                                ])).expect(200);
+                            }
+                            t
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let mut peak = fds(pid);
+    // Read every tenant back, in turn, twice: each answer is its own, from a database that
+    // was closed and reopened (the cache holds 100), so nothing committed was lost.
+    for round in 0..2 {
+        for (i, t) in tenants.iter().enumerate() {
+            let r = if (i + round) % 2 == 0 {
+                let r = pipeline(
+                    &app,
+                    &t.access_token,
+                    None,
+                    json!([exec("SELECT id FROM mine"), {"type": "close"}]),
+                )
+                .expect(200);
+                r["results"][0]["response"]["result"]["rows"][0][0]["value"].clone()
+            } else {
+                app.query(&t.access_token, "SELECT id FROM mine")
+                    .expect(200)["rows"][0][0]
+                    .clone()
+            };
+            assert_eq!(r, json!(t.id), "tenant {i} round {round}");
+            if i % 50 == 0 {
+                peak = peak.max(fds(pid));
+            }
+        }
+    }
+    eprintln!("peak descriptors: {peak} (bound {bound})");
+    assert!(peak < bound, "{peak} descriptors open, bound {bound}");
+    // A tenant read twice in a row is served from the cache the second time.
+    let last = tenants.last().expect("tenants");
+    for _ in 0..2 {
+        app.query(&last.access_token, "SELECT 1").expect(200);
+    }
+
+    // The metrics saw it: misses past the cache, evictions, and per-route latency.
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("body");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value("silo_tenant_handle_cache_misses_total") >= TENANTS as f64,
+        "{text}"
+    );
+    assert!(
+        value("silo_tenant_handle_evictions_total") >= (TENANTS - CACHE) as f64,
+        "{text}"
+    );
+    assert!(value("silo_tenant_handle_cache_hits_total") > 0.0);
+    assert!(
+        text.contains("silo_http_request_duration_seconds_bucket{route=\"/v3/pipeline\""),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/v1/db/query\""));
+    assert!(text.contains("silo_tenant_open_seconds"));
+}
+
+#[test]
+fn sandbox_refusals_and_opens_are_counted_in_metrics() {
+    let app = TestApp::spawn();
+    let t = app.signup("Metrics");
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([exec("ATTACH DATABASE 'x.db' AS x"), {"type": "close"}]),
+    )
+    .expect(200);
+    assert_eq!(r["results"][0]["error"]["code"], "SQLITE_AUTH");
+    app.query(&t.access_token, "VACUUM")
+        .expect_error(403, "sql_forbidden");
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("body");
+    let refusals: f64 = text
+        .lines()
+        .find(|l| l.starts_with("silo_sandbox_refusals_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(refusals >= 2.0, "{text}");
+    assert!(
+        text.contains("silo_tenant_connections_opened_total"),
+        "{text}"
+    );
+    // Nothing that names a tenant.
+    assert!(!text.contains(&t.id));
+}
