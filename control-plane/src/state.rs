@@ -124,7 +124,27 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&Arc<TenantHandle>) -> Result<T, RuntimeError> + Send + 'static,
     {
-        let permit = self.gates.enter(tenant).await?;
+        self.with_tenant_gated(tenant, true, f).await
+    }
+
+    /// [`AppState::with_tenant`], past the tenant's concurrency gate when `gated` is false:
+    /// only for a libSQL stream that holds the tenant's writer in a transaction (at most one
+    /// per tenant, each with one request at a time), which must be able to finish it.
+    pub async fn with_tenant_gated<T, F>(
+        &self,
+        tenant: TenantId,
+        gated: bool,
+        f: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Arc<TenantHandle>) -> Result<T, RuntimeError> + Send + 'static,
+    {
+        let permit = if gated {
+            Some(self.gates.enter(tenant).await?)
+        } else {
+            None
+        };
         let state = self.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {

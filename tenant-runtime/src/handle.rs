@@ -372,10 +372,35 @@ impl Lease {
         transactions: bool,
         f: impl FnOnce(&Connection, &SandboxState, &ExecLimits) -> Result<T>,
     ) -> Result<T> {
+        let deadline = std::time::Instant::now() + self.handle.limits.time_budget;
+        self.run_until(deadline, level, transactions, f)
+    }
+
+    /// [`Lease::run`] within a deadline shared by several calls (one libSQL pipeline).
+    pub(crate) fn run_until<T>(
+        &mut self,
+        deadline: std::time::Instant,
+        level: AccessLevel,
+        transactions: bool,
+        f: impl FnOnce(&Connection, &SandboxState, &ExecLimits) -> Result<T>,
+    ) -> Result<T> {
         let limits = &self.handle.limits;
         let Some(Conn { conn, sandbox }) = self.conn.as_ref() else {
             return Err(RuntimeError::Internal("lease already returned".to_owned()));
         };
+        if !self.writer && level != AccessLevel::ReadOnly {
+            // A stream leased a reader while its caller could only read; it may not write on
+            // it now (writes go through the tenant's one writer).
+            return Err(RuntimeError::InvalidInput(
+                "this stream was opened read-only and the credential's access has changed; \
+                 open a new stream"
+                    .to_owned(),
+            ));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(RuntimeError::Timeout);
+        }
         if sandbox.level() != level || sandbox.transactions_allowed() != transactions {
             // The authorizer runs when a statement is compiled, not when a cached one is
             // reused: statements compiled under other rules must not be reused under these.
@@ -390,7 +415,7 @@ impl Lease {
             sandbox.set_level(level);
             sandbox.set_transactions_allowed(transactions);
         }
-        sandbox.start_budget(limits.time_budget);
+        sandbox.start_budget(left);
         let out = f(conn, sandbox, limits);
         sandbox.end_budget();
         out
@@ -458,6 +483,7 @@ fn run(
         |prepared| bind(prepared, &stmt.params),
         true,
         budget,
+        Value::weight,
     )
 }
 
@@ -470,6 +496,7 @@ pub(crate) fn run_with(
     bind: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> Result<()>,
     want_rows: bool,
     budget: &mut ResultBudget,
+    weigh: fn(&Value) -> usize,
 ) -> Result<QueryResult> {
     if sql.trim().is_empty() {
         return Err(RuntimeError::InvalidInput("sql is empty".to_owned()));
@@ -489,6 +516,10 @@ pub(crate) fn run_with(
             .map_err(|e| map_error(e, sandbox))
     };
     let version_before = if readonly { 0 } else { schema_version(conn)? };
+    // What this statement changed, not what the connection's previous one did: DDL, for
+    // one, leaves sqlite3_changes() as the last INSERT/UPDATE/DELETE set it.
+    let changes_before = conn.total_changes();
+    let rowid_before = conn.last_insert_rowid();
     let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
     let decltypes: Vec<Option<String>> = prepared
         .columns()
@@ -510,7 +541,7 @@ pub(crate) fn run_with(
                     row.get_ref(i)
                         .map_err(|e| RuntimeError::Internal(e.to_string()))?,
                 );
-                budget.take(v.weight())?;
+                budget.take(weigh(&v))?;
                 out.push(v);
             }
             rows.push(out);
@@ -521,9 +552,11 @@ pub(crate) fn run_with(
     let (rows_affected, last_insert_rowid) = if readonly {
         (0, None)
     } else {
+        let changed = conn.total_changes() != changes_before;
+        let rowid = conn.last_insert_rowid();
         (
-            conn.changes(),
-            Some(conn.last_insert_rowid()).filter(|&id| id != 0),
+            if changed { conn.changes() } else { 0 },
+            Some(rowid).filter(|&id| id != 0 && (changed || id != rowid_before)),
         )
     };
     let schema_changed = !readonly && schema_version(conn)? != version_before;

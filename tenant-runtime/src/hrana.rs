@@ -21,8 +21,9 @@ use crate::handle::{Lease, QueryResult, ResultBudget, TenantHandle, map_error, r
 use crate::sandbox::{AccessLevel, SandboxState};
 use crate::value::Value;
 
-/// Most SQL texts one stream may store with `store_sql`.
+/// Most SQL texts one stream may store with `store_sql`, and their total size.
 pub const MAX_STORED_SQL: usize = 1_000;
+pub const MAX_STORED_SQL_BYTES: usize = 1024 * 1024;
 /// Most steps in one batch.
 pub const MAX_BATCH_STEPS: usize = 1_000;
 
@@ -136,12 +137,9 @@ pub struct Stmt {
     pub args: Vec<HValue>,
     #[serde(default)]
     pub named_args: Vec<NamedArg>,
-    #[serde(default = "yes")]
-    pub want_rows: bool,
-}
-
-fn yes() -> bool {
-    true
+    /// Absent or `null` means yes.
+    #[serde(default)]
+    pub want_rows: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,6 +229,10 @@ impl From<&RuntimeError> for HError {
             RuntimeError::WrongKey | RuntimeError::Missing => "TENANT_UNAVAILABLE",
             RuntimeError::Internal(_) | RuntimeError::InStatement { .. } => "INTERNAL",
         };
+        if let RuntimeError::Internal(_) | RuntimeError::WrongKey | RuntimeError::Missing = e.root()
+        {
+            tracing::error!(error = %e, "libSQL request failed on silo's side");
+        }
         let message = match e.root() {
             // The details of silo's own faults are for its log, not for the client.
             RuntimeError::Internal(_) => "internal error; the operator can find it in the log",
@@ -336,6 +338,8 @@ pub enum CursorEntry {
 #[derive(Debug, Default)]
 pub struct Session {
     lease: Option<Lease>,
+    /// When the running call must be done (one time budget per pipeline or cursor call).
+    deadline: Option<Instant>,
     sqls: HashMap<i32, String>,
     closed: bool,
     transaction_started: Option<Instant>,
@@ -387,6 +391,7 @@ impl Session {
         let mut outcome = Outcome::default();
         let mut budget = ResultBudget::new(handle.limits().max_result_bytes);
         let mut results = Vec::with_capacity(requests.len());
+        self.deadline = Some(Instant::now() + handle.limits().time_budget);
         for request in requests {
             let result = if self.closed {
                 Err(RuntimeError::InvalidInput(
@@ -401,8 +406,11 @@ impl Session {
                     error: HError::from(&e),
                 },
             });
+            // Between requests too: outside a transaction the connection goes back, and a
+            // transaction's clock starts when it opens.
+            self.settle();
         }
-        self.settle();
+        self.deadline = None;
         (results, outcome)
     }
 
@@ -416,7 +424,9 @@ impl Session {
         let mut outcome = Outcome::default();
         let mut budget = ResultBudget::new(handle.limits().max_result_bytes);
         let mut entries = Vec::new();
-        match self.batch(handle, level, batch, &mut budget, &mut outcome) {
+        self.deadline = Some(Instant::now() + handle.limits().time_budget);
+        let mut fatal = None;
+        match self.batch(handle, level, batch, &mut budget, &mut outcome, &mut fatal) {
             Ok(result) => {
                 for (step, (ok, err)) in result
                     .step_results
@@ -441,7 +451,14 @@ impl Session {
                 error: HError::from(&e),
             }),
         }
+        // The steps that ran are reported above; then why the batch stopped.
+        if let Some(e) = fatal {
+            entries.push(CursorEntry::Error {
+                error: HError::from(&e),
+            });
+        }
         self.settle();
+        self.deadline = None;
         (entries, outcome)
     }
 
@@ -460,13 +477,25 @@ impl Session {
         }
     }
 
-    fn lease(&mut self, handle: &Arc<TenantHandle>, level: AccessLevel) -> Result<&mut Lease> {
+    /// Runs `f` on the stream's connection (leased now if the stream holds none), within
+    /// the call's deadline, with the tenant's transaction statements allowed.
+    fn run<T>(
+        &mut self,
+        handle: &Arc<TenantHandle>,
+        level: AccessLevel,
+        f: impl FnOnce(&Connection, &SandboxState) -> Result<T>,
+    ) -> Result<T> {
         if self.lease.is_none() {
             self.lease = Some(handle.lease(level)?);
         }
-        self.lease
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + handle.limits().time_budget);
+        let lease = self
+            .lease
             .as_mut()
-            .ok_or_else(|| RuntimeError::Internal("no lease".to_owned()))
+            .ok_or_else(|| RuntimeError::Internal("no lease".to_owned()))?;
+        lease.run_until(deadline, level, true, |conn, sandbox, _| f(conn, sandbox))
     }
 
     fn sql_text(&self, sql: Option<String>, sql_id: Option<i32>) -> Result<String> {
@@ -497,8 +526,7 @@ impl Session {
             }
             StreamRequest::Execute { stmt } => {
                 let sql = self.sql_text(stmt.sql.clone(), stmt.sql_id)?;
-                let lease = self.lease(handle, level)?;
-                let result = lease.run(level, true, |conn, sandbox, _| {
+                let result = self.run(handle, level, |conn, sandbox| {
                     execute(conn, sandbox, &sql, &stmt, budget)
                 })?;
                 if result.1 {
@@ -506,30 +534,41 @@ impl Session {
                 }
                 StreamResponse::Execute { result: result.0 }
             }
-            StreamRequest::Batch { batch } => StreamResponse::Batch {
-                result: self.batch(handle, level, batch, budget, outcome)?,
-            },
+            StreamRequest::Batch { batch } => {
+                let mut fatal = None;
+                let result = self.batch(handle, level, batch, budget, outcome, &mut fatal)?;
+                if let Some(e) = fatal {
+                    return Err(e);
+                }
+                StreamResponse::Batch { result }
+            }
             StreamRequest::Sequence { sql, sql_id } => {
                 let sql = self.sql_text(sql, sql_id)?;
-                let lease = self.lease(handle, level)?;
-                let changed = lease.run(level, true, |conn, sandbox, _| {
-                    sequence(conn, sandbox, &sql)
+                let (changed, result) = self.run(handle, level, |conn, sandbox| {
+                    Ok(sequence(conn, sandbox, &sql))
                 })?;
+                // Audited even when a later statement failed: what ran before it stays.
                 if changed {
                     outcome.schema_changes.push(sql);
                 }
+                result?;
                 StreamResponse::Sequence
             }
             StreamRequest::Describe { sql, sql_id } => {
                 let sql = self.sql_text(sql, sql_id)?;
-                let lease = self.lease(handle, level)?;
                 StreamResponse::Describe {
-                    result: lease.run(level, true, |conn, sandbox, _| {
-                        describe(conn, sandbox, &sql)
-                    })?,
+                    result: self
+                        .run(handle, level, |conn, sandbox| describe(conn, sandbox, &sql))?,
                 }
             }
             StreamRequest::StoreSql { sql_id, sql } => {
+                let stored: usize = self.sqls.values().map(String::len).sum();
+                if stored + sql.len() > MAX_STORED_SQL_BYTES {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "a stream stores at most {MAX_STORED_SQL_BYTES} bytes of SQL text; \
+                         close some first"
+                    )));
+                }
                 if self.sqls.len() >= MAX_STORED_SQL && !self.sqls.contains_key(&sql_id) {
                     return Err(RuntimeError::InvalidInput(format!(
                         "a stream stores at most {MAX_STORED_SQL} SQL texts; close some first"
@@ -553,6 +592,9 @@ impl Session {
         })
     }
 
+    /// Runs a batch's steps. A failing step is recorded and the batch goes on (conditions
+    /// decide); a failure that ends the whole batch (the result cap, the time budget) is
+    /// put in `fatal`, with the steps that ran before it still in the result.
     fn batch(
         &mut self,
         handle: &Arc<TenantHandle>,
@@ -560,6 +602,7 @@ impl Session {
         batch: Batch,
         budget: &mut ResultBudget,
         outcome: &mut Outcome,
+        fatal: &mut Option<RuntimeError>,
     ) -> Result<BatchResult> {
         if batch.steps.len() > MAX_BATCH_STEPS {
             return Err(RuntimeError::InvalidInput(format!(
@@ -577,8 +620,7 @@ impl Session {
             .iter()
             .map(|s| self.sql_text(s.stmt.sql.clone(), s.stmt.sql_id))
             .collect::<Vec<_>>();
-        let lease = self.lease(handle, level)?;
-        lease.run(level, true, |conn, sandbox, _| {
+        self.run(handle, level, |conn, sandbox| {
             let n = batch.steps.len();
             let mut out = BatchResult {
                 step_results: Vec::with_capacity(n),
@@ -607,8 +649,11 @@ impl Session {
                         out.step_results.push(Some(r));
                         out.step_errors.push(None);
                     }
-                    // Past the result cap nothing more can be answered: stop here.
-                    Err(RuntimeError::ResultTooLarge) => return Err(RuntimeError::ResultTooLarge),
+                    // Past the result cap or the time budget nothing more can run: stop.
+                    Err(e @ (RuntimeError::ResultTooLarge | RuntimeError::Timeout)) => {
+                        *fatal = Some(e);
+                        return Ok(out);
+                    }
                     Err(e) => {
                         out.step_results.push(None);
                         out.step_errors.push(Some(HError::from(&e)));
@@ -714,13 +759,15 @@ fn execute(
     budget: &mut ResultBudget,
 ) -> Result<(StmtResult, bool)> {
     let started = Instant::now();
+    let sql = immediate_begin(sql, sandbox.level());
     let r: QueryResult = run_with(
         conn,
         sandbox,
         sql,
         |p| bind_hrana(p, stmt),
-        stmt.want_rows,
+        stmt.want_rows.unwrap_or(true),
         budget,
+        Value::hrana_weight,
     )?;
     let changed = r.schema_changed;
     let cols = r
@@ -750,22 +797,59 @@ fn execute(
     ))
 }
 
+/// A plain or deferred `BEGIN` from a caller who may write becomes `BEGIN IMMEDIATE`: the
+/// write lock is taken up front, so a transaction that reads and then writes waits on the
+/// busy timeout for another writer of the file (a migration, say) instead of failing with
+/// `SQLITE_BUSY` at its first write. Within silo the stream already holds the tenant's one
+/// writer connection, so this costs nothing. Read-only callers keep their deferred
+/// (snapshot) transaction: they cannot take the write lock.
+///
+/// libSQL's own `BEGIN READONLY` / `BEGIN TRANSACTION READONLY` (what clients send for a
+/// read transaction) is not SQLite syntax: it becomes a deferred `BEGIN`, a snapshot.
+fn immediate_begin(sql: &str, level: AccessLevel) -> &str {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["BEGIN", "READONLY"] | ["BEGIN", "TRANSACTION", "READONLY"] => "BEGIN DEFERRED",
+        _ if level == AccessLevel::ReadOnly => sql,
+        ["BEGIN"]
+        | ["BEGIN", "TRANSACTION"]
+        | ["BEGIN", "DEFERRED"]
+        | ["BEGIN", "DEFERRED", "TRANSACTION"] => "BEGIN IMMEDIATE",
+        _ => sql,
+    }
+}
+
 /// Runs every statement of `sql` in order, discarding rows; stops at the first error.
 /// Answers whether the schema changed.
-fn sequence(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<bool> {
+fn sequence(conn: &Connection, sandbox: &SandboxState, sql: &str) -> (bool, Result<()>) {
+    use rusqlite::fallible_iterator::FallibleIterator as _;
     let version = || -> Result<i64> {
         conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
             .map_err(|e| map_error(e, sandbox))
     };
-    let before = version()?;
+    let before = match version() {
+        Ok(v) => v,
+        Err(e) => return (false, Err(e)),
+    };
     sandbox.take_denial();
-    use rusqlite::fallible_iterator::FallibleIterator as _;
-    let mut batch = rusqlite::Batch::new(conn, sql);
-    while let Some(mut stmt) = batch.next().map_err(|e| map_error(e, sandbox))? {
-        let mut rows = stmt.raw_query();
-        while rows.next().map_err(|e| map_error(e, sandbox))?.is_some() {}
-    }
-    Ok(version()? != before)
+    let run = || -> Result<()> {
+        let mut batch = rusqlite::Batch::new(conn, sql);
+        while let Some(mut stmt) = batch.next().map_err(|e| map_error(e, sandbox))? {
+            let mut rows = stmt.raw_query();
+            while rows.next().map_err(|e| map_error(e, sandbox))?.is_some() {}
+        }
+        Ok(())
+    };
+    let result = run();
+    // Read even after a failure: statements before it may have changed the schema.
+    let changed = version().is_ok_and(|after| after != before);
+    (changed, result)
 }
 
 fn describe(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<DescribeResult> {
@@ -843,6 +927,38 @@ mod tests {
             assert!(serde_json::from_str::<HValue>(bad).is_err(), "{bad}");
         }
         assert_eq!(HValue::from(Value::Real(f64::INFINITY)), HValue::Null);
+    }
+
+    #[test]
+    fn writers_begin_immediately_and_readers_do_not() {
+        for sql in [
+            "BEGIN",
+            "begin deferred;",
+            " Begin Transaction ",
+            "BEGIN DEFERRED TRANSACTION",
+        ] {
+            assert_eq!(
+                immediate_begin(sql, AccessLevel::ReadWrite),
+                "BEGIN IMMEDIATE",
+                "{sql}"
+            );
+            assert_eq!(immediate_begin(sql, AccessLevel::ReadOnly), sql);
+        }
+        for sql in ["BEGIN READONLY", "begin transaction readonly"] {
+            assert_eq!(
+                immediate_begin(sql, AccessLevel::ReadOnly),
+                "BEGIN DEFERRED"
+            );
+            assert_eq!(immediate_begin(sql, AccessLevel::Schema), "BEGIN DEFERRED");
+        }
+        for sql in [
+            "BEGIN EXCLUSIVE",
+            "BEGIN IMMEDIATE",
+            "SELECT 'BEGIN'",
+            "BEGIN; DROP TABLE t",
+        ] {
+            assert_eq!(immediate_begin(sql, AccessLevel::Schema), sql);
+        }
     }
 
     fn cond(json: &str) -> BatchCond {

@@ -189,10 +189,17 @@ impl SandboxState {
     /// Runs `f` with silo's own statements allowed. Only for statements silo writes itself
     /// (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`, `PRAGMA query_only`), never tenant text.
     pub fn as_server<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Clears the flag however `f` ends, unwinding included: a flag left set would let
+        /// every later statement on the connection past the authorizer.
+        struct Reset<'a>(&'a AtomicBool);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
         self.server_statement.store(true, Ordering::Relaxed);
-        let out = f();
-        self.server_statement.store(false, Ordering::Relaxed);
-        out
+        let _reset = Reset(&self.server_statement);
+        f()
     }
 
     /// Sets the access level the authorizer applies to statements compiled from now on.

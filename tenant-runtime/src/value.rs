@@ -30,6 +30,18 @@ impl Value {
         }
     }
 
+    /// Bytes this value adds to a libSQL (Hrana) result, where every value is a tagged
+    /// object: `{"type":"integer","value":"1"}` and so on.
+    pub(crate) fn hrana_weight(&self) -> usize {
+        match self {
+            Value::Null => 16,
+            Value::Integer(_) => 50,
+            Value::Real(_) => 50,
+            Value::Text(s) => s.len() + 32,
+            Value::Blob(b) => b.len() * 4 / 3 + 32,
+        }
+    }
+
     pub(crate) fn from_ref(v: ValueRef<'_>) -> Value {
         match v {
             ValueRef::Null => Value::Null,

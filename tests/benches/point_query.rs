@@ -164,7 +164,7 @@ fn main() {
         &base,
         "/v1/db/query",
         Some(&token),
-        json!({ "sql": "INSERT INTO kv SELECT value, hex(randomblob(16)) FROM generate_series(1, 10000)" }),
+        json!({ "sql": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10000) INSERT INTO kv SELECT x, hex(randomblob(16)) FROM n" }),
     );
     let key = post(
         &client,
@@ -228,6 +228,46 @@ fn main() {
             conns,
         ),
     ];
+    // A noisy neighbour: another tenant floods the server with heavy queries (each ~0.3 s of
+    // CPU) from 16 clients while the hot tenant's point queries are measured again.
+    let noisy = signup(&client, &base, 1);
+    let stop_flood = std::sync::atomic::AtomicBool::new(false);
+    let (neighbour, flood_counts) = std::thread::scope(|s| {
+        let flooders: Vec<_> = (0..16)
+            .map(|_| {
+                let (client, base, noisy, stop_flood) = (&client, &base, &noisy, &stop_flood);
+                s.spawn(move || {
+                    let mut counts = (0u64, 0u64);
+                    while !stop_flood.load(std::sync::atomic::Ordering::Relaxed) {
+                        let status = client
+                            .post(format!("{base}/v1/db/query"))
+                            .bearer_auth(noisy)
+                            .json(&json!({ "sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000) SELECT max(x) FROM c" }))
+                            .send()
+                            .map(|r| r.status().as_u16())
+                            .unwrap_or(0);
+                        if status == 200 { counts.0 += 1 } else { counts.1 += 1 }
+                    }
+                    counts
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let run = wrk(
+            "`POST /v2/pipeline`, access token, while another tenant floods",
+            &format!("{base}/v2/pipeline"),
+            Some(&token),
+            Some(&v2),
+            secs,
+            conns,
+        );
+        stop_flood.store(true, std::sync::atomic::Ordering::Relaxed);
+        let counts = flooders
+            .into_iter()
+            .map(|f| f.join().expect("flooder"))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        (run, counts)
+    });
     stop(child);
     let floor = runs[0].rps.max(1.0);
     println!("### Point query on one hot tenant ({secs} s a run, {conns} connections, wrk -t2)\n");
@@ -244,6 +284,21 @@ fn main() {
             r.errors
         );
     }
+
+    println!(
+        "| {} | {:.0} | {:.0} % | {} | {} | {} |",
+        neighbour.name,
+        neighbour.rps,
+        neighbour.rps / floor * 100.0,
+        neighbour.p50,
+        neighbour.p99,
+        neighbour.errors
+    );
+    println!(
+        "\nThe neighbour's heavy queries meanwhile: {} answered, {} turned away (429: over its \
+         concurrency limit).",
+        flood_counts.0, flood_counts.1
+    );
 
     // --- cold opens across many tenants ---
     let dir = tempfile::tempdir().expect("temp dir");

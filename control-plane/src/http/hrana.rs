@@ -8,6 +8,7 @@
 //! opened it. The statement work is `silo_tenant_runtime::hrana`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,10 +33,13 @@ use crate::state::AppState;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// Streams one tenant may have open at once.
+/// Streams one tenant may have open at once, and all tenants together.
 const MAX_STREAMS_PER_TENANT: usize = 1_000;
+const MAX_STREAMS: usize = 100_000;
 const STREAM_ID_LEN: usize = 16;
 const MAC_LEN: usize = 32;
+
+type StreamId = [u8; STREAM_ID_LEN];
 
 /// How long streams live.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +61,10 @@ impl Default for StreamLimits {
 }
 
 /// The open streams of every tenant, in memory (a restart closes them all, as in sqld).
+///
+/// Locking: the registry mutex is held only for map operations, never while waiting for a
+/// stream; a stream's own mutex is taken with `lock()` only on blocking threads, and never
+/// while the registry mutex is held (scans under it use `try_lock`).
 #[derive(Clone)]
 pub struct Streams {
     inner: Arc<StreamsInner>,
@@ -65,13 +73,45 @@ pub struct Streams {
 struct StreamsInner {
     key: [u8; 32],
     limits: StreamLimits,
-    map: Mutex<HashMap<[u8; STREAM_ID_LEN], Arc<Mutex<Stream>>>>,
+    registry: Mutex<Registry>,
 }
 
-struct Stream {
+#[derive(Default)]
+struct Registry {
+    streams: HashMap<StreamId, Arc<StreamEntry>>,
+    per_tenant: HashMap<TenantId, usize>,
+}
+
+impl Registry {
+    fn take(&mut self, id: &StreamId) -> Option<Arc<StreamEntry>> {
+        let entry = self.streams.remove(id)?;
+        if let Some(n) = self.per_tenant.get_mut(&entry.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_tenant.remove(&entry.tenant);
+            }
+        }
+        entry.removed.store(true, Ordering::Relaxed);
+        Some(entry)
+    }
+}
+
+struct StreamEntry {
+    /// Whose stream it is: fixed at creation, readable without the lock.
     tenant: TenantId,
     /// Who opened it: the session of a user, or an API key.
     credential: String,
+    /// Out of the registry (closed, expired, or its tenant closed): its baton no longer
+    /// works, and a request that already held it closes it.
+    removed: AtomicBool,
+    /// The stream holds a tenant connection (a transaction is open): its next request
+    /// skips the tenant's concurrency gate, so that it can always finish the transaction
+    /// that other requests of the tenant are waiting for.
+    holds_connection: AtomicBool,
+    state: Mutex<StreamState>,
+}
+
+struct StreamState {
     /// The sequence number the next request's baton must carry: a baton works once.
     seq: u64,
     last_used: Instant,
@@ -85,22 +125,23 @@ enum BatonError {
     Reused,
 }
 
+fn relock<T>(r: std::sync::LockResult<T>) -> T {
+    r.unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Streams {
     pub fn new(limits: StreamLimits) -> Self {
         Streams {
             inner: Arc::new(StreamsInner {
                 key: silo_crypto::random_bytes(),
                 limits,
-                map: Mutex::new(HashMap::new()),
+                registry: Mutex::new(Registry::default()),
             }),
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; STREAM_ID_LEN], Arc<Mutex<Stream>>>> {
-        self.inner
-            .map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        relock(self.inner.registry.lock())
     }
 
     fn mac(&self, id: &[u8], seq: u64, tenant: TenantId, credential: &str) -> HmacSha256 {
@@ -114,13 +155,7 @@ impl Streams {
         mac
     }
 
-    fn baton(
-        &self,
-        id: &[u8; STREAM_ID_LEN],
-        seq: u64,
-        tenant: TenantId,
-        credential: &str,
-    ) -> String {
+    fn baton(&self, id: &StreamId, seq: u64, tenant: TenantId, credential: &str) -> String {
         let tag = self
             .mac(id, seq, tenant, credential)
             .finalize()
@@ -132,14 +167,15 @@ impl Streams {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// The stream a baton names, if the baton was made by this process for this tenant and
-    /// credential, and is the stream's current one.
+    /// The stream a baton names, and the sequence number it carries, if the baton was made
+    /// by this process for this tenant and credential. Whether it is the stream's current
+    /// baton is checked under the stream's lock, when the request runs.
     fn open(
         &self,
         baton: &str,
         tenant: TenantId,
         credential: &str,
-    ) -> Result<([u8; STREAM_ID_LEN], Arc<Mutex<Stream>>), BatonError> {
+    ) -> Result<(StreamId, Arc<StreamEntry>, u64), BatonError> {
         let raw = URL_SAFE_NO_PAD
             .decode(baton)
             .map_err(|_| BatonError::Invalid)?;
@@ -154,67 +190,69 @@ impl Streams {
         self.mac(id, seq, tenant, credential)
             .verify_slice(tag)
             .map_err(|_| BatonError::Invalid)?;
-        let id: [u8; STREAM_ID_LEN] = id.try_into().map_err(|_| BatonError::Invalid)?;
-        let stream = self.map().get(&id).cloned().ok_or(BatonError::Expired)?;
-        {
-            // Never wait here (an async thread): a stream busy with a request is in use.
-            let s = stream.try_lock().map_err(|_| BatonError::Reused)?;
-            if s.tenant != tenant || s.credential != credential {
-                return Err(BatonError::Invalid);
-            }
-            if s.seq != seq {
-                return Err(BatonError::Reused);
-            }
+        let id: StreamId = id.try_into().map_err(|_| BatonError::Invalid)?;
+        let entry = self
+            .registry()
+            .streams
+            .get(&id)
+            .cloned()
+            .ok_or(BatonError::Expired)?;
+        if entry.tenant != tenant || entry.credential != credential {
+            return Err(BatonError::Invalid);
         }
-        Ok((id, stream))
+        Ok((id, entry, seq))
     }
 
     fn create(
         &self,
         tenant: TenantId,
         credential: String,
-    ) -> Result<([u8; STREAM_ID_LEN], Arc<Mutex<Stream>>), ApiError> {
-        let mut map = self.map();
-        let of_tenant = map
-            .values()
-            .filter(|s| s.try_lock().is_ok_and(|s| s.tenant == tenant))
-            .count();
-        if of_tenant >= MAX_STREAMS_PER_TENANT {
+    ) -> Result<(StreamId, Arc<StreamEntry>, u64), ApiError> {
+        let mut registry = self.registry();
+        let of_tenant = registry.per_tenant.get(&tenant).copied().unwrap_or(0);
+        if of_tenant >= MAX_STREAMS_PER_TENANT || registry.streams.len() >= MAX_STREAMS {
             return Err(ApiError::RateLimited(Duration::from_secs(1)));
         }
-        let id: [u8; STREAM_ID_LEN] = silo_crypto::random_bytes();
-        let stream = Arc::new(Mutex::new(Stream {
+        let id: StreamId = silo_crypto::random_bytes();
+        let seq = u64::from_be_bytes(silo_crypto::random_bytes());
+        let entry = Arc::new(StreamEntry {
             tenant,
             credential,
-            seq: u64::from_be_bytes(silo_crypto::random_bytes()),
-            last_used: Instant::now(),
-            session: Session::new(),
-        }));
-        map.insert(id, stream.clone());
-        Ok((id, stream))
+            removed: AtomicBool::new(false),
+            holds_connection: AtomicBool::new(false),
+            state: Mutex::new(StreamState {
+                seq,
+                last_used: Instant::now(),
+                session: Session::new(),
+            }),
+        });
+        registry.streams.insert(id, entry.clone());
+        *registry.per_tenant.entry(tenant).or_default() += 1;
+        Ok((id, entry, seq))
     }
 
-    fn remove(&self, id: &[u8; STREAM_ID_LEN]) -> Option<Arc<Mutex<Stream>>> {
-        self.map().remove(id)
+    fn remove(&self, id: &StreamId) -> Option<Arc<StreamEntry>> {
+        self.registry().take(id)
     }
 
     /// Closes every stream of `tenant` (before its DB token changes or its data goes):
-    /// open transactions roll back. Blocking.
+    /// open transactions roll back, and their batons answer STREAM_EXPIRED. Blocking: waits
+    /// for a request running on one of them to finish.
     pub fn close_tenant(&self, tenant: TenantId) {
-        let mut map = self.map();
-        let ids: Vec<_> = map
-            .iter()
-            .filter(|(_, s)| {
-                s.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .tenant
-                    == tenant
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        let gone: Vec<_> = ids.iter().filter_map(|id| map.remove(id)).collect();
-        drop(map);
-        drop(gone);
+        let gone: Vec<Arc<StreamEntry>> = {
+            let mut registry = self.registry();
+            let ids: Vec<StreamId> = registry
+                .streams
+                .iter()
+                .filter(|(_, e)| e.tenant == tenant)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| registry.take(id)).collect()
+        };
+        for entry in gone {
+            relock(entry.state.lock()).session.close();
+            entry.holds_connection.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Closes streams idle past the limit, and rolls back transactions held past theirs.
@@ -222,32 +260,46 @@ impl Streams {
     /// rolls back on the tenant's connection.
     pub fn sweep(&self) -> usize {
         let limits = self.inner.limits;
-        let mut map = self.map();
-        let expired: Vec<_> = map
-            .iter()
-            .filter(|(_, s)| {
-                s.try_lock().is_ok_and(|s| {
-                    s.last_used.elapsed() > limits.idle
-                        || s.session
+        let gone: Vec<Arc<StreamEntry>> = {
+            let mut registry = self.registry();
+            let expired: Vec<StreamId> = registry
+                .streams
+                .iter()
+                .filter(|(_, e)| {
+                    let state = match e.state.try_lock() {
+                        Ok(s) => s,
+                        // A request panicked holding it: expire it, closing what it held.
+                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                        Err(std::sync::TryLockError::WouldBlock) => return false,
+                    };
+                    state.last_used.elapsed() > limits.idle
+                        || state
+                            .session
                             .transaction_started()
                             .is_some_and(|t| t.elapsed() > limits.transaction)
                 })
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        let gone: Vec<_> = expired.iter().filter_map(|id| map.remove(id)).collect();
-        drop(map);
+                .map(|(id, _)| *id)
+                .collect();
+            expired.iter().filter_map(|id| registry.take(id)).collect()
+        };
         let n = gone.len();
-        for stream in gone {
-            let mut s = stream
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if s.session.transaction_started().is_some() {
-                tracing::info!(tenant_id = %s.tenant, "libSQL stream expired inside a transaction; rolled back");
+        for entry in gone {
+            // Never wait here: one busy stream must not hold up every other expiry. A
+            // request that took it meanwhile sees `removed` and closes it itself.
+            let state = match entry.state.try_lock() {
+                Ok(s) => Some(s),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut s) = state {
+                if s.session.transaction_started().is_some() {
+                    tracing::info!(tenant_id = %entry.tenant, "libSQL stream expired inside a transaction; rolled back");
+                }
+                s.session.close();
+                entry.holds_connection.store(false, Ordering::Relaxed);
             }
-            s.session.close();
         }
-        metrics::gauge!("silo_hrana_streams_open").set(self.map().len() as f64);
+        metrics::gauge!("silo_hrana_streams_open").set(self.registry().streams.len() as f64);
         n
     }
 
@@ -429,7 +481,7 @@ where
     let tenant = principal.tenant;
     let credential = credential_of(principal);
     let streams = state.streams.clone();
-    let (id, stream) = match baton.as_deref() {
+    let (id, entry, seq) = match baton.as_deref() {
         Some(b) => streams
             .open(b, tenant, &credential)
             .map_err(BatonError::into_response)?,
@@ -437,31 +489,39 @@ where
             .create(tenant, credential.clone())
             .map_err(IntoResponse::into_response)?,
     };
+    // A stream inside a transaction holds the tenant's writer, which requests waiting at
+    // the gate may be queued for: it goes past the gate, or it could never commit.
+    let gated = !entry.holds_connection.load(Ordering::Relaxed);
     let ran = state
-        .with_tenant(tenant, move |handle| {
-            let mut s = stream.try_lock().map_err(|_| {
-                silo_tenant_runtime::RuntimeError::InvalidInput(
-                    "this baton is in use by another request; send one request per stream at a time"
-                        .to_owned(),
-                )
-            })?;
+        .with_tenant_gated(tenant, gated, move |handle| {
+            let mut s = relock(entry.state.lock());
+            if entry.removed.load(Ordering::Relaxed) {
+                s.session.close();
+                return Ok(Err(BatonError::Expired));
+            }
+            if s.seq != seq {
+                return Ok(Err(BatonError::Reused));
+            }
             let (out, outcome) = work(&mut s.session, handle, level);
             s.last_used = Instant::now();
             s.seq = s.seq.wrapping_add(1);
+            entry
+                .holds_connection
+                .store(s.session.holds_tenant().is_some(), Ordering::Relaxed);
             let next = if s.session.is_closed() {
                 None
             } else {
                 Some(s.seq)
             };
-            Ok((out, outcome, next))
+            Ok(Ok((out, outcome, next)))
         })
         .await;
     let (out, outcome, next) = match ran {
-        Ok(v) => v,
-        Err(e) => {
-            // The stream stays as it was: its baton still works for a retry.
-            return Err(e.into_response());
-        }
+        Ok(Ok(v)) => v,
+        Ok(Err(baton_error)) => return Err(baton_error.into_response()),
+        // Not run (gate full, database unavailable): the stream is as it was, and its baton
+        // still works for a retry.
+        Err(e) => return Err(e.into_response()),
     };
     let baton = match next {
         Some(seq) => Some(streams.baton(&id, seq, tenant, &credential)),
@@ -479,6 +539,37 @@ where
             .map_err(IntoResponse::into_response)?;
     }
     Ok((baton, out))
+}
+
+/// Every error answer of the libSQL routes also carries `message` and `code` at the top
+/// level, where libSQL clients look for them (sqld's shape), beside silo's usual `error`
+/// object: a client then shows "this session has ended; sign in again", not a bare status.
+pub(crate) async fn sqld_error_shape(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(req).await;
+    if response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return (parts.status, "error").into_response();
+    };
+    let mut json: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => return Response::from_parts(parts, Body::from(bytes)),
+    };
+    if json.get("message").is_none() {
+        let message = json["error"]["message"].clone();
+        let code = json["error"]["code"].clone();
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert("message".to_owned(), message);
+            obj.insert("code".to_owned(), code);
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(json.to_string()))
 }
 
 /// `GET /v2`, `GET /v3`: the protocol versions are spoken here.

@@ -136,11 +136,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))
         // libSQL clients (Hrana over HTTP) and sqld's probes.
-        .route("/v2", get(hrana::handle_version_probe))
-        .route("/v3", get(hrana::handle_version_probe))
-        .route("/v2/pipeline", post(hrana::handle_pipeline))
-        .route("/v3/pipeline", post(hrana::handle_pipeline))
-        .route("/v3/cursor", post(hrana::handle_cursor))
+        .merge(
+            Router::new()
+                .route("/v2", get(hrana::handle_version_probe))
+                .route("/v3", get(hrana::handle_version_probe))
+                .route("/v2/pipeline", post(hrana::handle_pipeline))
+                .route("/v3/pipeline", post(hrana::handle_pipeline))
+                .route("/v3/cursor", post(hrana::handle_cursor))
+                .route_layer(axum::middleware::from_fn(hrana::sqld_error_shape)),
+        )
         .route("/health", get(hrana::handle_health))
         .route("/version", get(hrana::handle_version))
         .route("/metrics", get(crate::telemetry::handle_metrics))

@@ -404,7 +404,106 @@ fn the_wire_protocol_as_sqld_speaks_it() {
     ] {
         let r = app.post("/v2/pipeline", Some(&t.access_token), bad.clone());
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        // Where libSQL clients look for the reason, as well as in silo's usual place.
+        assert!(r.body["message"].is_string(), "{}", r.body);
+        assert!(r.body["error"]["message"].is_string(), "{}", r.body);
     }
+    let r = pipeline(&app, "not-a-token", None, json!([exec("SELECT 1")]));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        r.body
+    );
+
+    // `want_rows: null` is "yes"; `want_rows: false` runs the statement without its rows.
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([
+            { "type": "execute", "stmt": { "sql": "SELECT 1", "want_rows": null } },
+            { "type": "execute", "stmt": { "sql": "SELECT 1", "want_rows": false } },
+            { "type": "close" }
+        ]),
+    )
+    .expect(200);
+    assert_eq!(
+        r["results"][0]["response"]["result"]["rows"],
+        json!([[{"type": "integer", "value": "1"}]])
+    );
+    assert_eq!(r["results"][1]["response"]["result"]["rows"], json!([]));
+
+    // A sequence that changes the schema and then fails is still audited: the change stays.
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([
+            { "type": "sequence", "sql": "CREATE TABLE seq_made(a); SELECT x FROM no_such_table;" },
+            { "type": "close" }
+        ]),
+    )
+    .expect(200);
+    assert_eq!(r["results"][0]["type"], "error");
+    let events = app
+        .get(
+            "/v1/audit?action=db.schema_changed&limit=100",
+            Some(&t.access_token),
+        )
+        .expect(200);
+    let kinds: Vec<String> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            e["after"]["statements"][0]["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        2,
+        "the first CREATE TABLE and the sequence: {events}"
+    );
+    app.query(&t.access_token, "SELECT * FROM seq_made")
+        .expect(200);
+}
+
+#[test]
+fn a_stream_in_a_transaction_is_never_starved_by_waiting_writers() {
+    // One request of the tenant at a time: a writer waiting for the stream's transaction
+    // holds that one slot. The stream's COMMIT still goes through.
+    let app = TestApp::spawn_with(&["--tenant-concurrency", "1"]);
+    let t = app.signup("Starve");
+    app.query(&t.access_token, "CREATE TABLE t(x)").expect(200);
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([exec("BEGIN"), exec("INSERT INTO t VALUES (1)")]),
+    )
+    .expect(200);
+    let baton = r["baton"].as_str().expect("baton").to_owned();
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| app.query(&t.access_token, "INSERT INTO t VALUES (2)"));
+        std::thread::sleep(Duration::from_millis(300));
+        let r = pipeline(
+            &app,
+            &t.access_token,
+            Some(&baton),
+            json!([exec("COMMIT"), {"type": "close"}]),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["results"][0]["type"], "ok", "{}", r.body);
+        waiting.join().expect("thread").expect(200);
+    });
+    let n = app
+        .query(&t.access_token, "SELECT count(*) FROM t")
+        .expect(200);
+    assert_eq!(n["rows"], json!([[2]]));
 }
 
 #[test]
@@ -682,4 +781,50 @@ fn sandbox_refusals_and_opens_are_counted_in_metrics() {
     );
     // Nothing that names a tenant.
     assert!(!text.contains(&t.id));
+}
+
+/// The TypeScript client, `@libsql/client` over HTTP, driven by Node.js. Its package is
+/// installed from the npm registry into `tests/clients/typescript` on first run.
+#[test]
+fn the_typescript_libsql_client_works_too() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/typescript");
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(node_ok, "Node.js is needed for this test (node on PATH)");
+    if !dir.join("node_modules/@libsql/client").exists() {
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--omit=optional"])
+            .current_dir(&dir)
+            .output()
+            .expect("run npm");
+        assert!(
+            out.status.success(),
+            "npm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let app = TestApp::spawn();
+    let owner = app.signup("Typescript");
+    let viewer = app.add_member(&owner, "viewer");
+    let other = app.signup("Elsewhere");
+    let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
+    let out = std::process::Command::new("node")
+        .arg("client_test.mjs")
+        .args([&app.base, &key, &viewer.access_token, &other.access_token])
+        .current_dir(&dir)
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the client wrote is there for every other route.
+    let n = app
+        .query(&owner.access_token, "SELECT count(*) FROM t")
+        .expect(200);
+    assert_eq!(n["rows"], json!([[5]]));
 }

@@ -1,0 +1,83 @@
+// The TypeScript libSQL client (@libsql/client, HTTP transport) against a running silo.
+// Usage: node client_test.mjs <url> <owner token> <viewer token> <other tenant's token>
+// Exits non-zero with a message on the first failed check.
+import { createClient } from "@libsql/client/http";
+import assert from "node:assert/strict";
+
+const [url, ownerToken, viewerToken, otherToken] = process.argv.slice(2);
+const db = createClient({ url, authToken: ownerToken, intMode: "bigint" });
+const viewer = createClient({ url, authToken: viewerToken });
+const other = createClient({ url, authToken: otherToken });
+
+async function rejects(promise, pattern, what) {
+  try {
+    await promise;
+  } catch (e) {
+    assert.match(`${e.message} ${e.code ?? ""}`, pattern, what);
+    return e;
+  }
+  assert.fail(`${what}: expected an error`);
+}
+
+await db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, i INTEGER, r REAL, s TEXT, b BLOB, n)");
+
+// Positional and named arguments, every value type.
+const ins = await db.execute({
+  sql: "INSERT INTO t(i, r, s, b, n) VALUES (?, ?, ?, ?, ?)",
+  args: [9007199254740993n, 1.5, "héllo ✓", new Uint8Array([0, 1, 255]), null],
+});
+assert.equal(ins.rowsAffected, 1);
+assert.equal(ins.lastInsertRowid, 1n);
+await db.execute({ sql: "INSERT INTO t(i, s) VALUES (:i, :s)", args: { i: -7, s: "named" } });
+const rows = await db.execute("SELECT i, r, s, b, n FROM t ORDER BY id");
+assert.deepEqual(rows.columns, ["i", "r", "s", "b", "n"]);
+assert.deepEqual(rows.columnTypes, ["INTEGER", "REAL", "TEXT", "BLOB", ""]);
+assert.equal(rows.rows[0].i, 9007199254740993n);
+assert.equal(rows.rows[0].r, 1.5);
+assert.equal(rows.rows[0].s, "héllo ✓");
+assert.deepEqual(new Uint8Array(rows.rows[0].b), new Uint8Array([0, 1, 255]));
+assert.equal(rows.rows[0].n, null);
+assert.equal(rows.rows[1].i, -7n);
+
+// A batch is one transaction: a failing statement undoes the others.
+await db.batch(["INSERT INTO t(i) VALUES (100)", "INSERT INTO t(i) VALUES (101)"], "write");
+await rejects(
+  db.batch(["INSERT INTO t(i) VALUES (102)", "INSERT INTO t(id) VALUES (1)"], "write"),
+  /UNIQUE|CONSTRAINT/,
+  "failing batch",
+);
+const afterBatch = await db.execute("SELECT count(*) AS n FROM t WHERE i IN (100, 101, 102)");
+assert.equal(afterBatch.rows[0].n, 2n);
+
+// Interactive transactions across requests: one commits, one rolls back.
+const tx = await db.transaction("write");
+await tx.execute("INSERT INTO t(i) VALUES (200)");
+const inside = await tx.execute("SELECT count(*) AS n FROM t WHERE i = 200");
+assert.equal(inside.rows[0].n, 1n);
+await tx.commit();
+const tx2 = await db.transaction("write");
+await tx2.execute("DELETE FROM t WHERE i = 200");
+await tx2.rollback();
+const kept = await db.execute("SELECT count(*) AS n FROM t WHERE i = 200");
+assert.equal(kept.rows[0].n, 1n);
+
+// A read transaction ("BEGIN TRANSACTION READONLY" on the wire) sees a snapshot.
+const rtx = await db.transaction("read");
+const snap = await rtx.execute("SELECT count(*) AS n FROM t");
+assert.equal(snap.rows[0].n, 5n);
+await rtx.commit();
+
+// Errors: SQL and the sandbox.
+await rejects(db.execute("SELECT * FROM no_such_table"), /no such table/, "sql error");
+await rejects(db.execute("ATTACH DATABASE '/tmp/x.db' AS x"), /not allowed|SQLITE_AUTH/, "sandbox");
+
+// A viewer reads and cannot write; another tenant sees none of it.
+const seen = await viewer.execute("SELECT count(*) AS n FROM t");
+assert.equal(seen.rows[0].n, 5);
+await rejects(viewer.execute("DELETE FROM t"), /not change it|SQLITE_AUTH/, "viewer write");
+await rejects(other.execute("SELECT * FROM t"), /no such table/, "other tenant");
+
+db.close();
+viewer.close();
+other.close();
+console.log("typescript client: ok");
