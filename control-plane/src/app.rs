@@ -129,6 +129,7 @@ impl Application {
                 idle: Duration::from_millis(args.stream_idle_ms.max(1)),
                 transaction: Duration::from_millis(args.stream_transaction_ms.max(1)),
             }),
+            credentials: Arc::default(),
         };
         // Exports interrupted by a crash: plaintext copies nobody will ever stream.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {

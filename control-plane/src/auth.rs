@@ -473,12 +473,10 @@ async fn principal_from_access_token(
 ) -> Result<Principal, ApiError> {
     let claims = state.tokens.verify(token)?;
     let tenant: TenantId = claims.tid.parse().map_err(|_| invalid_token())?;
-    let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
     let row = state
-        .catalog
-        .blocking(move |c| c.session(&sid, &sub, tenant))
-        .await
-        .map_err(ApiError::internal)?
+        .credentials
+        .session(&state.catalog, &claims.sid, &claims.sub, tenant)
+        .await?
         .ok_or_else(invalid_token)?;
     if row.revoked
         || row.user_session_version != claims.sv
@@ -511,6 +509,86 @@ async fn principal_from_access_token(
     })
 }
 
+/// What the catalog said of recently used credentials (sessions, API keys), kept only while
+/// the catalog is unchanged: an entry records the catalog's write epoch when it was read,
+/// and any catalog write since (a logout, a role change, a revoked key, a suspension, or
+/// anything else) makes it stale. So the cache changes no answer: a demotion or revocation
+/// still applies to the very next request. What depends on the clock (expiry, the step-up
+/// window) is checked on every request, from the cached row. Without it, every request
+/// would take a trip to a blocking thread and the catalog's one connection.
+pub struct CredentialCache {
+    sessions: moka::sync::Cache<(String, String, TenantId), (u64, crate::catalog::SessionRow)>,
+    keys: moka::sync::Cache<String, (u64, crate::catalog::ApiKeyAuth)>,
+}
+
+impl Default for CredentialCache {
+    fn default() -> Self {
+        const CAPACITY: u64 = 100_000;
+        const TTL: std::time::Duration = std::time::Duration::from_secs(60);
+        CredentialCache {
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(TTL)
+                .build(),
+            keys: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(TTL)
+                .build(),
+        }
+    }
+}
+
+impl CredentialCache {
+    async fn session(
+        &self,
+        catalog: &crate::catalog::Catalog,
+        sid: &str,
+        sub: &str,
+        tenant: TenantId,
+    ) -> Result<Option<crate::catalog::SessionRow>, ApiError> {
+        let key = (sid.to_owned(), sub.to_owned(), tenant);
+        // Read before the row: a write after this makes what we store stale at once.
+        let epoch = catalog.epoch();
+        if let Some((at, row)) = self.sessions.get(&key)
+            && at == epoch
+        {
+            return Ok(Some(row));
+        }
+        let (sid, sub) = (key.0.clone(), key.1.clone());
+        let row = catalog
+            .blocking(move |c| c.session(&sid, &sub, tenant))
+            .await
+            .map_err(ApiError::internal)?;
+        // Only what exists is kept: unknown sessions cannot fill the cache.
+        if let Some(r) = &row {
+            self.sessions.insert(key, (epoch, r.clone()));
+        }
+        Ok(row)
+    }
+
+    async fn api_key(
+        &self,
+        catalog: &crate::catalog::Catalog,
+        prefix: String,
+    ) -> Result<Option<crate::catalog::ApiKeyAuth>, ApiError> {
+        let epoch = catalog.epoch();
+        if let Some((at, row)) = self.keys.get(&prefix)
+            && at == epoch
+        {
+            return Ok(Some(row));
+        }
+        let lookup = prefix.clone();
+        let row = catalog
+            .blocking(move |c| c.api_key_by_prefix(&lookup))
+            .await
+            .map_err(ApiError::internal)?;
+        if let Some(r) = &row {
+            self.keys.insert(prefix, (epoch, r.clone()));
+        }
+        Ok(row)
+    }
+}
+
 /// `last_used_at` is written at most this often per key, not on every request.
 const API_KEY_TOUCH_INTERVAL_SECS: i64 = 60;
 
@@ -524,11 +602,7 @@ async fn principal_from_api_key(
     let prefix = api_key_prefix(key.expose_secret())
         .ok_or_else(invalid)?
         .to_owned();
-    let row = state
-        .catalog
-        .blocking(move |c| c.api_key_by_prefix(&prefix))
-        .await
-        .map_err(ApiError::internal)?;
+    let row = state.credentials.api_key(&state.catalog, prefix).await?;
     // Hash and compare even when no row matched, so timing does not tell prefixes apart.
     let presented = silo_crypto::hash_token(key.expose_secret());
     let stored = row

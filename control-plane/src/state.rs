@@ -34,6 +34,8 @@ pub struct AppState {
     pub deletion_grace: std::time::Duration,
     /// Open libSQL (Hrana) streams.
     pub streams: crate::http::hrana::Streams,
+    /// Sessions and API keys as the catalog last said, while it is unchanged.
+    pub credentials: Arc<crate::auth::CredentialCache>,
 }
 
 /// Per-tenant concurrency limit: at most `permits` requests of one tenant hold a blocking
@@ -42,6 +44,8 @@ pub struct AppState {
 #[derive(Clone)]
 pub struct TenantGates {
     gates: moka::sync::Cache<TenantId, Arc<tokio::sync::Semaphore>>,
+    /// Tenants barred from inline execution for a second after an overrun.
+    inline_bar: moka::sync::Cache<TenantId, ()>,
     permits: usize,
     queue_wait: std::time::Duration,
 }
@@ -53,6 +57,10 @@ impl TenantGates {
             gates: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
+            inline_bar: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(1))
                 .build(),
             permits: permits.max(1),
             queue_wait,
@@ -76,6 +84,16 @@ impl TenantGates {
                 "the tenant stayed busy; retry the operation".to_owned(),
             )),
         }
+    }
+
+    /// The tenant's queries ran past the inline budget lately (see
+    /// `AppState::try_tenant_now`).
+    fn inline_barred(&self, tenant: TenantId) -> bool {
+        self.inline_bar.contains_key(&tenant)
+    }
+
+    fn bar_inline(&self, tenant: TenantId) {
+        self.inline_bar.insert(tenant, ());
     }
 
     async fn enter(&self, tenant: TenantId) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
@@ -159,6 +177,31 @@ impl AppState {
         })
         .await
         .map_err(ApiError::internal)?
+    }
+
+    /// Runs `f` on the tenant's handle right here, on this async thread, if that is sure to
+    /// be quick: a gate permit is free now and the handle is open (`f` itself runs only if
+    /// a connection is free, within a budget of about a millisecond; see
+    /// `TenantHandle::execute_now`). `None`: not run, use [`AppState::with_tenant`].
+    /// Spares quick queries two thread hand-offs, which cost more than the query.
+    pub fn try_tenant_now<T>(
+        &self,
+        tenant: TenantId,
+        f: impl FnOnce(&Arc<TenantHandle>) -> Option<Result<T, RuntimeError>>,
+    ) -> Option<Result<T, ApiError>> {
+        // No gate permit: the gate guards the blocking pool, which this does not use. A
+        // tenant whose queries overran the inline budget lately goes the usual, gated way
+        // for a while, so a flood of heavy queries cannot spend async threads on tries.
+        if self.gates.inline_barred(tenant) {
+            return None;
+        }
+        let handle = self.store.get_open(tenant)?;
+        let started = std::time::Instant::now();
+        let out = f(&handle);
+        if out.is_none() && started.elapsed() >= crate::http::data::INLINE_BUDGET {
+            self.gates.bar_inline(tenant);
+        }
+        out.map(|r| r.map_err(ApiError::from))
     }
 
     fn unseal(

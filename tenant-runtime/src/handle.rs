@@ -184,12 +184,33 @@ impl TenantHandle {
     }
 
     /// Runs one statement at `level`. Blocking.
+    ///
+    /// A plain `SELECT` of a caller who may write does not queue behind the tenant's writer
+    /// when it is busy: it reads from a reader (the same last commit the writer would see).
     pub fn execute(self: &Arc<Self>, stmt: &Statement, level: AccessLevel) -> Result<QueryResult> {
-        let mut lease = self.lease(level)?;
-        lease.run(level, false, |conn, sandbox, limits| {
+        let query = |conn: &Connection, sandbox: &SandboxState, limits: &ExecLimits| {
             let mut budget = ResultBudget::new(limits.max_result_bytes);
             run(conn, sandbox, stmt, &mut budget)
-        })
+        };
+        if level != AccessLevel::ReadOnly && self.limits.readers > 0 && plain_select(&stmt.sql) {
+            if let Some(mut lease) = self.try_lease(level) {
+                return lease.run(level, false, query);
+            }
+            let deadline = std::time::Instant::now() + self.limits.busy_timeout;
+            let mut reader = self.take_reader(deadline).map(|(conn, _)| Lease {
+                handle: self.clone(),
+                conn: Some(conn),
+                writer: false,
+            })?;
+            match reader.run(AccessLevel::ReadOnly, false, query) {
+                // It writes after all (a function with side effects is refused on readers):
+                // the writer's turn.
+                Err(RuntimeError::Forbidden(_)) => {}
+                other => return other,
+            }
+        }
+        let mut lease = self.lease(level)?;
+        lease.run(level, false, query)
     }
 
     /// Runs statements in order. With `transaction`, all of them or none: the first failure
@@ -235,6 +256,67 @@ impl TenantHandle {
                 return Err(e);
             }
             Ok(results)
+        })
+    }
+
+    /// Runs one statement now, on the caller's thread, if that is sure to be quick: only
+    /// when a connection is free this instant (an idle reader, or the writer), and within
+    /// `budget` (a millisecond or so). `None` when it did not run, or ran past `budget` and
+    /// was undone (a single statement in autocommit rolls back whole
+    /// when interrupted): then run it again with [`TenantHandle::execute`] on a blocking
+    /// thread, with the full time budget. This spares a quick query the hand-off to the
+    /// blocking pool, which costs more than the query itself.
+    pub fn execute_now(
+        self: &Arc<Self>,
+        stmt: &Statement,
+        level: AccessLevel,
+        budget: Duration,
+    ) -> Option<Result<QueryResult>> {
+        self.run_now(level, &stmt.sql, budget, |conn, sandbox, limits| {
+            let mut results = ResultBudget::new(limits.max_result_bytes);
+            run(conn, sandbox, stmt, &mut results)
+        })
+    }
+
+    /// The core of [`TenantHandle::execute_now`]: runs `query` (one statement, `sql`) on a
+    /// connection free this instant, within `budget`, or answers `None`.
+    pub(crate) fn run_now<T>(
+        self: &Arc<Self>,
+        level: AccessLevel,
+        sql: &str,
+        budget: Duration,
+        query: impl FnOnce(&Connection, &SandboxState, &ExecLimits) -> Result<T>,
+    ) -> Option<Result<T>> {
+        let deadline = std::time::Instant::now() + budget;
+        let out = match self.try_lease(level) {
+            Some(mut lease) => lease.run_until(deadline, level, false, query),
+            // The writer is busy: a plain SELECT reads from an idle reader instead.
+            None if level != AccessLevel::ReadOnly && plain_select(sql) => {
+                let mut reader = self.try_lease(AccessLevel::ReadOnly)?;
+                match reader.run_until(deadline, AccessLevel::ReadOnly, false, query) {
+                    Err(RuntimeError::Forbidden(_)) => return None,
+                    other => other,
+                }
+            }
+            None => return None,
+        };
+        match out {
+            Err(RuntimeError::Timeout) => None,
+            other => Some(other),
+        }
+    }
+
+    /// A connection for `level` if one is free this instant; never waits, never opens one.
+    pub(crate) fn try_lease(self: &Arc<Self>, level: AccessLevel) -> Option<Lease> {
+        let (conn, writer) = if level == AccessLevel::ReadOnly && self.limits.readers > 0 {
+            (relock(self.readers.lock()).idle.pop()?, false)
+        } else {
+            (self.writer.try_lock().ok()?.take()?, true)
+        };
+        Some(Lease {
+            handle: self.clone(),
+            conn: Some(conn),
+            writer,
         })
     }
 
@@ -310,6 +392,14 @@ impl TenantHandle {
             self.reader_back.notify_one();
         }
     }
+}
+
+/// The statement starts with SELECT or VALUES, so it almost surely only reads: worth
+/// trying on a reader when the writer is busy (if it writes after all, the reader refuses
+/// it and it waits for the writer).
+fn plain_select(sql: &str) -> bool {
+    let head = sql.trim_start().get(..6).unwrap_or("");
+    head.eq_ignore_ascii_case("select") || head.eq_ignore_ascii_case("values")
 }
 
 /// Opens one sandboxed connection of a tenant database, starting at `level`.

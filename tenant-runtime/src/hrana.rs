@@ -665,6 +665,29 @@ impl Session {
     }
 }
 
+/// What a one-statement pipeline (`execute`, then perhaps `get_autocommit`, then `close`:
+/// what stateless clients send for each query) answers, run now on the caller's thread if
+/// that is sure to be quick. `None` when it did not run or was undone: run the pipeline the
+/// usual way. See [`TenantHandle::execute_now`]; the statement runs with transaction
+/// statements refused (a `BEGIN` in a closing pipeline is undone anyway, and goes the
+/// usual way), and whatever it leaves open is rolled back, as `close` would.
+pub fn execute_now(
+    handle: &Arc<TenantHandle>,
+    level: AccessLevel,
+    stmt: &Stmt,
+    budget: std::time::Duration,
+) -> Option<Result<(StmtResult, bool)>> {
+    let sql = stmt.sql.as_deref()?;
+    let out = handle.run_now(level, sql, budget, |conn, sandbox, limits| {
+        let mut results = ResultBudget::new(limits.max_result_bytes);
+        execute(conn, sandbox, sql, stmt, &mut results)
+    })?;
+    match out {
+        Err(RuntimeError::Timeout | RuntimeError::Forbidden(_)) => None,
+        other => Some(other),
+    }
+}
+
 /// A condition may only look at steps before its own.
 fn check_cond(cond: &BatchCond, step: usize) -> Result<()> {
     match cond {

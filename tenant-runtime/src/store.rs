@@ -128,6 +128,13 @@ impl TenantStore {
             .map_err(Arc::unwrap_or_clone)
     }
 
+    /// The tenant's handle if it is open now; never opens one.
+    pub fn get_open(&self, tenant: TenantId) -> Option<Arc<TenantHandle>> {
+        let handle = self.inner.cache.get(&tenant)?;
+        metrics::counter!("silo_tenant_handle_cache_hits_total").increment(1);
+        Some(handle)
+    }
+
     /// Forgets the tenant's handle (after its DB token changed or it was deleted): the next
     /// request opens a new one. Callers make sure nothing uses the old one any more.
     pub fn evict(&self, tenant: TenantId) {

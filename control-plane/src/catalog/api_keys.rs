@@ -34,7 +34,9 @@ pub struct ApiKeyRow {
     pub created_at: String,
 }
 
-/// What authenticating with a key needs, read fresh on every use.
+/// What authenticating with a key needs, read fresh (or from the credential cache, which
+/// holds it only while the catalog is unchanged).
+#[derive(Clone)]
 pub struct ApiKeyAuth {
     pub id: String,
     pub tenant: TenantId,
@@ -118,7 +120,7 @@ impl Catalog {
     pub fn api_key_by_prefix(&self, prefix: &str) -> Result<Option<ApiKeyAuth>> {
         let row = self
             .lock()
-            .query_row(
+            .prepare_cached(
                 "SELECT k.id, k.tenant_id, k.user_id, u.email, k.key_hash, k.scopes, k.allowed_ips,
                         k.expires_at, k.revoked_at IS NOT NULL, k.last_used_at, m.role, t.status,
                         t.require_2fa AND NOT u.totp_enabled
@@ -127,33 +129,32 @@ impl Catalog {
                  JOIN tenants t ON t.id = k.tenant_id
                  LEFT JOIN memberships m ON m.tenant_id = k.tenant_id AND m.user_id = k.user_id
                  WHERE k.prefix = ?1",
-                [prefix],
-                |r| {
-                    Ok((
-                        (
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                        ),
-                        (
-                            r.get::<_, Vec<u8>>(4)?,
-                            r.get::<_, String>(5)?,
-                            r.get::<_, Option<String>>(6)?,
-                        ),
-                        (
-                            r.get::<_, Option<i64>>(7)?,
-                            r.get::<_, bool>(8)?,
-                            r.get::<_, Option<i64>>(9)?,
-                        ),
-                        (
-                            r.get::<_, Option<String>>(10)?,
-                            r.get::<_, String>(11)?,
-                            r.get::<_, bool>(12)?,
-                        ),
-                    ))
-                },
-            )
+            )?
+            .query_row([prefix], |r| {
+                Ok((
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ),
+                    (
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                    ),
+                    (
+                        r.get::<_, Option<i64>>(7)?,
+                        r.get::<_, bool>(8)?,
+                        r.get::<_, Option<i64>>(9)?,
+                    ),
+                    (
+                        r.get::<_, Option<String>>(10)?,
+                        r.get::<_, String>(11)?,
+                        r.get::<_, bool>(12)?,
+                    ),
+                ))
+            })
             .optional()?;
         let Some((
             (id, tenant, user_id, email),

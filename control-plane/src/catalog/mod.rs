@@ -10,6 +10,7 @@
 //! crash of the process or the machine.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -63,6 +64,41 @@ pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
+    /// Bumped after every use of the connection that changed a row. Whoever keeps a copy
+    /// of something read here (the credential cache) compares it to know the copy is still
+    /// what the catalog holds: any write since, to any table, makes every copy stale.
+    epoch: Arc<AtomicU64>,
+}
+
+/// The locked catalog connection. On release, bumps the catalog's epoch if anything was
+/// written through it meanwhile (SQLite's running count of changed rows moved).
+pub(crate) struct CatalogGuard<'a> {
+    conn: MutexGuard<'a, Connection>,
+    changes_before: u64,
+    epoch: &'a AtomicU64,
+}
+
+impl std::ops::Deref for CatalogGuard<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for CatalogGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for CatalogGuard<'_> {
+    fn drop(&mut self) {
+        // Before the lock is released: no one reads the catalog between the write and the
+        // epoch that announces it.
+        if self.conn.total_changes() != self.changes_before {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// What signup records before any file exists: the provisioning intent.
@@ -85,7 +121,9 @@ pub struct LoginRow {
     pub totp_enabled: bool,
 }
 
-/// Everything a request needs to know about its access token's session, read fresh.
+/// Everything a request needs to know about its access token's session, read fresh (or
+/// from the credential cache, which holds it only while the catalog is unchanged).
+#[derive(Clone)]
 pub struct SessionRow {
     pub role: Role,
     pub email: String,
@@ -170,13 +208,24 @@ impl Catalog {
         MigrationSet::embedded(&CATALOG_DIR)?.apply(&mut conn, CATALOG_MIGRATIONS_TABLE)?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
+            epoch: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    fn lock(&self) -> CatalogGuard<'_> {
         // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back
         // a dropped transaction), so a poisoned connection is still consistent.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        CatalogGuard {
+            changes_before: conn.total_changes(),
+            conn,
+            epoch: &self.epoch,
+        }
+    }
+
+    /// The catalog's write epoch (see the field). Read it before reading what you cache.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Runs `f` on a blocking thread, inside the caller's span.
@@ -367,7 +416,7 @@ impl Catalog {
     ) -> Result<Option<SessionRow>> {
         let row = self
             .lock()
-            .query_row(
+            .prepare_cached(
                 "SELECT m.role, u.email, t.status, s.revoked_at IS NOT NULL,
                         u.session_version, s.session_version, s.expires_at,
                         u.totp_enabled, s.verified_at, t.require_2fa
@@ -376,24 +425,23 @@ impl Catalog {
                  JOIN memberships m ON m.user_id = s.user_id AND m.tenant_id = s.tenant_id
                  JOIN tenants t ON t.id = s.tenant_id
                  WHERE s.id = ?1 AND s.user_id = ?2 AND s.tenant_id = ?3",
-                params![session_id, user_id, tenant.to_string()],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, bool>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, i64>(6)?,
-                        (
-                            r.get::<_, bool>(7)?,
-                            r.get::<_, Option<i64>>(8)?,
-                            r.get::<_, bool>(9)?,
-                        ),
-                    ))
-                },
-            )
+            )?
+            .query_row(params![session_id, user_id, tenant.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    (
+                        r.get::<_, bool>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
+                        r.get::<_, bool>(9)?,
+                    ),
+                ))
+            })
             .optional()?;
         row.map(
             |(

@@ -12,6 +12,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
 
+/// How long a query may run on an async thread before it is undone and sent to a blocking
+/// thread (see `AppState::try_tenant_now`). Point queries take tens of microseconds.
+pub(crate) const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Most statements in one batch.
 const MAX_BATCH_STATEMENTS: usize = 1_000;
 
@@ -23,11 +27,19 @@ pub(crate) async fn handle_db_query(
 ) -> ApiResult<Json<QueryResult>> {
     let level = data_access(&principal)?;
     let sql = statement.sql.clone();
-    let result = state
-        .with_tenant(principal.tenant, move |handle| {
-            handle.execute(&statement, level)
-        })
-        .await?;
+    let now = state.try_tenant_now(principal.tenant, |handle| {
+        handle.execute_now(&statement, level, INLINE_BUDGET)
+    });
+    let result = match now {
+        Some(result) => result?,
+        None => {
+            state
+                .with_tenant(principal.tenant, move |handle| {
+                    handle.execute(&statement, level)
+                })
+                .await?
+        }
+    };
     if result.schema_changed {
         audit_schema_change(&state, &principal, &meta, vec![sql]).await?;
     }

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
-use silo_tenant_runtime::hrana::{Batch, Session, StreamRequest, StreamResult};
+use silo_tenant_runtime::hrana::{Batch, Session, StreamRequest, StreamResponse, StreamResult};
 use silo_tenant_runtime::{AccessLevel, TenantId};
 
 use crate::audit::RequestMeta;
@@ -393,6 +393,11 @@ pub(crate) async fn handle_pipeline(
         .into_response();
     }
     let requests = body.requests;
+    if body.baton.is_none()
+        && let Some(response) = pipeline_now(&state, &principal, &meta, &requests).await
+    {
+        return response;
+    }
     match run_on_stream(
         &state,
         &principal,
@@ -410,6 +415,70 @@ pub(crate) async fn handle_pipeline(
         .into_response(),
         Err(response) => response,
     }
+}
+
+/// A stateless one-statement pipeline (`execute`, perhaps `get_autocommit`, `close`: what
+/// clients send for a single query) run on this thread if that is quick: no stream is
+/// made, since it would close at once. `None`: run it the usual way.
+async fn pipeline_now(
+    state: &AppState,
+    principal: &Principal,
+    meta: &RequestMeta,
+    requests: &[StreamRequest],
+) -> Option<Response> {
+    let (stmt, autocommit) = match requests {
+        [StreamRequest::Execute { stmt }, StreamRequest::Close] => (stmt, false),
+        [
+            StreamRequest::Execute { stmt },
+            StreamRequest::GetAutocommit,
+            StreamRequest::Close,
+        ] => (stmt, true),
+        _ => return None,
+    };
+    let level = data_access(principal).ok()?;
+    let ran = state.try_tenant_now(principal.tenant, |handle| {
+        silo_tenant_runtime::hrana::execute_now(
+            handle,
+            level,
+            stmt,
+            crate::http::data::INLINE_BUDGET,
+        )
+    })?;
+    let first = match ran {
+        Ok((result, changed)) => {
+            if changed {
+                let sql = stmt.sql.clone().unwrap_or_default();
+                if let Err(e) = audit_schema_change(state, principal, meta, vec![sql]).await {
+                    return Some(e.into_response());
+                }
+            }
+            StreamResult::Ok {
+                response: StreamResponse::Execute { result },
+            }
+        }
+        // A failed statement changed nothing: the usual way runs it again and answers the
+        // error in the protocol's own shape.
+        Err(_) => return None,
+    };
+    let mut results = vec![first];
+    if autocommit {
+        results.push(StreamResult::Ok {
+            response: StreamResponse::GetAutocommit {
+                is_autocommit: true,
+            },
+        });
+    }
+    results.push(StreamResult::Ok {
+        response: StreamResponse::Close,
+    });
+    Some(
+        Json(PipelineResponse {
+            baton: None,
+            base_url: None,
+            results,
+        })
+        .into_response(),
+    )
 }
 
 pub(crate) async fn handle_cursor(
@@ -527,8 +596,8 @@ where
         Some(seq) => Some(streams.baton(&id, seq, tenant, &credential)),
         None => {
             if let Some(gone) = streams.remove(&id) {
-                // Dropped on a blocking thread: it may hold a connection to roll back.
-                drop(tokio::task::spawn_blocking(move || drop(gone)));
+                // Closed inside the request: it holds no connection any more.
+                drop(gone);
             }
             None
         }
