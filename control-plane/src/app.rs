@@ -110,7 +110,7 @@ impl Application {
                 ..ExecLimits::default()
             },
         });
-        let state = AppState {
+        let state = AppState::new(crate::state::Shared {
             catalog,
             keyring,
             tokens,
@@ -130,7 +130,7 @@ impl Application {
                 transaction: Duration::from_millis(args.stream_transaction_ms.max(1)),
             }),
             credentials: Arc::default(),
-        };
+        });
         // Exports interrupted by a crash: plaintext copies nobody will ever stream.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
             for entry in entries.flatten() {

@@ -5,6 +5,11 @@ use silo_control_plane::app::Application;
 use silo_control_plane::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a request allocates dozens of small objects
+/// (JSON, tokens, rows), and glibc's malloc/free were a tenth of the point-query profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; stdout carries only what scripts read (the listening address).

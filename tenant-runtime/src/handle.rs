@@ -984,6 +984,44 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_runs_now_only_when_quick_and_a_connection_is_free() {
+        let (_d, h, _t) = fresh();
+        let ms = Duration::from_millis;
+        h.execute(&s("CREATE TABLE t(a)"), ALL).unwrap();
+        let r = h
+            .execute_now(&s("INSERT INTO t VALUES (1)"), ALL, ms(100))
+            .expect("the writer is free")
+            .unwrap();
+        assert_eq!(r.rows_affected, 1);
+        // Past its budget: not answered, and nothing of it stays.
+        let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5000000)                     INSERT INTO t SELECT x FROM c";
+        assert!(
+            h.execute_now(&s(slow), ALL, Duration::from_micros(300))
+                .is_none()
+        );
+        let n = h.execute(&s("SELECT count(*) FROM t"), ALL).unwrap();
+        assert_eq!(n.rows[0][0], Value::Integer(1));
+        // The writer leased elsewhere: a write is not run now; a plain SELECT is, on a reader.
+        let held = h.lease(ALL).unwrap();
+        assert!(
+            h.execute_now(&s("INSERT INTO t VALUES (2)"), ALL, ms(100))
+                .is_none()
+        );
+        h.execute(&s("SELECT 1"), AccessLevel::ReadOnly).unwrap();
+        let r = h
+            .execute_now(&s("SELECT count(*) FROM t"), ALL, ms(100))
+            .expect("an idle reader")
+            .unwrap();
+        assert_eq!(r.rows[0][0], Value::Integer(1));
+        // On the blocking path a writer's SELECT does not wait for the writer either (it
+        // would fail with Busy after the busy timeout).
+        h.execute(&s("SELECT count(*) FROM t"), ALL).unwrap();
+        drop(held);
+        assert!(plain_select("  select 1") && plain_select("VALUES (1)"));
+        assert!(!plain_select("WITH x AS (SELECT 1) DELETE FROM t") && !plain_select("sel"));
+    }
+
+    #[test]
     fn transaction_statements_compile_only_where_allowed() {
         let (_d, h, _t) = fresh();
         let err = h.execute(&s("BEGIN"), ALL).unwrap_err();

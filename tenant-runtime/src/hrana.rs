@@ -830,6 +830,11 @@ fn execute(
 /// libSQL's own `BEGIN READONLY` / `BEGIN TRANSACTION READONLY` (what clients send for a
 /// read transaction) is not SQLite syntax: it becomes a deferred `BEGIN`, a snapshot.
 fn immediate_begin(sql: &str, level: AccessLevel) -> &str {
+    // Nearly every statement is not a BEGIN: decided without allocating.
+    let head = sql.trim_start().get(..5).unwrap_or("");
+    if !head.eq_ignore_ascii_case("begin") {
+        return sql;
+    }
     let words: Vec<String> = sql
         .trim()
         .trim_end_matches(';')

@@ -680,3 +680,39 @@ impl Ledger for Catalog {
 fn ledger_err(e: rusqlite::Error) -> ProvisionError {
     ProvisionError::Ledger(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_epoch_moves_with_every_write_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+        let start = catalog.epoch();
+        catalog.ping().unwrap();
+        catalog
+            .lock()
+            .execute_batch("CREATE TABLE scratch(a)")
+            .unwrap();
+        assert_eq!(catalog.epoch(), start, "reads and DDL change no row");
+        catalog
+            .lock()
+            .execute("INSERT INTO scratch VALUES (1)", [])
+            .unwrap();
+        assert_eq!(catalog.epoch(), start + 1);
+        catalog
+            .lock()
+            .execute("UPDATE scratch SET a = 2 WHERE a = 99", [])
+            .unwrap();
+        assert_eq!(catalog.epoch(), start + 1, "an update that matched nothing");
+        {
+            let mut conn = catalog.lock();
+            let tx = conn.transaction().unwrap();
+            tx.execute("DELETE FROM scratch", []).unwrap();
+            tx.commit().unwrap();
+        }
+        assert_eq!(catalog.epoch(), start + 2);
+    }
+}

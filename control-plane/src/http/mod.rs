@@ -214,9 +214,16 @@ fn request_span(req: &Request) -> tracing::Span {
 struct RandomRequestId;
 
 impl MakeRequestId for RandomRequestId {
+    /// A random prefix drawn once per process, then a counter: unique and unguessable
+    /// enough to correlate logs, without a getrandom call on every request.
     fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
-        let id = hex::encode(silo_crypto::random_bytes::<12>());
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let prefix = PREFIX.get_or_init(|| hex::encode(silo_crypto::random_bytes::<8>()));
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{prefix}{n:08x}"))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
