@@ -188,11 +188,22 @@ impl TenantHandle {
     /// A plain `SELECT` of a caller who may write does not queue behind the tenant's writer
     /// when it is busy: it reads from a reader (the same last commit the writer would see).
     pub fn execute(self: &Arc<Self>, stmt: &Statement, level: AccessLevel) -> Result<QueryResult> {
-        let query = |conn: &Connection, sandbox: &SandboxState, limits: &ExecLimits| {
+        self.run_one(level, &stmt.sql, |conn, sandbox, limits| {
             let mut budget = ResultBudget::new(limits.max_result_bytes);
             run(conn, sandbox, stmt, &mut budget)
-        };
-        if level != AccessLevel::ReadOnly && self.limits.readers > 0 && plain_select(&stmt.sql) {
+        })
+    }
+
+    /// Runs `query` (one statement, `sql`, in autocommit) on the connection `level` calls
+    /// for, waiting for it up to the busy timeout; a plain SELECT of a writer reads from a
+    /// reader when the writer is busy. Blocking.
+    pub(crate) fn run_one<T>(
+        self: &Arc<Self>,
+        level: AccessLevel,
+        sql: &str,
+        query: impl Fn(&Connection, &SandboxState, &ExecLimits) -> Result<T>,
+    ) -> Result<T> {
+        if level != AccessLevel::ReadOnly && self.limits.readers > 0 && plain_select(sql) {
             if let Some(mut lease) = self.try_lease(level) {
                 return lease.run(level, false, query);
             }
@@ -202,7 +213,7 @@ impl TenantHandle {
                 conn: Some(conn),
                 writer: false,
             })?;
-            match reader.run(AccessLevel::ReadOnly, false, query) {
+            match reader.run(AccessLevel::ReadOnly, false, &query) {
                 // It writes after all (a function with side effects is refused on readers):
                 // the writer's turn.
                 Err(RuntimeError::Forbidden(_)) => {}

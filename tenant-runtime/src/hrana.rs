@@ -688,6 +688,25 @@ pub fn execute_now(
     }
 }
 
+/// [`execute_now`]'s counterpart on a blocking thread: the statement alone, in autocommit,
+/// waiting for a connection as `/v1/db/query` does. `None` when it is a transaction
+/// statement (refused here): run the pipeline the usual way.
+pub fn execute_alone(
+    handle: &Arc<TenantHandle>,
+    level: AccessLevel,
+    stmt: &Stmt,
+) -> Option<Result<(StmtResult, bool)>> {
+    let sql = stmt.sql.as_deref()?;
+    let out = handle.run_one(level, sql, |conn, sandbox, limits| {
+        let mut results = ResultBudget::new(limits.max_result_bytes);
+        execute(conn, sandbox, sql, stmt, &mut results)
+    });
+    match out {
+        Err(RuntimeError::Forbidden(_)) => None,
+        other => Some(other),
+    }
+}
+
 /// A condition may only look at steps before its own.
 fn check_cond(cond: &BatchCond, step: usize) -> Result<()> {
     match cond {

@@ -300,6 +300,10 @@ fn main() {
         flood_counts.0, flood_counts.1
     );
 
+    if tenants == 0 {
+        return;
+    }
+
     // --- cold opens across many tenants ---
     let dir = tempfile::tempdir().expect("temp dir");
     let (child, base) = serve(

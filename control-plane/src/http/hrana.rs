@@ -418,8 +418,9 @@ pub(crate) async fn handle_pipeline(
 }
 
 /// A stateless one-statement pipeline (`execute`, perhaps `get_autocommit`, `close`: what
-/// clients send for a single query) run on this thread if that is quick: no stream is
-/// made, since it would close at once. `None`: run it the usual way.
+/// clients send for a single query) runs like `/v1/db/query`: on this thread if that is
+/// quick, else on a blocking thread, and without making a stream, which would close at
+/// once. `None`: run it the usual way (transaction statements, errors, a busy tenant).
 async fn pipeline_now(
     state: &AppState,
     principal: &Principal,
@@ -436,14 +437,30 @@ async fn pipeline_now(
         _ => return None,
     };
     let level = data_access(principal).ok()?;
-    let ran = state.try_tenant_now(principal.tenant, |handle| {
+    let now = state.try_tenant_now(principal.tenant, |handle| {
         silo_tenant_runtime::hrana::execute_now(
             handle,
             level,
             stmt,
             crate::http::data::INLINE_BUDGET,
         )
-    })?;
+    });
+    let ran = match now {
+        Some(ran) => ran,
+        None => {
+            // Not quick enough to run here: on a blocking thread, still without a stream.
+            let stmt = stmt.clone();
+            state
+                .with_tenant(principal.tenant, move |handle| {
+                    Ok(silo_tenant_runtime::hrana::execute_alone(
+                        handle, level, &stmt,
+                    ))
+                })
+                .await
+                .ok()??
+                .map_err(ApiError::from)
+        }
+    };
     let first = match ran {
         Ok((result, changed)) => {
             if changed {
