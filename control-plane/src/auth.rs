@@ -148,6 +148,12 @@ pub struct TokenKeys {
     primary_kid: String,
     keys: Vec<(String, EncodingKey, DecodingKey)>,
     validation: Validation,
+    /// Tokens whose signature, header and claims checked out, with their claims. The keys
+    /// are fixed for the life of the process, so a token that verified once verifies again:
+    /// only the clock checks (`exp`, `nbf`) are redone on each use. Without it, every request
+    /// decodes the header twice and the claims twice, and computes an HMAC. Only tokens we
+    /// signed can enter, and each leaves when it expires.
+    verified: moka::sync::Cache<String, Arc<AccessClaims>>,
 }
 
 impl TokenKeys {
@@ -172,6 +178,12 @@ impl TokenKeys {
             primary_kid: format!("k-{}", keyring.primary_id()),
             keys,
             validation,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(
+                    ACCESS_TOKEN_TTL_SECS.unsigned_abs() + JWT_LEEWAY_SECS,
+                ))
+                .build(),
         })
     }
 
@@ -211,7 +223,25 @@ impl TokenKeys {
 
     /// Checks signature, algorithm, `kid`, `exp`/`nbf` (30 s leeway), issuer, audience and
     /// token type. Says only "expired" or "invalid": details help attackers, not users.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, ApiError> {
+        if let Some(claims) = self.verified.get(token) {
+            // What jsonwebtoken checks of the clock, with the same leeway.
+            let now = now_unix();
+            let leeway = JWT_LEEWAY_SECS.cast_signed();
+            if claims.exp < now - leeway {
+                return Err(expired_token());
+            }
+            if claims.nbf > now + leeway {
+                return Err(invalid_token());
+            }
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_uncached(token)?);
+        self.verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<AccessClaims, ApiError> {
         let invalid = ApiError::Unauthenticated("the access token is not valid; sign in again");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
         if header.alg != Algorithm::HS256 {
@@ -226,9 +256,7 @@ impl TokenKeys {
             .2;
         let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(
             |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthenticated(
-                    "the access token has expired; get a new one from /v1/auth/refresh",
-                ),
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => expired_token(),
                 _ => invalid_token(),
             },
         )?;
@@ -237,6 +265,10 @@ impl TokenKeys {
         }
         Ok(data.claims)
     }
+}
+
+fn expired_token() -> ApiError {
+    ApiError::Unauthenticated("the access token has expired; get a new one from /v1/auth/refresh")
 }
 
 fn invalid_token() -> ApiError {
@@ -498,11 +530,11 @@ async fn principal_from_access_token(
     }
     Ok(Principal {
         tenant,
-        user_id: claims.sub,
+        user_id: claims.sub.clone(),
         email: row.email,
         role: row.role,
         actor: Actor::User {
-            session_id: claims.sid,
+            session_id: claims.sid.clone(),
             two_factor: row.totp_enabled,
             verified_at: row.verified_at,
         },
@@ -744,6 +776,44 @@ mod tests {
             &SecretString::from("wrong".to_owned())
         ));
         assert!(!verify_password(None, &pw));
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_but_the_clock_is_checked_every_time() {
+        let keys = TokenKeys::from_keyring(&Keyring::new(MasterKey::generate(), vec![])).unwrap();
+        let token = keys
+            .issue("u", TenantId::generate(), "s", 1, Role::Owner)
+            .unwrap();
+        let token = token.expose_secret();
+        let first = keys.verify(token).unwrap();
+        let again = keys.verify(token).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second use is answered from the cache"
+        );
+        // A token that differs only in its signature is checked for itself.
+        let mut forged = token.to_owned();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(keys.verify(&forged).is_err());
+        // The cached claims expire like the token: past `exp` plus the leeway, refused.
+        let mut stale = (*first).clone_for_test();
+        stale.exp = now_unix() - JWT_LEEWAY_SECS.cast_signed() - 1;
+        keys.verified.insert(token.to_owned(), Arc::new(stale));
+        let Err(ApiError::Unauthenticated(msg)) = keys.verify(token) else {
+            panic!("an expired token was accepted from the cache")
+        };
+        assert!(msg.contains("expired"), "{msg}");
+        let mut early = (*first).clone_for_test();
+        early.nbf = now_unix() + JWT_LEEWAY_SECS.cast_signed() + 60;
+        keys.verified.insert(token.to_owned(), Arc::new(early));
+        assert!(keys.verify(token).is_err());
+    }
+
+    impl AccessClaims {
+        fn clone_for_test(&self) -> AccessClaims {
+            serde_json::from_value(serde_json::to_value(self).unwrap()).unwrap()
+        }
     }
 
     #[test]

@@ -55,14 +55,21 @@ pub struct Shared {
     pub credentials: Arc<crate::auth::CredentialCache>,
 }
 
+/// Overruns of the inline budget within a second that bar a tenant from inline execution.
+/// More than one: on a busy machine a quick query is sometimes preempted past the budget,
+/// and one such accident should not send a tenant's next second of queries to the blocking
+/// pool. A tenant sending heavy queries strikes out after a few milliseconds.
+const INLINE_STRIKES: u32 = 3;
+
 /// Per-tenant concurrency limit: at most `permits` requests of one tenant hold a blocking
 /// thread at once; more wait (without a thread) up to `queue_wait`, then get 429. So one
 /// tenant's flood cannot take the blocking pool that every other tenant needs.
 #[derive(Clone)]
 pub struct TenantGates {
     gates: moka::sync::Cache<TenantId, Arc<tokio::sync::Semaphore>>,
-    /// Tenants barred from inline execution for a second after an overrun.
-    inline_bar: moka::sync::Cache<TenantId, ()>,
+    /// Inline overruns per tenant, counted for a second from the first: at
+    /// [`INLINE_STRIKES`] the tenant is barred from inline execution until the count expires.
+    inline_bar: moka::sync::Cache<TenantId, Arc<std::sync::atomic::AtomicU32>>,
     permits: usize,
     queue_wait: std::time::Duration,
 }
@@ -106,11 +113,16 @@ impl TenantGates {
     /// The tenant's queries ran past the inline budget lately (see
     /// `AppState::try_tenant_now`).
     fn inline_barred(&self, tenant: TenantId) -> bool {
-        self.inline_bar.contains_key(&tenant)
+        self.inline_bar
+            .get(&tenant)
+            .is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed) >= INLINE_STRIKES)
     }
 
-    fn bar_inline(&self, tenant: TenantId) {
-        self.inline_bar.insert(tenant, ());
+    fn strike_inline(&self, tenant: TenantId) {
+        metrics::counter!("silo_inline_overruns_total").increment(1);
+        self.inline_bar
+            .get_with(tenant, Default::default)
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn enter(&self, tenant: TenantId) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
@@ -216,7 +228,7 @@ impl AppState {
         let started = std::time::Instant::now();
         let out = f(&handle);
         if out.is_none() && started.elapsed() >= crate::http::data::INLINE_BUDGET {
-            self.gates.bar_inline(tenant);
+            self.gates.strike_inline(tenant);
         }
         out.map(|r| r.map_err(ApiError::from))
     }

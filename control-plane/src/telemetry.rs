@@ -7,7 +7,9 @@
 //!   `silo_tenant_open_seconds` (every open), `silo_tenant_handle_evictions_total{cause}`,
 //!   `silo_tenant_connections_opened_total{kind}`, `silo_tenant_handles_open`;
 //! - `silo_sandbox_refusals_total`;
-//! - `silo_hrana_streams_open`.
+//! - `silo_hrana_streams_open`;
+//! - `silo_inline_overruns_total`: quick-looking queries that ran past the inline budget
+//!   and went to the blocking pool.
 //!
 //! No label carries a tenant id, a user or SQL text.
 

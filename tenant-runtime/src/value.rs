@@ -83,10 +83,85 @@ impl Serialize for Value {
     }
 }
 
+/// Read straight from the parser, without building a `serde_json::Value` first: values are
+/// on every request's path. Same rules and messages as `TryFrom<serde_json::Value>`.
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let json = serde_json::Value::deserialize(d)?;
-        Value::try_from(json).map_err(de::Error::custom)
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+const NOT_A_BLOB: &str = "objects are not SQL values; a blob is written {\"base64\": \"…\"}";
+
+impl<'de> de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an SQL value: null, a number, a string, a boolean or {\"base64\": \"…\"}")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Integer(i64::from(b)))
+    }
+
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Integer(i))
+    }
+
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Value, E> {
+        i64::try_from(u).map(Value::Integer).map_err(|_| {
+            E::custom(format!(
+                "integer {u} does not fit in SQLite's 64-bit signed integer"
+            ))
+        })
+    }
+
+    fn visit_f64<E: de::Error>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::Real(f))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::Text(s.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        Ok(Value::Text(s))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(de::Error::custom(
+            "arrays are not SQL values (store JSON as a string)",
+        ))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let blob = match map.next_key::<std::borrow::Cow<'de, str>>()? {
+            Some(k) if k == "base64" => match map.next_value::<serde_json::Value>()? {
+                serde_json::Value::String(b64) => STANDARD.decode(b64).map_err(|_| {
+                    de::Error::custom("blob value {\"base64\": …} is not valid base64")
+                })?,
+                _ => return Err(de::Error::custom(NOT_A_BLOB)),
+            },
+            _ => return Err(de::Error::custom(NOT_A_BLOB)),
+        };
+        if map.next_key::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(NOT_A_BLOB));
+        }
+        Ok(Value::Blob(blob))
     }
 }
 
@@ -116,12 +191,7 @@ impl TryFrom<serde_json::Value> for Value {
                         .decode(b64)
                         .map_err(|_| "blob value {\"base64\": …} is not valid base64".to_owned())?,
                 ),
-                _ => {
-                    return Err(
-                        "objects are not SQL values; a blob is written {\"base64\": \"…\"}"
-                            .to_owned(),
-                    );
-                }
+                _ => return Err(NOT_A_BLOB.to_owned()),
             },
             J::Array(_) => {
                 return Err("arrays are not SQL values (store JSON as a string)".to_owned());
@@ -131,14 +201,57 @@ impl TryFrom<serde_json::Value> for Value {
 }
 
 /// Statement parameters: positional (`?`, `?NNN`) or named (`:name`, `@name`, `$name`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Default)]
 pub enum Params {
     #[default]
     None,
     Positional(Vec<Value>),
     /// Keys may be given with or without their prefix character.
     Named(std::collections::BTreeMap<String, Value>),
+}
+
+/// By hand rather than `#[serde(untagged)]`, which buffers the input and tries each shape
+/// in turn (building an error for each miss): parameters are on every request's path.
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ParamsVisitor;
+        impl<'de> de::Visitor<'de> for ParamsVisitor {
+            type Value = Params;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("params as an array (positional), an object (named) or null")
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Params, E> {
+                Ok(Params::None)
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Params, E> {
+                Ok(Params::None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Params, D::Error> {
+                d.deserialize_any(ParamsVisitor)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Params, A::Error> {
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(v) = seq.next_element()? {
+                    values.push(v);
+                }
+                Ok(Params::Positional(values))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
+                let mut named = std::collections::BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    named.insert(k, v);
+                }
+                Ok(Params::Named(named))
+            }
+        }
+        d.deserialize_any(ParamsVisitor)
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +277,56 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Value>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn params_take_every_shape_and_refuse_others() {
+        let st: crate::Statement =
+            serde_json::from_str(r#"{"sql":"x","params":[1,"a",null,true,1.5,{"base64":"AA=="}]}"#)
+                .unwrap();
+        let Params::Positional(v) = st.params else {
+            panic!("positional")
+        };
+        assert_eq!(
+            v,
+            [
+                Value::Integer(1),
+                Value::Text("a".into()),
+                Value::Null,
+                Value::Integer(1),
+                Value::Real(1.5),
+                Value::Blob(vec![0])
+            ]
+        );
+        let st: crate::Statement =
+            serde_json::from_str(r#"{"sql":"x","params":{":a":1,"b":"c"}}"#).unwrap();
+        let Params::Named(m) = st.params else {
+            panic!("named")
+        };
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[":a"], Value::Integer(1));
+        for none in [r#"{"sql":"x"}"#, r#"{"sql":"x","params":null}"#] {
+            let st: crate::Statement = serde_json::from_str(none).unwrap();
+            assert!(matches!(st.params, Params::None), "{none}");
+        }
+        for bad in [
+            r#"{"sql":"x","params":"a"}"#,
+            r#"{"sql":"x","params":5}"#,
+            r#"{"sql":"x","params":[[1]]}"#,
+            r#"{"sql":"x","params":{"a":{"b":1}}}"#,
+            r#"{"sql":"x","params":[{"base64":"AA==","x":1}]}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<crate::Statement>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let e = serde_json::from_str::<crate::Statement>(
+            r#"{"sql":"x","params":[18446744073709551615]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("does not fit"), "{e}");
     }
 
     proptest! {
