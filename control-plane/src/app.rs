@@ -99,9 +99,10 @@ impl Application {
         })
         .await??;
 
-        let max_handles = handle_budget(args.max_open_tenants, args.tenant_readers);
+        let (max_handles, max_live) = handle_budget(args.max_open_tenants, args.tenant_readers);
         let store = TenantStore::new(StoreConfig {
             max_handles,
+            max_live,
             idle_timeout: Duration::from_secs(args.tenant_idle_secs),
             limits: ExecLimits {
                 time_budget: Duration::from_millis(args.query_timeout_ms),
@@ -251,8 +252,11 @@ const FD_RESERVE: u64 = 512;
 const DEFAULT_MAX_HANDLES: u64 = 10_000;
 
 /// Raises the open-files soft limit to the hard limit and sizes the handle cache from what
-/// it allows; `configured` (SILO_MAX_OPEN_TENANTS) is honoured up to that.
-fn handle_budget(configured: Option<u64>, readers: usize) -> u64 {
+/// it allows; `configured` (SILO_MAX_OPEN_TENANTS) is honoured up to that. Answers the
+/// cache size and the most handles alive at once (the cache's plus those evicted while in
+/// use): that one is what the descriptors allow, and the cache keeps a tenth of it free
+/// for handles held by requests and libSQL transactions.
+fn handle_budget(configured: Option<u64>, readers: usize) -> (u64, u64) {
     let soft = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(e) => {
@@ -261,7 +265,8 @@ fn handle_budget(configured: Option<u64>, readers: usize) -> u64 {
         }
     };
     let per = fds_per_handle(readers);
-    let fits = (soft.saturating_sub(FD_RESERVE) / per).max(1);
+    let live = (soft.saturating_sub(FD_RESERVE) / per).max(1);
+    let fits = (live - live / 10).max(1);
     let budget = match configured {
         Some(n) if n > fits => {
             tracing::warn!(
@@ -279,9 +284,10 @@ fn handle_budget(configured: Option<u64>, readers: usize) -> u64 {
         open_files_limit = soft,
         fds_per_tenant = per,
         max_open_tenants = budget,
+        max_alive = live,
         "tenant handle cache sized"
     );
-    budget
+    (budget, live.max(budget))
 }
 
 async fn shutdown_signal() {

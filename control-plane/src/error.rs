@@ -128,7 +128,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Forbidden(_) => ApiError::SqlForbidden(message),
             RuntimeError::Timeout => ApiError::QueryTimeout(message),
             RuntimeError::ResultTooLarge => ApiError::ResultTooLarge(message),
-            RuntimeError::Busy | RuntimeError::Exhausted => ApiError::Busy(message),
+            RuntimeError::Busy | RuntimeError::Exhausted | RuntimeError::TooManyOpen => {
+                ApiError::Busy(message)
+            }
             RuntimeError::WrongKey | RuntimeError::Missing => {
                 ApiError::TenantUnavailable(anyhow::anyhow!("tenant database: {message}"))
             }

@@ -5,7 +5,8 @@
 //!   `/v1/db/query`, `/v2/pipeline`, `/v3/pipeline` and `/v3/cursor` each have theirs;
 //! - `silo_tenant_handle_cache_hits_total`, `silo_tenant_handle_cache_misses_total`,
 //!   `silo_tenant_open_seconds` (every open), `silo_tenant_handle_evictions_total{cause}`,
-//!   `silo_tenant_connections_opened_total{kind}`, `silo_tenant_handles_open`;
+//!   `silo_tenant_connections_opened_total{kind}`, `silo_tenant_handles_open`,
+//!   `silo_tenant_open_refusals_total` (over the limit of databases open at once);
 //! - `silo_sandbox_refusals_total`;
 //! - `silo_hrana_streams_open`;
 //! - `silo_inline_overruns_total`: quick-looking queries that ran past the inline budget

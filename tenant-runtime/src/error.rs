@@ -20,6 +20,13 @@ pub enum RuntimeError {
     ResultTooLarge,
     #[error("the database stayed busy with another writer past the busy timeout; retry")]
     Busy,
+    /// Opening the database would pass the server's limit of databases open at once (the
+    /// cache plus those held by running requests and libSQL transactions).
+    #[error(
+        "too many tenant databases are open on this server right now (held by running \
+         requests and open transactions); retry shortly"
+    )]
+    TooManyOpen,
     /// Memory or disk ran out while running the statement.
     #[error(
         "the statement needed more memory or disk than is available; simplify it or retry later"

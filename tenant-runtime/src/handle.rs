@@ -126,6 +126,9 @@ pub struct TenantHandle {
     writer_back: Condvar,
     readers: Mutex<Readers>,
     reader_back: Condvar,
+    /// Its place among the handles the store allows alive at once, if the store opened it.
+    /// Declared last: given back after the connections above have closed.
+    slot: Option<crate::store::LiveSlot>,
 }
 
 #[derive(Default)]
@@ -163,7 +166,13 @@ impl TenantHandle {
             writer_back: Condvar::new(),
             readers: Mutex::new(Readers::default()),
             reader_back: Condvar::new(),
+            slot: None,
         })
+    }
+
+    /// Counts this handle against the store's limit until it closes.
+    pub(crate) fn hold_slot(&mut self, slot: crate::store::LiveSlot) {
+        self.slot = Some(slot);
     }
 
     pub fn tenant(&self) -> TenantId {

@@ -225,6 +225,7 @@ impl From<&RuntimeError> for HError {
             RuntimeError::Timeout => "SQLITE_INTERRUPT",
             RuntimeError::ResultTooLarge => "RESPONSE_TOO_LARGE",
             RuntimeError::Busy => "SQLITE_BUSY",
+            RuntimeError::TooManyOpen => "SERVER_BUSY",
             RuntimeError::Exhausted => "SQLITE_FULL",
             RuntimeError::WrongKey | RuntimeError::Missing => "TENANT_UNAVAILABLE",
             RuntimeError::Internal(_) | RuntimeError::InStatement { .. } => "INTERNAL",

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -19,8 +20,15 @@ pub fn tenant_db_path(tenants_dir: &Path, tenant: TenantId) -> PathBuf {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Most handles open at once. Each local handle costs ~3 file descriptors in WAL mode.
+    /// Most handles kept open in the cache. Each local handle costs ~3 file descriptors
+    /// in WAL mode, plus 2 per reader.
     pub max_handles: u64,
+    /// Most handles alive at once: the cache's, plus those evicted while a request or a
+    /// libSQL transaction still held them. Past it, opening another tenant's database
+    /// answers [`crate::RuntimeError::TooManyOpen`] instead of running out of file
+    /// descriptors. At least `max_handles`; leave room above it (evictions are applied
+    /// shortly after the insert that causes them).
+    pub max_live: u64,
     /// A handle unused this long is closed.
     pub idle_timeout: Duration,
     pub limits: ExecLimits,
@@ -30,6 +38,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             max_handles: 1_000,
+            max_live: 1_100,
             idle_timeout: Duration::from_secs(300),
             limits: ExecLimits::default(),
         }
@@ -56,7 +65,31 @@ struct Inner {
     /// Every handle that may still be alive, evicted or not. Dead entries are swept by
     /// [`TenantStore::run_maintenance`].
     live: Mutex<HashMap<TenantId, Weak<TenantHandle>>>,
+    /// Handles alive now (each holds a [`LiveSlot`] until it closes).
+    live_count: Arc<AtomicUsize>,
     config: StoreConfig,
+}
+
+/// One handle's place in [`StoreConfig::max_live`], given back when the handle closes.
+#[derive(Debug)]
+pub(crate) struct LiveSlot(Arc<AtomicUsize>);
+
+impl LiveSlot {
+    fn take(count: &Arc<AtomicUsize>, max: u64) -> Option<LiveSlot> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LiveSlot(count.clone()))
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl TenantStore {
@@ -81,6 +114,7 @@ impl TenantStore {
             inner: Arc::new(Inner {
                 cache,
                 live: Mutex::new(HashMap::new()),
+                live_count: Arc::new(AtomicUsize::new(0)),
                 config,
             }),
         }
@@ -105,6 +139,14 @@ impl TenantStore {
             metrics::counter!("silo_tenant_handle_cache_hits_total").increment(1);
             return Ok(handle);
         }
+        let max_live = self
+            .inner
+            .config
+            .max_live
+            .max(self.inner.config.max_handles);
+        if self.live_handles() as u64 >= max_live {
+            self.make_room(max_live);
+        }
         self.inner
             .cache
             .try_get_with(tenant, || {
@@ -117,8 +159,14 @@ impl TenantStore {
                     return Ok(handle);
                 }
                 metrics::counter!("silo_tenant_handle_cache_misses_total").increment(1);
+                let slot = LiveSlot::take(&self.inner.live_count, max_live).ok_or_else(|| {
+                    metrics::counter!("silo_tenant_open_refusals_total").increment(1);
+                    crate::RuntimeError::TooManyOpen
+                })?;
                 let started = std::time::Instant::now();
-                let handle = Arc::new(open()?);
+                let mut handle = open()?;
+                handle.hold_slot(slot);
+                let handle = Arc::new(handle);
                 metrics::histogram!("silo_tenant_open_seconds")
                     .record(started.elapsed().as_secs_f64());
                 relock(self.inner.live.lock()).insert(tenant, Arc::downgrade(&handle));
@@ -126,6 +174,22 @@ impl TenantStore {
             })
             // moka shares one open's error among every waiter.
             .map_err(Arc::unwrap_or_clone)
+    }
+
+    /// At the limit of handles alive: applies the evictions the cache has decided but not
+    /// yet carried out (it does so in batches), then gives requests finishing on evicted
+    /// handles a moment to let go. Handles held for long (libSQL transactions) stay, and
+    /// the open that needs room is refused.
+    fn make_room(&self, max_live: u64) {
+        const PATIENCE: Duration = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        loop {
+            self.inner.cache.run_pending_tasks();
+            if (self.live_handles() as u64) < max_live || started.elapsed() >= PATIENCE {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The tenant's handle if it is open now; never opens one.
@@ -159,10 +223,7 @@ impl TenantStore {
 
     /// Handles alive now: cached, or evicted and still in use.
     pub fn live_handles(&self) -> usize {
-        relock(self.inner.live.lock())
-            .values()
-            .filter(|h| h.strong_count() > 0)
-            .count()
+        self.inner.live_count.load(Ordering::Acquire)
     }
 
     /// Drops every cached handle (on shutdown): each connection closes and checkpoints.
@@ -223,5 +284,60 @@ mod tests {
             }
         }
         assert!(store.open_handles() <= 3, "{}", store.open_handles());
+    }
+
+    #[test]
+    fn handles_held_past_eviction_count_against_the_limit_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TenantStore::new(StoreConfig {
+            max_handles: 2,
+            max_live: 3,
+            ..StoreConfig::default()
+        });
+        let tenants: Vec<(TenantId, DbToken)> = (0..6)
+            .map(|_| {
+                let t = TenantId::generate();
+                let token = DbToken::generate();
+                drop(
+                    open_keyed(
+                        &tenant_db_path(dir.path(), t),
+                        &token,
+                        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+                    )
+                    .unwrap(),
+                );
+                (t, token)
+            })
+            .collect();
+        let open = |i: usize| {
+            let (t, token) = &tenants[i];
+            store.get_or_open(*t, || {
+                TenantHandle::open_local(
+                    *t,
+                    &tenant_db_path(dir.path(), *t),
+                    token,
+                    ExecLimits::default(),
+                )
+            })
+        };
+        // Three tenants held (say, by open transactions): the cache evicts one of them,
+        // which stays alive, and a fourth database may not open.
+        let held: Vec<_> = (0..3).map(|i| open(i).unwrap()).collect();
+        store.run_maintenance();
+        assert_eq!(store.live_handles(), 3);
+        assert!(matches!(open(3), Err(crate::RuntimeError::TooManyOpen)));
+        // A held tenant is still served: its handle is alive, nothing new opens.
+        for (i, h) in held.iter().enumerate() {
+            assert!(Arc::ptr_eq(&open(i).unwrap(), h));
+        }
+        // Released: the evicted one closes, and the others may open again.
+        drop(held);
+        store.run_maintenance();
+        store.run_maintenance();
+        assert!(store.live_handles() <= 2, "{}", store.live_handles());
+        for (i, (t, _)) in tenants.iter().enumerate().skip(3) {
+            assert_eq!(open(i).unwrap().tenant(), *t);
+        }
+        assert!(store.live_handles() <= 3, "{}", store.live_handles());
     }
 }

@@ -39,6 +39,8 @@ pub struct TestApp {
     pub master_key: String,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Run under this open-files limit (soft and hard), with `prlimit`.
+    open_files: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +176,14 @@ impl TestApp {
             .clone()
     }
 
+    /// Starts silo under an open-files limit of `limit` (soft and hard: silo cannot raise it).
+    pub fn spawn_with_open_files_limit(limit: u64, extra_args: &[&str]) -> Self {
+        let mut app = Self::unstarted(extra_args);
+        app.open_files = Some(limit);
+        app.start();
+        app
+    }
+
     /// Starts silo with extra `serve` arguments.
     pub fn spawn_with(extra_args: &[&str]) -> Self {
         let mut app = Self::unstarted(extra_args);
@@ -196,6 +206,7 @@ impl TestApp {
             master_key,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            open_files: None,
         }
     }
 
@@ -233,7 +244,16 @@ impl TestApp {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let mut child = Command::new(silo_bin())
+        // prlimit sets the limit and then execs silo: same process, same pid.
+        let mut command = match self.open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(silo_bin());
+                c
+            }
+            None => Command::new(silo_bin()),
+        };
+        let mut child = command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())

@@ -828,3 +828,74 @@ fn the_typescript_libsql_client_works_too() {
         .expect(200);
     assert_eq!(n["rows"], json!([[5]]));
 }
+
+#[test]
+fn held_databases_count_against_the_descriptor_budget() {
+    // 600 descriptors: (600 - 512) / 7 = 12 databases may be alive at once, 11 of them in
+    // the cache (nine tenths, the rest left for databases held past their eviction).
+    let app = TestApp::spawn_with_open_files_limit(600, &[]);
+    let logs = String::from_utf8_lossy(&app.logs()).into_owned();
+    assert!(
+        logs.contains("max_open_tenants=11") && logs.contains("max_alive=12"),
+        "{logs}"
+    );
+    let tenants: Vec<Tenant> = (0..13).map(|i| app.signup(&format!("Held{i}"))).collect();
+    // Twelve tenants each hold a transaction open: twelve databases alive, one of them
+    // evicted from the cache but still in use.
+    let batons: Vec<String> = tenants[..12]
+        .iter()
+        .map(|t| {
+            let r = pipeline(
+                &app,
+                &t.access_token,
+                None,
+                json!([
+                    exec("CREATE TABLE t(x)"),
+                    exec("BEGIN"),
+                    exec("INSERT INTO t VALUES (1)")
+                ]),
+            )
+            .expect(200);
+            r["baton"].as_str().expect("baton").to_owned()
+        })
+        .collect();
+    // A thirteenth database would pass the budget: a clear 503, not a descriptor shortage.
+    let r = app.query(&tenants[12].access_token, "SELECT 1");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("too many tenant databases are open"),
+        "{}",
+        r.body
+    );
+    // Every holder is still served, and commits.
+    for (t, baton) in tenants.iter().zip(&batons) {
+        pipeline(
+            &app,
+            &t.access_token,
+            Some(baton),
+            json!([exec("COMMIT"), {"type": "close"}]),
+        )
+        .expect(200);
+    }
+    // Released, the evicted one closes, and the thirteenth opens.
+    app.query(&tenants[12].access_token, "SELECT 1").expect(200);
+    for t in &tenants[..12] {
+        let r = app
+            .query(&t.access_token, "SELECT count(*) FROM t")
+            .expect(200);
+        assert_eq!(r["rows"], json!([[1]]));
+    }
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    assert!(
+        metrics.contains("silo_tenant_open_refusals_total 1"),
+        "{metrics}"
+    );
+}
