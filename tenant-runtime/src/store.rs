@@ -246,20 +246,15 @@ mod tests {
     use rusqlite::OpenFlags;
     use silo_crypto::DbToken;
 
-    #[test]
-    fn the_cache_is_bounded_and_reopens_evicted_tenants() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TenantStore::new(StoreConfig {
-            max_handles: 3,
-            ..StoreConfig::default()
-        });
-        let tenants: Vec<(TenantId, DbToken)> = (0..10)
+    /// `n` tenant databases in `dir`, created empty, with their DB tokens.
+    fn tenants(dir: &Path, n: usize) -> Vec<(TenantId, DbToken)> {
+        (0..n)
             .map(|_| {
                 let t = TenantId::generate();
                 let token = DbToken::generate();
                 drop(
                     open_keyed(
-                        &tenant_db_path(dir.path(), t),
+                        &tenant_db_path(dir, t),
                         &token,
                         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
                     )
@@ -267,20 +262,31 @@ mod tests {
                 );
                 (t, token)
             })
-            .collect();
+            .collect()
+    }
+
+    fn open_in(
+        store: &TenantStore,
+        dir: &Path,
+        (t, token): &(TenantId, DbToken),
+    ) -> Result<Arc<TenantHandle>> {
+        store.get_or_open(*t, || {
+            TenantHandle::open_local(*t, &tenant_db_path(dir, *t), token, ExecLimits::default())
+        })
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_reopens_evicted_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TenantStore::new(StoreConfig {
+            max_handles: 3,
+            ..StoreConfig::default()
+        });
+        let tenants = tenants(dir.path(), 10);
         for _round in 0..2 {
-            for (t, token) in &tenants {
-                let h = store
-                    .get_or_open(*t, || {
-                        TenantHandle::open_local(
-                            *t,
-                            &tenant_db_path(dir.path(), *t),
-                            token,
-                            ExecLimits::default(),
-                        )
-                    })
-                    .unwrap();
-                assert_eq!(h.tenant(), *t);
+            for tenant in &tenants {
+                let h = open_in(&store, dir.path(), tenant).unwrap();
+                assert_eq!(h.tenant(), tenant.0);
             }
         }
         assert!(store.open_handles() <= 3, "{}", store.open_handles());
@@ -294,32 +300,8 @@ mod tests {
             max_live: 3,
             ..StoreConfig::default()
         });
-        let tenants: Vec<(TenantId, DbToken)> = (0..6)
-            .map(|_| {
-                let t = TenantId::generate();
-                let token = DbToken::generate();
-                drop(
-                    open_keyed(
-                        &tenant_db_path(dir.path(), t),
-                        &token,
-                        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-                    )
-                    .unwrap(),
-                );
-                (t, token)
-            })
-            .collect();
-        let open = |i: usize| {
-            let (t, token) = &tenants[i];
-            store.get_or_open(*t, || {
-                TenantHandle::open_local(
-                    *t,
-                    &tenant_db_path(dir.path(), *t),
-                    token,
-                    ExecLimits::default(),
-                )
-            })
-        };
+        let tenants = tenants(dir.path(), 6);
+        let open = |i: usize| open_in(&store, dir.path(), &tenants[i]);
         // Three tenants held (say, by open transactions): the cache evicts one of them,
         // which stays alive, and a fourth database may not open.
         let held: Vec<_> = (0..3).map(|i| open(i).unwrap()).collect();

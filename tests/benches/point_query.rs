@@ -387,8 +387,7 @@ fn main() {
     eprintln!("{tenants} tenants signed up in {:?}", started.elapsed());
     // Read each tenant once, in turn: past the first `cache`, every read opens a database
     // the cache evicted (least recently used).
-    let mut cold = Vec::with_capacity(tenants);
-    for t in &tokens {
+    let timed_read = |t: &String| {
         let started = Instant::now();
         post(
             &client,
@@ -397,21 +396,16 @@ fn main() {
             Some(t),
             v2.clone().tap_sql("SELECT count(*) FROM kv"),
         );
-        cold.push(started.elapsed());
-    }
+        started.elapsed()
+    };
+    let mut cold: Vec<_> = tokens.iter().map(timed_read).collect();
     // The same tenants once more, the last `cache` of them now warm.
-    let mut warm = Vec::new();
-    for t in tokens.iter().rev().take(cache / 2) {
-        let started = Instant::now();
-        post(
-            &client,
-            &base,
-            "/v2/pipeline",
-            Some(t),
-            v2.clone().tap_sql("SELECT count(*) FROM kv"),
-        );
-        warm.push(started.elapsed());
-    }
+    let mut warm: Vec<_> = tokens
+        .iter()
+        .rev()
+        .take(cache / 2)
+        .map(timed_read)
+        .collect();
     let metrics = client
         .get(format!("{base}/metrics"))
         .send()
