@@ -84,7 +84,8 @@ impl Serialize for Value {
 }
 
 /// Read straight from the parser, without building a `serde_json::Value` first: values are
-/// on every request's path. Same rules and messages as `TryFrom<serde_json::Value>`.
+/// on every request's path. Booleans become 1 and 0; integers past `i64` and arrays are
+/// refused; the only object is `{"base64": "…"}`, a blob.
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ValueVisitor)
@@ -162,41 +163,6 @@ impl<'de> de::Visitor<'de> for ValueVisitor {
             return Err(de::Error::custom(NOT_A_BLOB));
         }
         Ok(Value::Blob(blob))
-    }
-}
-
-impl TryFrom<serde_json::Value> for Value {
-    type Error = String;
-
-    fn try_from(json: serde_json::Value) -> Result<Self, String> {
-        use serde_json::Value as J;
-        Ok(match json {
-            J::Null => Value::Null,
-            J::Bool(b) => Value::Integer(i64::from(b)),
-            J::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    Value::Integer(i)
-                } else if n.is_u64() {
-                    return Err(format!(
-                        "integer {n} does not fit in SQLite's 64-bit signed integer"
-                    ));
-                } else {
-                    Value::Real(n.as_f64().unwrap_or(f64::NAN))
-                }
-            }
-            J::String(s) => Value::Text(s),
-            J::Object(map) => match (map.len(), map.get("base64")) {
-                (1, Some(J::String(b64))) => Value::Blob(
-                    STANDARD
-                        .decode(b64)
-                        .map_err(|_| "blob value {\"base64\": …} is not valid base64".to_owned())?,
-                ),
-                _ => return Err(NOT_A_BLOB.to_owned()),
-            },
-            J::Array(_) => {
-                return Err("arrays are not SQL values (store JSON as a string)".to_owned());
-            }
-        })
     }
 }
 
