@@ -131,6 +131,7 @@ impl Application {
                 transaction: Duration::from_millis(args.stream_transaction_ms.max(1)),
             }),
             credentials: Arc::default(),
+            metrics_token: args.metrics_token.clone(),
         });
         // Exports interrupted by a crash: plaintext copies nobody will ever stream.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {

@@ -117,6 +117,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_STREAM_TRANSACTION_MS", default_value_t = 15_000)]
     pub stream_transaction_ms: u64,
 
+    /// If set, `GET /metrics` answers only requests carrying this token as
+    /// `Authorization: Bearer …` (for a scraper on a network others reach too). Unset, the
+    /// metrics are open: they hold no tenant id, user or SQL, only counts and latencies.
+    #[arg(long, env = "SILO_METRICS_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub metrics_token: Option<SecretString>,
+
     /// Directory of tenant migrations (`NNNN_name.sql`) to use instead of the ones built
     /// into silo: ship schema changes without rebuilding. Must contain every migration
     /// already applied (checksums are compared).

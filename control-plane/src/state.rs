@@ -53,6 +53,8 @@ pub struct Shared {
     pub streams: crate::http::hrana::Streams,
     /// Sessions and API keys as the catalog last said, while it is unchanged.
     pub credentials: Arc<crate::auth::CredentialCache>,
+    /// The bearer token `GET /metrics` asks for, if one is configured.
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 /// Overruns of the inline budget within a second that bar a tenant from inline execution.

@@ -57,7 +57,25 @@ pub fn upkeep() {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub(crate) async fn handle_metrics() -> Response {
+pub(crate) async fn handle_metrics(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use secrecy::ExposeSecret as _;
+    if let Some(expected) = &state.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !silo_crypto::constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes())
+        {
+            return crate::error::ApiError::Unauthenticated(
+                "GET /metrics needs the metrics token (SILO_METRICS_TOKEN) as a bearer token",
+            )
+            .into_response();
+        }
+    }
     let body = match HANDLE.get() {
         Some(Some(h)) => h.render(),
         _ => String::new(),
