@@ -125,7 +125,10 @@ impl From<RuntimeError> for ApiError {
         match e.root() {
             RuntimeError::InvalidInput(_) => ApiError::InvalidInput(message),
             RuntimeError::Sql { .. } => ApiError::Sql(message),
-            RuntimeError::Forbidden(_) => ApiError::SqlForbidden(message),
+            RuntimeError::Forbidden(_) => {
+                metrics::counter!("silo_sandbox_refusals_total").increment(1);
+                ApiError::SqlForbidden(message)
+            }
             RuntimeError::Timeout => ApiError::QueryTimeout(message),
             RuntimeError::ResultTooLarge => ApiError::ResultTooLarge(message),
             RuntimeError::Busy | RuntimeError::Exhausted | RuntimeError::TooManyOpen => {

@@ -757,13 +757,14 @@ pub(crate) fn map_error(e: rusqlite::Error, sandbox: &SandboxState) -> RuntimeEr
         }
         _ => {}
     }
+    // Refusals are counted where they are answered (`silo_sandbox_refusals_total`), not
+    // here: silo retries some statements elsewhere (a reader that may not write, the libSQL
+    // fast path that may not open a transaction), and those refusals reach nobody.
     if let Some(reason) = sandbox.take_denial() {
-        metrics::counter!("silo_sandbox_refusals_total").increment(1);
         return RuntimeError::Forbidden(reason);
     }
     match sandbox::error_code(&e) {
         Some(ErrorCode::AuthorizationForStatementDenied) => {
-            metrics::counter!("silo_sandbox_refusals_total").increment(1);
             RuntimeError::Forbidden("statement not allowed".to_owned())
         }
         Some(ErrorCode::OperationInterrupted) if sandbox.timed_out() => RuntimeError::Timeout,

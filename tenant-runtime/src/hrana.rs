@@ -17,7 +17,9 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RuntimeError};
-use crate::handle::{Lease, QueryResult, ResultBudget, TenantHandle, map_error, run_with};
+use crate::handle::{
+    ExecLimits, Lease, QueryResult, ResultBudget, TenantHandle, map_error, run_with,
+};
 use crate::sandbox::{AccessLevel, SandboxState};
 use crate::value::Value;
 
@@ -221,7 +223,10 @@ impl From<&RuntimeError> for HError {
         let code = match e.root() {
             RuntimeError::Sql { code, .. } => code,
             RuntimeError::InvalidInput(_) => "SQL_INPUT_ERROR",
-            RuntimeError::Forbidden(_) => "SQLITE_AUTH",
+            RuntimeError::Forbidden(_) => {
+                metrics::counter!("silo_sandbox_refusals_total").increment(1);
+                "SQLITE_AUTH"
+            }
             RuntimeError::Timeout => "SQLITE_INTERRUPT",
             RuntimeError::ResultTooLarge => "RESPONSE_TOO_LARGE",
             RuntimeError::Busy => "SQLITE_BUSY",
@@ -679,13 +684,27 @@ pub fn execute_now(
     budget: std::time::Duration,
 ) -> Option<Result<(StmtResult, bool)>> {
     let sql = stmt.sql.as_deref()?;
-    let out = handle.run_now(level, sql, budget, |conn, sandbox, limits| {
-        let mut results = ResultBudget::new(limits.max_result_bytes);
-        execute(conn, sandbox, sql, stmt, &mut results)
-    })?;
-    match out {
-        Err(RuntimeError::Timeout | RuntimeError::Forbidden(_)) => None,
-        other => Some(other),
+    handle
+        .run_now(level, sql, budget, |conn, sandbox, limits| {
+            execute_outside_stream(conn, sandbox, limits, sql, stmt)
+        })?
+        .transpose()
+}
+
+/// Runs a statement of a one-statement pipeline; `Ok(None)` if it is a transaction
+/// statement, which needs a stream.
+fn execute_outside_stream(
+    conn: &Connection,
+    sandbox: &SandboxState,
+    limits: &ExecLimits,
+    sql: &str,
+    stmt: &Stmt,
+) -> Result<Option<(StmtResult, bool)>> {
+    sandbox.take_transaction_refusal();
+    let mut results = ResultBudget::new(limits.max_result_bytes);
+    match execute(conn, sandbox, sql, stmt, &mut results) {
+        Err(RuntimeError::Forbidden(_)) if sandbox.take_transaction_refusal() => Ok(None),
+        other => other.map(Some),
     }
 }
 
@@ -698,14 +717,11 @@ pub fn execute_alone(
     stmt: &Stmt,
 ) -> Option<Result<(StmtResult, bool)>> {
     let sql = stmt.sql.as_deref()?;
-    let out = handle.run_one(level, sql, |conn, sandbox, limits| {
-        let mut results = ResultBudget::new(limits.max_result_bytes);
-        execute(conn, sandbox, sql, stmt, &mut results)
-    });
-    match out {
-        Err(RuntimeError::Forbidden(_)) => None,
-        other => Some(other),
-    }
+    handle
+        .run_one(level, sql, |conn, sandbox, limits| {
+            execute_outside_stream(conn, sandbox, limits, sql, stmt)
+        })
+        .transpose()
 }
 
 /// A condition may only look at steps before its own.

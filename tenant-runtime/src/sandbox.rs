@@ -145,6 +145,9 @@ pub struct SandboxState {
     /// on for libSQL streams, which own their connection across requests; off for the JSON
     /// routes, where silo frames the transaction itself.
     transactions_allowed: AtomicBool,
+    /// The last refusal was of a transaction statement (see
+    /// [`SandboxState::take_transaction_refusal`]).
+    transaction_refused: AtomicBool,
 }
 
 impl SandboxState {
@@ -157,6 +160,7 @@ impl SandboxState {
             level: std::sync::atomic::AtomicU8::new(AccessLevel::ReadOnly as u8),
             denial: Mutex::new(None),
             transactions_allowed: AtomicBool::new(false),
+            transaction_refused: AtomicBool::new(false),
         }
     }
 
@@ -218,6 +222,12 @@ impl SandboxState {
 
     pub fn transactions_allowed(&self) -> bool {
         self.transactions_allowed.load(Ordering::Relaxed)
+    }
+
+    /// Whether a transaction statement was refused (because transactions are not allowed
+    /// here) since the last call: such a statement may still run on a libSQL stream.
+    pub fn take_transaction_refusal(&self) -> bool {
+        self.transaction_refused.swap(false, Ordering::Relaxed)
     }
 
     fn over_budget(&self) -> bool {
@@ -414,9 +424,13 @@ pub fn install(
         if matches!(
             ctx.action,
             AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
-        ) && auth_state.transactions_allowed()
-        {
-            return Authorization::Allow;
+        ) {
+            if auth_state.transactions_allowed() {
+                return Authorization::Allow;
+            }
+            auth_state
+                .transaction_refused
+                .store(true, Ordering::Relaxed);
         }
         match authorize(&ctx.action, auth_state.level()) {
             Ok(()) => Authorization::Allow,

@@ -4,15 +4,14 @@
 //!     cargo build --release --bin silo
 //!     cargo bench -p silo-e2e --bench export -- [MiB]        (default 1024)
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
 mod common;
-use common::silo_bin;
+use common::{serve, stop};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -33,35 +32,8 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1024);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(silo_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--query-timeout-ms",
-            "600000",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env(
-            "SILO_MASTER_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        )
-        .env("SILO_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start silo");
+    let (child, base) = serve(&dir.path().join("data"), &["--query-timeout-ms", "600000"]);
     let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    let base = line
-        .trim()
-        .strip_prefix("silo listening on ")
-        .expect("address line")
-        .to_owned();
     let http = reqwest::blocking::Client::builder()
         .timeout(None)
         .build()
@@ -147,6 +119,5 @@ fn main() {
         fill_time.as_secs_f64(),
         baseline as f64 / 1024.0
     );
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let _ = child.wait();
+    stop(child);
 }

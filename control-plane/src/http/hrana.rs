@@ -444,21 +444,30 @@ async fn pipeline_now(
             stmt,
             crate::http::data::INLINE_BUDGET,
         )
+        // Its error, if any, is the statement's: answered in the pipeline's results.
+        .map(Ok)
     });
     let ran = match now {
-        Some(ran) => ran,
+        Some(Ok(ran)) => ran,
+        Some(Err(e)) => return Some(e.into_response()),
         None => {
             // Not quick enough to run here: on a blocking thread, still without a stream.
             let stmt = stmt.clone();
-            state
+            match state
                 .with_tenant(principal.tenant, move |handle| {
                     Ok(silo_tenant_runtime::hrana::execute_alone(
                         handle, level, &stmt,
                     ))
                 })
                 .await
-                .ok()??
-                .map_err(ApiError::from)
+            {
+                Ok(Some(ran)) => ran,
+                // A transaction statement: it needs a stream.
+                Ok(None) => return None,
+                // Not run (the tenant is over its concurrency limit, its database is
+                // unavailable): the usual way would meet the same, so answer it now.
+                Err(e) => return Some(e.into_response()),
+            }
         }
     };
     let first = match ran {
@@ -473,9 +482,12 @@ async fn pipeline_now(
                 response: StreamResponse::Execute { result },
             }
         }
-        // A failed statement changed nothing: the usual way runs it again and answers the
-        // error in the protocol's own shape.
-        Err(_) => return None,
+        // The statement failed and changed nothing (one statement in autocommit): its
+        // error in the protocol's shape, as a stream would answer it, without running it
+        // a second time.
+        Err(e) => StreamResult::Error {
+            error: silo_tenant_runtime::hrana::HError::from(&e),
+        },
     };
     let mut results = vec![first];
     if autocommit {
