@@ -154,6 +154,12 @@ impl Application {
         })
     }
 
+    /// The whole API as a router over this server's state, for in-process use (the handler
+    /// cost bench); `run_until_stopped` serves the same router.
+    pub fn router(&self) -> axum::Router {
+        crate::http::router(self.state.clone())
+    }
+
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
     }

@@ -531,7 +531,7 @@ async fn principal_from_access_token(
     Ok(Principal {
         tenant,
         user_id: claims.sub.clone(),
-        email: row.email,
+        email: row.email.clone(),
         role: row.role,
         actor: Actor::User {
             session_id: claims.sid.clone(),
@@ -549,8 +549,19 @@ async fn principal_from_access_token(
 /// window) is checked on every request, from the cached row. Without it, every request
 /// would take a trip to a blocking thread and the catalog's one connection.
 pub struct CredentialCache {
-    sessions: moka::sync::Cache<(String, String, TenantId), (u64, crate::catalog::SessionRow)>,
-    keys: moka::sync::Cache<String, (u64, crate::catalog::ApiKeyAuth)>,
+    /// By session id (looked up without building a key); the entry names the user and tenant
+    /// it was read for, and answers only for those.
+    sessions: moka::sync::Cache<String, SessionEntry>,
+    keys: moka::sync::Cache<String, (u64, Arc<crate::catalog::ApiKeyAuth>)>,
+}
+
+/// A cached session row: the catalog epoch it was read at, and what it was read for.
+#[derive(Clone)]
+struct SessionEntry {
+    epoch: u64,
+    user: String,
+    tenant: TenantId,
+    row: Arc<crate::catalog::SessionRow>,
 }
 
 impl Default for CredentialCache {
@@ -577,23 +588,35 @@ impl CredentialCache {
         sid: &str,
         sub: &str,
         tenant: TenantId,
-    ) -> Result<Option<crate::catalog::SessionRow>, ApiError> {
-        let key = (sid.to_owned(), sub.to_owned(), tenant);
+    ) -> Result<Option<Arc<crate::catalog::SessionRow>>, ApiError> {
         // Read before the row: a write after this makes what we store stale at once.
         let epoch = catalog.epoch();
-        if let Some((at, row)) = self.sessions.get(&key)
-            && at == epoch
+        if let Some(entry) = self.sessions.get(sid)
+            && entry.epoch == epoch
+            && entry.user == sub
+            && entry.tenant == tenant
         {
-            return Ok(Some(row));
+            return Ok(Some(entry.row));
         }
-        let (sid, sub) = (key.0.clone(), key.1.clone());
-        let row = catalog
-            .blocking(move |c| c.session(&sid, &sub, tenant))
+        let (sid, sub) = (sid.to_owned(), sub.to_owned());
+        let (lookup_sid, lookup_sub) = (sid.clone(), sub.clone());
+        // Boxed, here and below: the catalog's way is rare, and every request's future
+        // would otherwise be as large as it.
+        let row = Box::pin(catalog.blocking(move |c| c.session(&lookup_sid, &lookup_sub, tenant)))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::internal)?
+            .map(Arc::new);
         // Only what exists is kept: unknown sessions cannot fill the cache.
-        if let Some(r) = &row {
-            self.sessions.insert(key, (epoch, r.clone()));
+        if let Some(row) = &row {
+            self.sessions.insert(
+                sid,
+                SessionEntry {
+                    epoch,
+                    user: sub,
+                    tenant,
+                    row: row.clone(),
+                },
+            );
         }
         Ok(row)
     }
@@ -601,21 +624,21 @@ impl CredentialCache {
     async fn api_key(
         &self,
         catalog: &crate::catalog::Catalog,
-        prefix: String,
-    ) -> Result<Option<crate::catalog::ApiKeyAuth>, ApiError> {
+        prefix: &str,
+    ) -> Result<Option<Arc<crate::catalog::ApiKeyAuth>>, ApiError> {
         let epoch = catalog.epoch();
-        if let Some((at, row)) = self.keys.get(&prefix)
+        if let Some((at, row)) = self.keys.get(prefix)
             && at == epoch
         {
             return Ok(Some(row));
         }
-        let lookup = prefix.clone();
-        let row = catalog
-            .blocking(move |c| c.api_key_by_prefix(&lookup))
+        let lookup = prefix.to_owned();
+        let row = Box::pin(catalog.blocking(move |c| c.api_key_by_prefix(&lookup)))
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::internal)?
+            .map(Arc::new);
         if let Some(r) = &row {
-            self.keys.insert(prefix, (epoch, r.clone()));
+            self.keys.insert(prefix.to_owned(), (epoch, r.clone()));
         }
         Ok(row)
     }
@@ -631,9 +654,7 @@ async fn principal_from_api_key(
 ) -> Result<Principal, ApiError> {
     let invalid =
         || ApiError::Unauthenticated("the API key is not valid, was revoked or has expired");
-    let prefix = api_key_prefix(key.expose_secret())
-        .ok_or_else(invalid)?
-        .to_owned();
+    let prefix = api_key_prefix(key.expose_secret()).ok_or_else(invalid)?;
     let row = state.credentials.api_key(&state.catalog, prefix).await?;
     // Hash and compare even when no row matched, so timing does not tell prefixes apart.
     let presented = silo_crypto::hash_token(key.expose_secret());
@@ -674,19 +695,17 @@ async fn principal_from_api_key(
         .is_none_or(|t| now - t >= API_KEY_TOUCH_INTERVAL_SECS)
     {
         let id = row.id.clone();
-        state
-            .catalog
-            .blocking(move |c| c.touch_api_key(&id, now))
+        Box::pin(state.catalog.blocking(move |c| c.touch_api_key(&id, now)))
             .await
             .map_err(ApiError::internal)?;
     }
     Ok(Principal {
         tenant: row.tenant,
-        user_id: row.user_id,
-        email: row.email,
+        user_id: row.user_id.clone(),
+        email: row.email.clone(),
         role,
         actor: Actor::ApiKey {
-            key_id: row.id,
+            key_id: row.id.clone(),
             scopes,
         },
     })

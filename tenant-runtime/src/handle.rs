@@ -71,6 +71,18 @@ pub struct Statement {
     pub params: Params,
 }
 
+/// The SQLite VFS every tenant database is opened with: SQLite's own `unix-excl`. The first
+/// connection of this process to a tenant's file takes an exclusive POSIX lock on it for the
+/// whole process; the connections of this process then coordinate among themselves in
+/// memory (SQLite tracks locks per file inside the process), and the WAL index lives on the
+/// heap instead of in a shared `-shm` mapping. What that buys: no `fcntl` system call per
+/// transaction (a point query took four, about a tenth of its cost, measured), and no other
+/// process (a second silo on the same files, a stray `sqlite3` shell) can open a tenant's
+/// database while this one has it open. One server per data dir is the rule anyway
+/// (`silo.lock`). Everything that opens a tenant file goes through [`open_keyed`], so no
+/// connection of this process uses another VFS on the same file.
+pub const TENANT_VFS: &str = "unix-excl";
+
 /// Opens an existing local tenant database file with its raw SQLCipher key and checks that
 /// the key opens it. Used by the runtime for every handle and by the provisioner to create
 /// and migrate new databases (with `OpenFlags::SQLITE_OPEN_CREATE`).
@@ -79,7 +91,11 @@ pub struct Statement {
 /// instead of 153 ms, measured). WAL, `synchronous = FULL`: a committed write survives a
 /// crash of the process or the machine.
 pub fn open_keyed(path: &Path, token: &DbToken, flags: OpenFlags) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags_and_vfs(
+        path,
+        flags | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        TENANT_VFS,
+    )?;
     {
         let pragma = token.sqlcipher_key_pragma();
         // Never pass this error on as it is: some rusqlite errors quote the SQL, and this

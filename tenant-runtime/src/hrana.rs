@@ -33,12 +33,12 @@ pub const MAX_BATCH_STEPS: usize = 1_000;
 
 /// A value as Hrana tags it: integers as decimal strings (JSON numbers lose precision past
 /// 2^53), blobs as base64.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(remote = "Self", rename_all = "lowercase")]
 pub enum HValue {
     Null,
     Integer {
-        #[serde(with = "int_as_string")]
+        #[serde(deserialize_with = "int_as_string::deserialize")]
         value: i64,
     },
     Float {
@@ -48,49 +48,100 @@ pub enum HValue {
         value: String,
     },
     Blob {
-        #[serde(with = "blob_base64")]
+        #[serde(deserialize_with = "blob_base64::deserialize")]
         base64: Vec<u8>,
     },
 }
 
-mod int_as_string {
-    use serde::{Deserialize, Deserializer, Serializer, de};
+crate::tagged::deserialize_tagged!(HValue, "a Hrana value");
 
-    pub(super) fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
+impl Serialize for HValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let fields = if matches!(self, HValue::Null) { 1 } else { 2 };
+        let mut out = s.serialize_struct("HValue", fields)?;
+        match self {
+            HValue::Null => out.serialize_field("type", "null")?,
+            HValue::Integer { value } => {
+                out.serialize_field("type", "integer")?;
+                out.serialize_field("value", &DisplayStr(value))?;
+            }
+            HValue::Float { value } => {
+                out.serialize_field("type", "float")?;
+                out.serialize_field("value", value)?;
+            }
+            HValue::Text { value } => {
+                out.serialize_field("type", "text")?;
+                out.serialize_field("value", value)?;
+            }
+            HValue::Blob { base64 } => {
+                out.serialize_field("type", "blob")?;
+                out.serialize_field("base64", &blob_base64::Encoded(base64))?;
+            }
+        }
+        out.end()
     }
+}
+
+/// Serializes as a string through `Display`, without allocating it first.
+struct DisplayStr<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for DisplayStr<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+mod int_as_string {
+    use std::fmt;
+
+    use serde::{Deserializer, de};
 
     /// The spec says a string; a JSON integer is accepted too.
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => s
-                .parse()
-                .map_err(|_| de::Error::custom(format!("{s:?} is not a 64-bit integer"))),
-            serde_json::Value::Number(n) => n
-                .as_i64()
-                .ok_or_else(|| de::Error::custom(format!("{n} is not a 64-bit integer"))),
-            other => Err(de::Error::custom(format!(
-                "an integer value is a string of digits, not {other}"
-            ))),
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = i64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer as a string of digits")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<i64, E> {
+                s.parse()
+                    .map_err(|_| E::custom(format!("{s:?} is not a 64-bit integer")))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<i64, E> {
+                Ok(n)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<i64, E> {
+                i64::try_from(n).map_err(|_| E::custom(format!("{n} is not a 64-bit integer")))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<i64, E> {
+                Err(E::custom(format!("{n} is not a 64-bit integer")))
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
 mod blob_base64 {
     use super::{STANDARD, STANDARD_NO_PAD};
     use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer, de};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
     /// Emitted without padding, as sqld does; clients decode either form.
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD_NO_PAD.encode(v))
+    pub(super) struct Encoded<'a>(pub(super) &'a [u8]);
+
+    impl Serialize for Encoded<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&STANDARD_NO_PAD.encode(self.0))
+        }
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
         STANDARD
-            .decode(&text)
-            .or_else(|_| STANDARD_NO_PAD.decode(&text))
+            .decode(text.as_bytes())
+            .or_else(|_| STANDARD_NO_PAD.decode(text.as_bytes()))
             .map_err(|_| de::Error::custom("blob value is not valid base64"))
     }
 }
@@ -182,7 +233,7 @@ pub struct BatchStep {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(remote = "Self", rename_all = "snake_case")]
 pub enum BatchCond {
     Ok { step: u32 },
     Error { step: u32 },
@@ -191,6 +242,8 @@ pub enum BatchCond {
     Or { conds: Vec<BatchCond> },
     IsAutocommit,
 }
+
+crate::tagged::deserialize_tagged!(BatchCond, "a batch condition");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchResult {
@@ -260,7 +313,7 @@ impl From<&RuntimeError> for HError {
 
 /// One request of a pipeline.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(remote = "Self", rename_all = "snake_case")]
 pub enum StreamRequest {
     Close,
     Execute {
@@ -290,6 +343,8 @@ pub enum StreamRequest {
     },
     GetAutocommit,
 }
+
+crate::tagged::deserialize_tagged!(StreamRequest, "a stream request");
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -991,6 +1046,85 @@ mod tests {
             assert!(serde_json::from_str::<HValue>(bad).is_err(), "{bad}");
         }
         assert_eq!(HValue::from(Value::Real(f64::INFINITY)), HValue::Null);
+    }
+
+    /// The tag-first reader and its buffered fallback read the same things, refuse the same
+    /// things, and say why.
+    #[test]
+    fn tagged_objects_read_alike_wherever_the_tag_is() {
+        let value = |json: &str| serde_json::from_str::<HValue>(json).map_err(|e| e.to_string());
+        for json in [
+            r#"{"type":"integer","value":"7"}"#,
+            r#"{"value":"7","type":"integer"}"#,
+            r#"{"type":"integer","extra":[1,{"a":2}],"value":7}"#,
+            r#"{"extra":null,"value":7,"type":"integer"}"#,
+        ] {
+            assert_eq!(value(json), Ok(HValue::Integer { value: 7 }), "{json}");
+        }
+        // A variant without fields ignores any it is given, with the tag first or not.
+        assert_eq!(value(r#"{"type":"null","value":1}"#), Ok(HValue::Null));
+        assert_eq!(value(r#"{"value":1,"type":"null"}"#), Ok(HValue::Null));
+        for (json, says) in [
+            (r#"{"type":"bool","value":true}"#, "unknown variant `bool`"),
+            (r#"{"value":true,"type":"bool"}"#, "unknown variant `bool`"),
+            (r#"{"value":"7"}"#, "missing field `type`"),
+            (r#"{}"#, "missing field `type`"),
+            (r#"{"value":"7","type":3}"#, "\"type\" must be a string"),
+            (r#"{"type":3}"#, "invalid type"),
+            (r#"{"type":"integer"}"#, "missing field `value`"),
+            (r#"{"type":"integer","value":null}"#, "invalid type: null"),
+            (
+                r#"{"type":"integer","value":"x"}"#,
+                "\"x\" is not a 64-bit integer",
+            ),
+            (r#""integer""#, "an object with a \"type\" field"),
+        ] {
+            let err = value(json).expect_err(json);
+            assert!(err.contains(says), "{json}: {err}");
+        }
+
+        // Requests and nested conditions, each with the tag first and last.
+        let requests: Vec<StreamRequest> = serde_json::from_str(
+            r#"[{"type":"execute","stmt":{"sql":"SELECT ?","args":[{"type":"null"}]}},
+                {"stmt":{"sql":"SELECT 1"},"type":"execute"},
+                {"type":"store_sql","sql_id":3,"sql":"SELECT 2"},
+                {"sql_id":3,"type":"close_sql"},
+                {"type":"batch","batch":{"steps":[{"stmt":{"sql":"SELECT 3"},
+                  "condition":{"conds":[{"type":"ok","step":0},
+                    {"cond":{"step":1,"type":"error"},"type":"not"}],"type":"and"}}]}},
+                {"type":"get_autocommit"},{"type":"close","ignored":true}]"#,
+        )
+        .expect("requests");
+        assert!(matches!(&requests[0], StreamRequest::Execute { stmt }
+            if stmt.sql.as_deref() == Some("SELECT ?") && stmt.args == [HValue::Null]));
+        assert!(matches!(&requests[1], StreamRequest::Execute { stmt }
+            if stmt.sql.as_deref() == Some("SELECT 1")));
+        assert!(
+            matches!(&requests[2], StreamRequest::StoreSql { sql_id: 3, sql } if sql == "SELECT 2")
+        );
+        assert!(matches!(
+            &requests[3],
+            StreamRequest::CloseSql { sql_id: 3 }
+        ));
+        let StreamRequest::Batch { batch } = &requests[4] else {
+            panic!("not a batch: {:?}", requests[4]);
+        };
+        let Some(BatchCond::And { conds }) = &batch.steps[0].condition else {
+            panic!("not an and: {:?}", batch.steps[0].condition);
+        };
+        assert!(matches!(conds[0], BatchCond::Ok { step: 0 }));
+        assert!(
+            matches!(&conds[1], BatchCond::Not { cond } if matches!(**cond, BatchCond::Error { step: 1 }))
+        );
+        assert!(matches!(requests[5], StreamRequest::GetAutocommit));
+        assert!(matches!(requests[6], StreamRequest::Close));
+        let err = serde_json::from_str::<StreamRequest>(r#"{"type":"open_stream"}"#)
+            .expect_err("unknown request")
+            .to_string();
+        assert!(
+            err.contains("unknown variant `open_stream`, expected one of"),
+            "{err}"
+        );
     }
 
     #[test]

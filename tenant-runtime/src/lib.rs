@@ -18,6 +18,7 @@ pub mod hrana;
 pub mod id;
 pub mod sandbox;
 pub mod store;
+mod tagged;
 pub mod value;
 
 pub use error::{Result, RuntimeError};

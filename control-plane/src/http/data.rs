@@ -6,7 +6,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use silo_tenant_runtime::{AccessLevel, QueryResult, Statement};
 
-use crate::audit::{AuditRecord, RequestMeta};
+use crate::audit::{AuditRecord, LazyMeta};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
@@ -22,26 +22,27 @@ const MAX_BATCH_STATEMENTS: usize = 1_000;
 pub(crate) async fn handle_db_query(
     State(state): State<AppState>,
     principal: Principal,
-    meta: RequestMeta,
+    meta: LazyMeta,
     ApiJson(statement): ApiJson<Statement>,
 ) -> ApiResult<Json<QueryResult>> {
     let level = data_access(&principal)?;
-    let sql = statement.sql.clone();
     let now = state.try_tenant_now(principal.tenant, |handle| {
         handle.execute_now(&statement, level, INLINE_BUDGET)
     });
-    let result = match now {
-        Some(result) => result?,
+    let (result, sql) = match now {
+        Some(result) => (result?, statement.sql),
         None => {
-            state
-                .with_tenant(principal.tenant, move |handle| {
-                    handle.execute(&statement, level)
-                })
-                .await?
+            // Boxed: the rare way, kept out of the size of every request's future.
+            Box::pin(state.with_tenant(principal.tenant, move |handle| {
+                handle
+                    .execute(&statement, level)
+                    .map(|r| (r, statement.sql))
+            }))
+            .await?
         }
     };
     if result.schema_changed {
-        audit_schema_change(&state, &principal, &meta, vec![sql]).await?;
+        Box::pin(audit_schema_change(&state, &principal, &meta, vec![sql])).await?;
     }
     Ok(Json(result))
 }
@@ -52,7 +53,7 @@ pub(crate) async fn handle_db_query(
 pub(crate) async fn audit_schema_change(
     state: &AppState,
     principal: &Principal,
-    meta: &RequestMeta,
+    meta: &LazyMeta,
     statements: Vec<String>,
 ) -> ApiResult<()> {
     use sha2::Digest as _;
@@ -70,7 +71,7 @@ pub(crate) async fn audit_schema_change(
         Some(principal.tenant),
         principal.actor(),
         "db.schema_changed",
-        meta,
+        &meta.resolve(),
     )
     .target(format!("tenant:{}", principal.tenant))
     .after(serde_json::json!({ "statements": statements }));
@@ -128,7 +129,7 @@ pub(crate) struct BatchResponse {
 pub(crate) async fn handle_db_batch(
     State(state): State<AppState>,
     principal: Principal,
-    meta: RequestMeta,
+    meta: LazyMeta,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> ApiResult<Json<BatchResponse>> {
     let level = data_access(&principal)?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use silo_tenant_runtime::hrana::{Batch, Session, StreamRequest, StreamResponse, StreamResult};
 use silo_tenant_runtime::{AccessLevel, TenantId};
 
-use crate::audit::RequestMeta;
+use crate::audit::LazyMeta;
 use crate::auth::{Actor, Principal};
 use crate::error::ApiError;
 use crate::http::data::{audit_schema_change, data_access};
@@ -383,7 +383,7 @@ const MAX_PIPELINE_REQUESTS: usize = 1_000;
 pub(crate) async fn handle_pipeline(
     State(state): State<AppState>,
     principal: Principal,
-    meta: RequestMeta,
+    meta: LazyMeta,
     ApiJson(body): ApiJson<PipelineRequest>,
 ) -> Response {
     if body.requests.len() > MAX_PIPELINE_REQUESTS {
@@ -398,13 +398,14 @@ pub(crate) async fn handle_pipeline(
     {
         return response;
     }
-    match run_on_stream(
+    // Boxed, like the other rare ways below: kept out of the size of the quick way's future.
+    match Box::pin(run_on_stream(
         &state,
         &principal,
         &meta,
         body.baton,
         move |session, handle, level| session.pipeline(handle, level, requests),
-    )
+    ))
     .await
     {
         Ok((baton, results)) => Json(PipelineResponse {
@@ -424,7 +425,7 @@ pub(crate) async fn handle_pipeline(
 async fn pipeline_now(
     state: &AppState,
     principal: &Principal,
-    meta: &RequestMeta,
+    meta: &LazyMeta,
     requests: &[StreamRequest],
 ) -> Option<Response> {
     let (stmt, autocommit) = match requests {
@@ -453,13 +454,12 @@ async fn pipeline_now(
         None => {
             // Not quick enough to run here: on a blocking thread, still without a stream.
             let stmt = stmt.clone();
-            match state
-                .with_tenant(principal.tenant, move |handle| {
-                    Ok(silo_tenant_runtime::hrana::execute_alone(
-                        handle, level, &stmt,
-                    ))
-                })
-                .await
+            match Box::pin(state.with_tenant(principal.tenant, move |handle| {
+                Ok(silo_tenant_runtime::hrana::execute_alone(
+                    handle, level, &stmt,
+                ))
+            }))
+            .await
             {
                 Ok(Some(ran)) => ran,
                 // A transaction statement: it needs a stream.
@@ -474,7 +474,9 @@ async fn pipeline_now(
         Ok((result, changed)) => {
             if changed {
                 let sql = stmt.sql.clone().unwrap_or_default();
-                if let Err(e) = audit_schema_change(state, principal, meta, vec![sql]).await {
+                if let Err(e) =
+                    Box::pin(audit_schema_change(state, principal, meta, vec![sql])).await
+                {
                     return Some(e.into_response());
                 }
             }
@@ -513,7 +515,7 @@ async fn pipeline_now(
 pub(crate) async fn handle_cursor(
     State(state): State<AppState>,
     principal: Principal,
-    meta: RequestMeta,
+    meta: LazyMeta,
     ApiJson(body): ApiJson<CursorRequest>,
 ) -> Response {
     let batch = body.batch;
@@ -561,7 +563,7 @@ pub(crate) async fn handle_cursor(
 async fn run_on_stream<T, F>(
     state: &AppState,
     principal: &Principal,
-    meta: &RequestMeta,
+    meta: &LazyMeta,
     baton: Option<String>,
     work: F,
 ) -> Result<(Option<String>, T), Response>

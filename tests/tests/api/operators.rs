@@ -223,10 +223,22 @@ fn suspension_rotation_and_admin_only_routes() {
     // Rotate the DB token: the old key no longer opens the file, the tenant keeps working.
     let old = app.db_token(&id);
     let path = app.tenant_db_path(&id);
+    // silo holds its tenants' files exclusively while it runs (SQLite's `unix-excl`), so
+    // the files are examined as they are on disk: a copy of the database and its WAL.
     let opens = |key: &[u8]| -> bool {
-        let Ok(conn) =
-            rusqlite::Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        else {
+        let copy = tempfile::tempdir().expect("temp dir");
+        let copied = copy.path().join("copy.db");
+        std::fs::copy(&path, &copied).expect("copy the database file");
+        let wal = path.with_file_name(format!(
+            "{}-wal",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .expect("file name")
+        ));
+        if wal.exists() {
+            std::fs::copy(&wal, copy.path().join("copy.db-wal")).expect("copy the WAL");
+        }
+        let Ok(conn) = rusqlite::Connection::open(&copied) else {
             return false;
         };
         conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))
@@ -236,6 +248,20 @@ fn suspension_rotation_and_admin_only_routes() {
                 .is_ok()
     };
     assert!(opens(&old));
+    // …and no other process can open the live file meanwhile, even with the right key.
+    let live = rusqlite::Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open");
+    live.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(&old)))
+        .expect("key");
+    let err = live
+        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .expect_err("another process read a tenant database silo has open");
+    assert_eq!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy),
+        "{err}"
+    );
+    drop(live);
     let (code, out, err) = app.cli(&admin, &["tenants", "rotate-token", &id]);
     assert_eq!(code, 0, "{err}{out}");
     let new = app.db_token(&id);
