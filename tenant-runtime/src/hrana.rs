@@ -138,7 +138,7 @@ mod blob_base64 {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        let text = String::deserialize(d)?;
         STANDARD
             .decode(text.as_bytes())
             .or_else(|_| STANDARD_NO_PAD.decode(text.as_bytes()))
