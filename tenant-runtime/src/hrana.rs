@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use rusqlite::Connection;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{Result, RuntimeError};
 use crate::handle::{
@@ -22,6 +22,9 @@ use crate::handle::{
 };
 use crate::sandbox::{AccessLevel, SandboxState};
 use crate::value::Value;
+
+mod json;
+pub use json::{WriteJson, write_opt_str, write_str};
 
 /// Most SQL texts one stream may store with `store_sql`, and their total size.
 pub const MAX_STORED_SQL: usize = 1_000;
@@ -54,43 +57,6 @@ pub enum HValue {
 }
 
 crate::tagged::deserialize_tagged!(HValue, "a Hrana value");
-
-impl Serialize for HValue {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct as _;
-        let fields = if matches!(self, HValue::Null) { 1 } else { 2 };
-        let mut out = s.serialize_struct("HValue", fields)?;
-        match self {
-            HValue::Null => out.serialize_field("type", "null")?,
-            HValue::Integer { value } => {
-                out.serialize_field("type", "integer")?;
-                out.serialize_field("value", &DisplayStr(value))?;
-            }
-            HValue::Float { value } => {
-                out.serialize_field("type", "float")?;
-                out.serialize_field("value", value)?;
-            }
-            HValue::Text { value } => {
-                out.serialize_field("type", "text")?;
-                out.serialize_field("value", value)?;
-            }
-            HValue::Blob { base64 } => {
-                out.serialize_field("type", "blob")?;
-                out.serialize_field("base64", &blob_base64::Encoded(base64))?;
-            }
-        }
-        out.end()
-    }
-}
-
-/// Serializes as a string through `Display`, without allocating it first.
-struct DisplayStr<'a, T>(&'a T);
-
-impl<T: std::fmt::Display> Serialize for DisplayStr<'_, T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self.0)
-    }
-}
 
 mod int_as_string {
     use std::fmt;
@@ -126,16 +92,7 @@ mod int_as_string {
 mod blob_base64 {
     use super::{STANDARD, STANDARD_NO_PAD};
     use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
-
-    /// Emitted without padding, as sqld does; clients decode either form.
-    pub(super) struct Encoded<'a>(pub(super) &'a [u8]);
-
-    impl Serialize for Encoded<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&STANDARD_NO_PAD.encode(self.0))
-        }
-    }
+    use serde::{Deserialize, Deserializer, de};
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
@@ -195,29 +152,24 @@ pub struct Stmt {
     pub want_rows: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+// The answers below are written as JSON by `json::WriteJson`, field for field in the order
+// they are declared (the spec's names and order).
+
+#[derive(Debug, Clone)]
 pub struct Col {
     pub name: Option<String>,
     pub decltype: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct StmtResult {
     pub cols: Vec<Col>,
     pub rows: Vec<Vec<HValue>>,
     pub affected_row_count: u64,
-    #[serde(serialize_with = "opt_int_as_string")]
     pub last_insert_rowid: Option<i64>,
     pub rows_read: u64,
     pub rows_written: u64,
     pub query_duration_ms: f64,
-}
-
-fn opt_int_as_string<S: serde::Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.collect_str(v),
-        None => s.serialize_none(),
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,13 +197,13 @@ pub enum BatchCond {
 
 crate::tagged::deserialize_tagged!(BatchCond, "a batch condition");
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct BatchResult {
     pub step_results: Vec<Option<StmtResult>>,
     pub step_errors: Vec<Option<HError>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct DescribeResult {
     pub params: Vec<DescribeParam>,
     pub cols: Vec<Col>,
@@ -259,13 +211,13 @@ pub struct DescribeResult {
     pub is_readonly: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct DescribeParam {
     pub name: Option<String>,
 }
 
 /// An error as Hrana reports it: a message for people and a code for programs.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HError {
     pub message: String,
     pub code: String,
@@ -346,8 +298,7 @@ pub enum StreamRequest {
 
 crate::tagged::deserialize_tagged!(StreamRequest, "a stream request");
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone)]
 pub enum StreamResponse {
     Close,
     Execute { result: StmtResult },
@@ -359,16 +310,14 @@ pub enum StreamResponse {
     GetAutocommit { is_autocommit: bool },
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone)]
 pub enum StreamResult {
     Ok { response: StreamResponse },
     Error { error: HError },
 }
 
 /// One line of a `/v3/cursor` answer after the first.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone)]
 pub enum CursorEntry {
     StepBegin {
         step: u32,
@@ -376,7 +325,6 @@ pub enum CursorEntry {
     },
     StepEnd {
         affected_row_count: u64,
-        #[serde(serialize_with = "opt_int_as_string")]
         last_insert_rowid: Option<i64>,
     },
     StepError {
@@ -1023,7 +971,7 @@ mod tests {
             ),
         ];
         for (value, json) in cases {
-            assert_eq!(serde_json::to_string(&value).unwrap(), json);
+            assert_eq!(String::from_utf8(value.to_json()).unwrap(), json);
             assert_eq!(serde_json::from_str::<HValue>(json).unwrap(), value);
         }
         // Padded base64 and integers as JSON numbers are read too.

@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
-use serde::{Deserialize, Serialize};
-use silo_tenant_runtime::hrana::{Batch, Session, StreamRequest, StreamResponse, StreamResult};
+use serde::Deserialize;
+use silo_tenant_runtime::hrana::{
+    Batch, Session, StreamRequest, StreamResponse, StreamResult, WriteJson as _, write_opt_str,
+};
 use silo_tenant_runtime::{AccessLevel, TenantId};
 
 use crate::audit::LazyMeta;
@@ -357,11 +359,24 @@ pub(crate) struct PipelineRequest {
     requests: Vec<StreamRequest>,
 }
 
-#[derive(Serialize)]
-struct PipelineResponse {
-    baton: Option<String>,
-    base_url: Option<String>,
-    results: Vec<StreamResult>,
+/// A pipeline's answer, `{"baton", "base_url", "results"}`, written by the Hrana JSON
+/// writer (see `silo_tenant_runtime::hrana::WriteJson` for why not serde).
+fn pipeline_response(baton: Option<&str>, results: &[StreamResult]) -> Response {
+    // Room for a one-row answer, the usual size, without growing.
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(br#"{"baton":"#);
+    write_opt_str(&mut out, baton);
+    out.extend_from_slice(br#","base_url":null,"results":"#);
+    results.write_json(&mut out);
+    out.push(b'}');
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Body::from(out),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -369,12 +384,6 @@ pub(crate) struct CursorRequest {
     #[serde(default)]
     baton: Option<String>,
     batch: Batch,
-}
-
-#[derive(Serialize)]
-struct CursorHead {
-    baton: Option<String>,
-    base_url: Option<String>,
 }
 
 /// Most requests in one pipeline.
@@ -408,12 +417,7 @@ pub(crate) async fn handle_pipeline(
     ))
     .await
     {
-        Ok((baton, results)) => Json(PipelineResponse {
-            baton,
-            base_url: None,
-            results,
-        })
-        .into_response(),
+        Ok((baton, results)) => pipeline_response(baton.as_deref(), &results),
         Err(response) => response,
     }
 }
@@ -502,14 +506,7 @@ async fn pipeline_now(
     results.push(StreamResult::Ok {
         response: StreamResponse::Close,
     });
-    Some(
-        Json(PipelineResponse {
-            baton: None,
-            base_url: None,
-            results,
-        })
-        .into_response(),
-    )
+    Some(pipeline_response(None, &results))
 }
 
 pub(crate) async fn handle_cursor(
@@ -532,20 +529,13 @@ pub(crate) async fn handle_cursor(
             // Newline-delimited JSON: the head, then one entry a line. The entries are built
             // within the result size cap, so they are sent as one body.
             let mut out = Vec::new();
-            let head = CursorHead {
-                baton,
-                base_url: None,
-            };
-            let lines = std::iter::once(serde_json::to_vec(&head))
-                .chain(entries.iter().map(serde_json::to_vec));
-            for line in lines {
-                match line {
-                    Ok(line) => {
-                        out.extend_from_slice(&line);
-                        out.push(b'\n');
-                    }
-                    Err(e) => return ApiError::internal(e).into_response(),
-                }
+            out.extend_from_slice(br#"{"baton":"#);
+            write_opt_str(&mut out, baton.as_deref());
+            out.extend_from_slice(br#","base_url":null}"#);
+            out.push(b'\n');
+            for entry in &entries {
+                entry.write_json(&mut out);
+                out.push(b'\n');
             }
             (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
