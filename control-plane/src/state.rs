@@ -68,26 +68,36 @@ const INLINE_STRIKES: u32 = 3;
 /// tenant's flood cannot take the blocking pool that every other tenant needs.
 #[derive(Clone)]
 pub struct TenantGates {
-    gates: moka::sync::Cache<TenantId, Arc<tokio::sync::Semaphore>>,
+    gates: moka::sync::Cache<TenantId, Arc<tokio::sync::Semaphore>, foldhash::fast::RandomState>,
     /// Inline overruns per tenant, counted for a second from the first: at
     /// [`INLINE_STRIKES`] the tenant is barred from inline execution until the count expires.
-    inline_bar: moka::sync::Cache<TenantId, Arc<std::sync::atomic::AtomicU32>>,
+    inline_bar:
+        moka::sync::Cache<TenantId, Arc<std::sync::atomic::AtomicU32>, foldhash::fast::RandomState>,
+    /// Entries in `inline_bar` (kept by its insertions and its removal listener): while it is
+    /// zero, which is nearly always, a query needs no lookup there.
+    struck_tenants: Arc<std::sync::atomic::AtomicI64>,
     permits: usize,
     queue_wait: std::time::Duration,
 }
 
 impl TenantGates {
     pub fn new(permits: usize, queue_wait: std::time::Duration) -> Self {
+        let struck_tenants = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let removed = struck_tenants.clone();
         TenantGates {
             // Idle gates are dropped; a gate in use is kept alive by its permits' Arc.
             gates: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(std::time::Duration::from_secs(600))
-                .build(),
+                .build_with_hasher(Default::default()),
             inline_bar: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(1))
-                .build(),
+                .eviction_listener(move |_, _, _| {
+                    removed.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                })
+                .build_with_hasher(Default::default()),
+            struck_tenants,
             permits: permits.max(1),
             queue_wait,
         }
@@ -115,6 +125,13 @@ impl TenantGates {
     /// The tenant's queries ran past the inline budget lately (see
     /// `AppState::try_tenant_now`).
     fn inline_barred(&self, tenant: TenantId) -> bool {
+        if self
+            .struck_tenants
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= 0
+        {
+            return false;
+        }
         self.inline_bar
             .get(&tenant)
             .is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed) >= INLINE_STRIKES)
@@ -122,8 +139,13 @@ impl TenantGates {
 
     fn strike_inline(&self, tenant: TenantId) {
         metrics::counter!("silo_inline_overruns_total").increment(1);
-        self.inline_bar
-            .get_with(tenant, Default::default)
+        let entry = self.inline_bar.entry(tenant).or_default();
+        if entry.is_fresh() {
+            self.struck_tenants
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        entry
+            .value()
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -425,5 +447,36 @@ impl AppState {
     pub fn drop_connections(&self, tenant: TenantId) {
         self.streams.close_tenant(tenant);
         self.store.evict(tenant);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant is barred from inline execution at its third overrun within a second, alone,
+    /// and only for that second; with no tenant struck, no lookup is made at all.
+    #[test]
+    fn inline_bar_strikes_out_one_tenant_for_a_second() {
+        let gates = TenantGates::new(4, std::time::Duration::from_secs(1));
+        let (heavy, other) = (TenantId::generate(), TenantId::generate());
+        let struck = || {
+            gates
+                .struck_tenants
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(struck(), 0);
+        for _ in 0..INLINE_STRIKES - 1 {
+            gates.strike_inline(heavy);
+            assert!(!gates.inline_barred(heavy));
+        }
+        assert_eq!(struck(), 1, "one tenant struck, however often");
+        gates.strike_inline(heavy);
+        assert!(gates.inline_barred(heavy));
+        assert!(!gates.inline_barred(other));
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        gates.inline_bar.run_pending_tasks();
+        assert!(!gates.inline_barred(heavy), "the bar lasts a second");
+        assert_eq!(struck(), 0, "the count follows the entries out");
     }
 }

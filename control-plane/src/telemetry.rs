@@ -15,11 +15,9 @@
 //! No label carries a tenant id, a user or SQL text.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::header;
-use axum::middleware::Next;
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -90,22 +88,14 @@ pub(crate) async fn handle_metrics(
         .into_response()
 }
 
-/// Records each routed request's latency under its route template (never the raw path,
-/// which could carry ids).
-pub(crate) async fn record(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().to_string();
-    let started = Instant::now();
-    let response = next.run(req).await;
+/// Records a routed request's latency under its route template (never the raw path, which
+/// could carry ids).
+pub(crate) fn record(route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
     metrics::histogram!(
         "silo_http_request_duration_seconds",
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_u16().to_string(),
+        "route" => route.to_owned(),
+        "method" => method.to_string(),
+        "status" => status.as_u16().to_string(),
     )
-    .record(started.elapsed().as_secs_f64());
-    response
+    .record(elapsed.as_secs_f64());
 }

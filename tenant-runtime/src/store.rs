@@ -61,7 +61,7 @@ pub struct TenantStore {
 }
 
 struct Inner {
-    cache: moka::sync::Cache<TenantId, Arc<TenantHandle>>,
+    cache: moka::sync::Cache<TenantId, Arc<TenantHandle>, foldhash::fast::RandomState>,
     /// Every handle that may still be alive, evicted or not. Dead entries are swept by
     /// [`TenantStore::run_maintenance`].
     live: Mutex<HashMap<TenantId, Weak<TenantHandle>>>,
@@ -109,7 +109,8 @@ impl TenantStore {
                 }
                 tracing::debug!(tenant_id = %tenant, ?cause, "tenant handle evicted");
             })
-            .build();
+            // Seeded per process, and a fraction of SipHash's cost on every request.
+            .build_with_hasher(Default::default());
         TenantStore {
             inner: Arc::new(Inner {
                 cache,

@@ -634,11 +634,8 @@ where
 /// Every error answer of the libSQL routes also carries `message` and `code` at the top
 /// level, where libSQL clients look for them (sqld's shape), beside silo's usual `error`
 /// object: a client then shows "this session has ended; sign in again", not a bare status.
-pub(crate) async fn sqld_error_shape(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(req).await;
+/// Applied by `http::around_route` to the routes [`is_hrana_route`] names.
+pub(crate) async fn sqld_error_shape(response: Response) -> Response {
     if response.status().is_success() {
         return response;
     }
@@ -660,6 +657,11 @@ pub(crate) async fn sqld_error_shape(
     }
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(json.to_string()))
+}
+
+/// The libSQL routes (`/v2`, `/v3` and everything under them), by route template.
+pub(crate) fn is_hrana_route(route: &str) -> bool {
+    route.starts_with("/v2") || route.starts_with("/v3")
 }
 
 /// `GET /v2`, `GET /v3`: the protocol versions are spoken here.

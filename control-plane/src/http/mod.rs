@@ -142,13 +142,12 @@ pub fn router(state: AppState) -> Router {
                 .route("/v3", get(hrana::handle_version_probe))
                 .route("/v2/pipeline", post(hrana::handle_pipeline))
                 .route("/v3/pipeline", post(hrana::handle_pipeline))
-                .route("/v3/cursor", post(hrana::handle_cursor))
-                .route_layer(axum::middleware::from_fn(hrana::sqld_error_shape)),
+                .route("/v3/cursor", post(hrana::handle_cursor)),
         )
         .route("/health", get(hrana::handle_health))
         .route("/version", get(hrana::handle_version))
         .route("/metrics", get(crate::telemetry::handle_metrics))
-        .route_layer(axum::middleware::from_fn(crate::telemetry::record))
+        .route_layer(axum::middleware::from_fn(around_route))
         .fallback(handle_not_found)
         .method_not_allowed_fallback(handle_method_not_allowed)
         .layer(axum::middleware::from_fn(run_to_completion))
@@ -225,6 +224,26 @@ impl MakeRequestId for RandomRequestId {
             .ok()
             .map(RequestId::new)
     }
+}
+
+/// Around every routed request: its latency for the metrics and, on the libSQL routes, errors
+/// in sqld's shape. One middleware for both, because each `from_fn` layer costs a clone of
+/// the service inside it and a boxed future on every request (a second one was 0.45 µs of
+/// a `/v2/pipeline` point query's 8.2, handler_cost bench).
+async fn around_route(req: Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let mut response = next.run(req).await;
+    let route = route.as_deref().unwrap_or("unmatched");
+    if hrana::is_hrana_route(route) {
+        response = hrana::sqld_error_shape(response).await;
+    }
+    crate::telemetry::record(route, &method, response.status(), started.elapsed());
+    response
 }
 
 /// Runs each request's handler on a task of its own, inside the request's span. A client
