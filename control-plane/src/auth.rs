@@ -158,7 +158,39 @@ pub struct TokenKeys {
     /// only the clock checks (`exp`, `nbf`) are redone on each use. Without it, every request
     /// decodes the header twice and the claims twice, and computes an HMAC. Only tokens we
     /// signed can enter, and each leaves when it expires.
-    verified: moka::sync::Cache<String, Arc<AccessClaims>, FastHash>,
+    verified: moka::sync::Cache<String, Arc<VerifiedToken>, FastHash>,
+}
+
+/// An access token that checked out, as the cache keeps it.
+pub struct VerifiedToken {
+    pub claims: AccessClaims,
+    /// `claims.tid`, read once.
+    pub tenant: TenantId,
+    /// The token's session row as last read, with the catalog epoch it was read at: a
+    /// request with the same token while the catalog is unchanged needs no other lookup
+    /// (see [`CredentialCache`] for why that changes no answer).
+    session: std::sync::Mutex<Option<(u64, Arc<crate::catalog::SessionRow>)>>,
+}
+
+impl VerifiedToken {
+    fn new(claims: AccessClaims) -> Option<Self> {
+        Some(VerifiedToken {
+            tenant: claims.tid.parse().ok()?,
+            claims,
+            session: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn session_at(&self, epoch: u64) -> Option<Arc<crate::catalog::SessionRow>> {
+        let slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .filter(|(at, _)| *at == epoch)
+            .map(|(_, row)| row.clone())
+    }
+
+    fn remember_session(&self, epoch: u64, row: Arc<crate::catalog::SessionRow>) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, row));
+    }
 }
 
 impl TokenKeys {
@@ -228,8 +260,9 @@ impl TokenKeys {
 
     /// Checks signature, algorithm, `kid`, `exp`/`nbf` (30 s leeway), issuer, audience and
     /// token type. Says only "expired" or "invalid": details help attackers, not users.
-    pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, ApiError> {
-        if let Some(claims) = self.verified.get(token) {
+    pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, ApiError> {
+        if let Some(verified) = self.verified.get(token) {
+            let claims = &verified.claims;
             // What jsonwebtoken checks of the clock, with the same leeway.
             let now = now_unix();
             let leeway = JWT_LEEWAY_SECS.cast_signed();
@@ -239,11 +272,12 @@ impl TokenKeys {
             if claims.nbf > now + leeway {
                 return Err(invalid_token());
             }
-            return Ok(claims);
+            return Ok(verified);
         }
-        let claims = Arc::new(self.verify_uncached(token)?);
-        self.verified.insert(token.to_owned(), claims.clone());
-        Ok(claims)
+        let verified =
+            Arc::new(VerifiedToken::new(self.verify_uncached(token)?).ok_or_else(invalid_token)?);
+        self.verified.insert(token.to_owned(), verified.clone());
+        Ok(verified)
     }
 
     fn verify_uncached(&self, token: &str) -> Result<AccessClaims, ApiError> {
@@ -508,13 +542,22 @@ async fn principal_from_access_token(
     token: &str,
     route: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    let claims = state.tokens.verify(token)?;
-    let tenant: TenantId = claims.tid.parse().map_err(|_| invalid_token())?;
-    let row = state
-        .credentials
-        .session(&state.catalog, &claims.sid, &claims.sub, tenant)
-        .await?
-        .ok_or_else(invalid_token)?;
+    let verified = state.tokens.verify(token)?;
+    let (claims, tenant) = (&verified.claims, verified.tenant);
+    // Read before the row, as in `CredentialCache::session`.
+    let epoch = state.catalog.epoch();
+    let row = match verified.session_at(epoch) {
+        Some(row) => row,
+        None => {
+            let row = state
+                .credentials
+                .session(&state.catalog, &claims.sid, &claims.sub, tenant)
+                .await?
+                .ok_or_else(invalid_token)?;
+            verified.remember_session(epoch, row.clone());
+            row
+        }
+    };
     if row.revoked
         || row.user_session_version != claims.sv
         || row.session_session_version != claims.sv
@@ -821,15 +864,17 @@ mod tests {
         forged.push(if last == 'A' { 'B' } else { 'A' });
         assert!(keys.verify(&forged).is_err());
         // The cached claims expire like the token: past `exp` plus the leeway, refused.
-        let mut stale = (*first).clone_for_test();
+        let mut stale = first.claims.clone_for_test();
         stale.exp = now_unix() - JWT_LEEWAY_SECS.cast_signed() - 1;
+        let stale = VerifiedToken::new(stale).unwrap();
         keys.verified.insert(token.to_owned(), Arc::new(stale));
         let Err(ApiError::Unauthenticated(msg)) = keys.verify(token) else {
             panic!("an expired token was accepted from the cache")
         };
         assert!(msg.contains("expired"), "{msg}");
-        let mut early = (*first).clone_for_test();
+        let mut early = first.claims.clone_for_test();
         early.nbf = now_unix() + JWT_LEEWAY_SECS.cast_signed() + 60;
+        let early = VerifiedToken::new(early).unwrap();
         keys.verified.insert(token.to_owned(), Arc::new(early));
         assert!(keys.verify(token).is_err());
     }

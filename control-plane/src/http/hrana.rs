@@ -22,13 +22,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
 use serde::Deserialize;
 use silo_tenant_runtime::hrana::{
-    Batch, Session, StreamRequest, StreamResponse, StreamResult, WriteJson as _, write_opt_str,
+    Batch, Session, Stmt, StreamRequest, StreamResponse, StreamResult, WriteJson as _,
+    write_opt_str,
 };
 use silo_tenant_runtime::{AccessLevel, TenantId};
 
 use crate::audit::LazyMeta;
 use crate::auth::{Actor, Principal};
 use crate::error::ApiError;
+use crate::http::Answer;
 use crate::http::data::{audit_schema_change, data_access};
 use crate::http::extract::ApiJson;
 use crate::state::AppState;
@@ -389,59 +391,175 @@ pub(crate) struct CursorRequest {
 /// Most requests in one pipeline.
 const MAX_PIPELINE_REQUESTS: usize = 1_000;
 
-pub(crate) async fn handle_pipeline(
+pub(crate) fn handle_pipeline(
     State(state): State<AppState>,
     principal: Principal,
     meta: LazyMeta,
     ApiJson(body): ApiJson<PipelineRequest>,
-) -> Response {
+) -> Answer {
     if body.requests.len() > MAX_PIPELINE_REQUESTS {
         return ApiError::InvalidInput(format!(
             "a pipeline holds at most {MAX_PIPELINE_REQUESTS} requests"
         ))
-        .into_response();
+        .into_response()
+        .into();
     }
-    let requests = body.requests;
     if body.baton.is_none()
-        && let Some(response) = pipeline_now(&state, &principal, &meta, &requests).await
+        && let Some((stmt, autocommit)) = one_statement(&body.requests)
     {
-        return response;
+        match pipeline_now(&state, &principal, stmt) {
+            Now::Answered(response) => return response.into(),
+            Now::Ran(Ok(ran)) => return ran.respond(autocommit).into(),
+            Now::Ran(Err(ran)) => {
+                return Answer::later(async move {
+                    respond_audited(&state, &principal, &meta, ran, autocommit).await
+                });
+            }
+            Now::Later => {}
+        }
     }
-    // Boxed, like the other rare ways below: kept out of the size of the quick way's future.
-    match Box::pin(run_on_stream(
+    Answer::later(pipeline_waiting(state, principal, meta, body))
+}
+
+/// The ways of a pipeline that wait: a one-statement pipeline on a blocking thread, and
+/// every pipeline on a stream.
+async fn pipeline_waiting(
+    state: AppState,
+    principal: Principal,
+    meta: LazyMeta,
+    body: PipelineRequest,
+) -> Response {
+    let requests = body.requests;
+    // Here with a one-statement pipeline only when it was not quick enough to run at once.
+    if body.baton.is_none()
+        && let Some((stmt, autocommit)) = one_statement(&requests)
+        && let Some(ran) = pipeline_later(&state, &principal, stmt).await
+    {
+        return match ran {
+            Ok(ran) => ran.respond(autocommit),
+            Err(ran) => respond_audited(&state, &principal, &meta, ran, autocommit).await,
+        };
+    }
+    let ran = run_on_stream(
         &state,
         &principal,
         &meta,
         body.baton,
         move |session, handle, level| session.pipeline(handle, level, requests),
-    ))
-    .await
-    {
+    )
+    .await;
+    match ran {
         Ok((baton, results)) => pipeline_response(baton.as_deref(), &results),
         Err(response) => response,
     }
 }
 
-/// A stateless one-statement pipeline (`execute`, perhaps `get_autocommit`, `close`: what
-/// clients send for a single query) runs like `/v1/db/query`: on this thread if that is
-/// quick, else on a blocking thread, and without making a stream, which would close at
-/// once. `None`: run it the usual way (transaction statements, errors, a busy tenant).
-async fn pipeline_now(
+/// Answers a one-statement pipeline that changed the schema, once the change is audited.
+async fn respond_audited(
     state: &AppState,
     principal: &Principal,
     meta: &LazyMeta,
-    requests: &[StreamRequest],
-) -> Option<Response> {
-    let (stmt, autocommit) = match requests {
-        [StreamRequest::Execute { stmt }, StreamRequest::Close] => (stmt, false),
+    ran: OneRan,
+    autocommit: bool,
+) -> Response {
+    match audit_schema_change(state, principal, meta, vec![ran.sql.clone()]).await {
+        Ok(()) => ran.respond(autocommit),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The statement of a stateless one-statement pipeline (`execute`, perhaps `get_autocommit`,
+/// `close`: what clients send for a single query), and whether it asks for autocommit. Such
+/// a pipeline runs like `/v1/db/query`, on this thread if that is quick, else on a blocking
+/// thread, and without making a stream, which would close at once.
+fn one_statement(requests: &[StreamRequest]) -> Option<(&Stmt, bool)> {
+    match requests {
+        [StreamRequest::Execute { stmt }, StreamRequest::Close] => Some((stmt, false)),
         [
             StreamRequest::Execute { stmt },
             StreamRequest::GetAutocommit,
             StreamRequest::Close,
-        ] => (stmt, true),
-        _ => return None,
+        ] => Some((stmt, true)),
+        _ => None,
+    }
+}
+
+/// A one-statement pipeline that ran, and what it answered.
+struct OneRan {
+    first: StreamResult,
+    /// Its text, when it changed the schema (audited before the answer).
+    sql: String,
+}
+
+impl OneRan {
+    fn new(
+        ran: Result<
+            (silo_tenant_runtime::hrana::StmtResult, bool),
+            silo_tenant_runtime::RuntimeError,
+        >,
+        stmt: &Stmt,
+    ) -> Result<OneRan, OneRan> {
+        match ran {
+            Ok((result, changed)) => {
+                let ran = OneRan {
+                    first: StreamResult::Ok {
+                        response: StreamResponse::Execute { result },
+                    },
+                    sql: String::new(),
+                };
+                if changed {
+                    Err(OneRan {
+                        sql: stmt.sql.clone().unwrap_or_default(),
+                        ..ran
+                    })
+                } else {
+                    Ok(ran)
+                }
+            }
+            // The statement failed and changed nothing (one statement in autocommit): its
+            // error in the protocol's shape, as a stream would answer it, without running
+            // it a second time.
+            Err(e) => Ok(OneRan {
+                first: StreamResult::Error {
+                    error: silo_tenant_runtime::hrana::HError::from(&e),
+                },
+                sql: String::new(),
+            }),
+        }
+    }
+
+    fn respond(self, autocommit: bool) -> Response {
+        let mut results = Vec::with_capacity(3);
+        results.push(self.first);
+        if autocommit {
+            results.push(StreamResult::Ok {
+                response: StreamResponse::GetAutocommit {
+                    is_autocommit: true,
+                },
+            });
+        }
+        results.push(StreamResult::Ok {
+            response: StreamResponse::Close,
+        });
+        pipeline_response(None, &results)
+    }
+}
+
+/// How [`pipeline_now`] went. `Ran`: `Err` when the statement changed the schema.
+enum Now {
+    Answered(Response),
+    Ran(Result<OneRan, OneRan>),
+    /// Not quick enough to run here: [`pipeline_later`].
+    Later,
+}
+
+/// Runs a one-statement pipeline on this thread if that is quick (see
+/// `AppState::try_tenant_now`).
+fn pipeline_now(state: &AppState, principal: &Principal, stmt: &Stmt) -> Now {
+    let level = match data_access(principal) {
+        Ok(level) => level,
+        Err(e) => return Now::Answered(e.into_response()),
     };
-    let level = data_access(principal).ok()?;
     let now = state.try_tenant_now(principal.tenant, |handle| {
         silo_tenant_runtime::hrana::execute_now(
             handle,
@@ -452,61 +570,38 @@ async fn pipeline_now(
         // Its error, if any, is the statement's: answered in the pipeline's results.
         .map(Ok)
     });
-    let ran = match now {
-        Some(Ok(ran)) => ran,
-        Some(Err(e)) => return Some(e.into_response()),
-        None => {
-            // Not quick enough to run here: on a blocking thread, still without a stream.
-            let stmt = stmt.clone();
-            match Box::pin(state.with_tenant(principal.tenant, move |handle| {
-                Ok(silo_tenant_runtime::hrana::execute_alone(
-                    handle, level, &stmt,
-                ))
-            }))
-            .await
-            {
-                Ok(Some(ran)) => ran,
-                // A transaction statement: it needs a stream.
-                Ok(None) => return None,
-                // Not run (the tenant is over its concurrency limit, its database is
-                // unavailable): the usual way would meet the same, so answer it now.
-                Err(e) => return Some(e.into_response()),
-            }
-        }
-    };
-    let first = match ran {
-        Ok((result, changed)) => {
-            if changed {
-                let sql = stmt.sql.clone().unwrap_or_default();
-                if let Err(e) =
-                    Box::pin(audit_schema_change(state, principal, meta, vec![sql])).await
-                {
-                    return Some(e.into_response());
-                }
-            }
-            StreamResult::Ok {
-                response: StreamResponse::Execute { result },
-            }
-        }
-        // The statement failed and changed nothing (one statement in autocommit): its
-        // error in the protocol's shape, as a stream would answer it, without running it
-        // a second time.
-        Err(e) => StreamResult::Error {
-            error: silo_tenant_runtime::hrana::HError::from(&e),
-        },
-    };
-    let mut results = vec![first];
-    if autocommit {
-        results.push(StreamResult::Ok {
-            response: StreamResponse::GetAutocommit {
-                is_autocommit: true,
-            },
-        });
+    match now {
+        Some(Ok(ran)) => Now::Ran(OneRan::new(ran, stmt)),
+        Some(Err(e)) => Now::Answered(e.into_response()),
+        None => Now::Later,
     }
-    results.push(StreamResult::Ok {
-        response: StreamResponse::Close,
-    });
-    Some(pipeline_response(None, &results))
+}
+
+/// A one-statement pipeline on a blocking thread, still without a stream. `None`: it is a
+/// transaction statement, which needs a stream (or the tenant is unavailable or busy, which
+/// the stream way answers).
+async fn pipeline_later(
+    state: &AppState,
+    principal: &Principal,
+    stmt: &Stmt,
+) -> Option<Result<OneRan, OneRan>> {
+    let level = data_access(principal).ok()?;
+    let owned = stmt.clone();
+    match state
+        .with_tenant(principal.tenant, move |handle| {
+            Ok(silo_tenant_runtime::hrana::execute_alone(
+                handle, level, &owned,
+            ))
+        })
+        .await
+    {
+        Ok(Some(ran)) => Some(OneRan::new(ran, stmt)),
+        // A transaction statement: it needs a stream.
+        Ok(None) => None,
+        // Not run (the tenant is over its concurrency limit, its database is unavailable):
+        // the stream way meets the same and answers it.
+        Err(_) => None,
+    }
 }
 
 pub(crate) async fn handle_cursor(

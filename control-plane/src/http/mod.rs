@@ -226,6 +226,45 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
+/// What a handler with a quick way returns: the answer itself when the quick way gave one,
+/// else a boxed future for the rest. Such a handler is a plain function, so its arguments
+/// are not copied into a future of its own: as an `async fn`, the `/v2/pipeline` handler
+/// was a 1 KB future holding its arguments twice, moved on its way to its first poll.
+pub(crate) enum Answer {
+    Ready(Option<Response>),
+    Later(std::pin::Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+impl Answer {
+    pub(crate) fn later(f: impl Future<Output = Response> + Send + 'static) -> Self {
+        Answer::Later(Box::pin(f))
+    }
+}
+
+impl From<Response> for Answer {
+    fn from(response: Response) -> Self {
+        Answer::Ready(Some(response))
+    }
+}
+
+impl Future for Answer {
+    type Output = Response;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Response> {
+        match self.get_mut() {
+            Answer::Ready(response) => {
+                std::task::Poll::Ready(response.take().unwrap_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("answer polled twice")).into_response()
+                }))
+            }
+            Answer::Later(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 /// Around every routed request: its latency for the metrics and, on the libSQL routes, errors
 /// in sqld's shape. One middleware for both, because each `from_fn` layer costs a clone of
 /// the service inside it and a boxed future on every request (a second one was 0.45 µs of
