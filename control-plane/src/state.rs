@@ -455,7 +455,8 @@ mod tests {
     use super::*;
 
     /// A tenant is barred from inline execution at its third overrun within a second, alone,
-    /// and only for that second; with no tenant struck, no lookup is made at all.
+    /// and only for that second; the count that lets a query skip the lookup while no tenant
+    /// is struck follows the entries in and out.
     #[test]
     fn inline_bar_strikes_out_one_tenant_for_a_second() {
         let gates = TenantGates::new(4, std::time::Duration::from_secs(1));

@@ -433,12 +433,16 @@ async fn pipeline_waiting(
     // Here with a one-statement pipeline only when it was not quick enough to run at once.
     if body.baton.is_none()
         && let Some((stmt, autocommit)) = one_statement(&requests)
-        && let Some(ran) = pipeline_later(&state, &principal, stmt).await
     {
-        return match ran {
-            Ok(ran) => ran.respond(autocommit),
-            Err(ran) => respond_audited(&state, &principal, &meta, ran, autocommit).await,
-        };
+        match pipeline_later(&state, &principal, stmt).await {
+            Ok(Some(Ok(ran))) => return ran.respond(autocommit),
+            Ok(Some(Err(ran))) => {
+                return respond_audited(&state, &principal, &meta, ran, autocommit).await;
+            }
+            Err(response) => return response,
+            // A transaction statement: on a stream, below.
+            Ok(None) => {}
+        }
     }
     let ran = run_on_stream(
         &state,
@@ -577,15 +581,16 @@ fn pipeline_now(state: &AppState, principal: &Principal, stmt: &Stmt) -> Now {
     }
 }
 
-/// A one-statement pipeline on a blocking thread, still without a stream. `None`: it is a
-/// transaction statement, which needs a stream (or the tenant is unavailable or busy, which
-/// the stream way answers).
+/// A one-statement pipeline on a blocking thread, still without a stream. `Ok(None)`: it is
+/// a transaction statement, which needs a stream. `Err`: it did not run (the tenant is over
+/// its concurrency limit, or its database is unavailable), answered now: a stream would meet
+/// the same after waiting again, and would be left open for a baton nobody received.
 async fn pipeline_later(
     state: &AppState,
     principal: &Principal,
     stmt: &Stmt,
-) -> Option<Result<OneRan, OneRan>> {
-    let level = data_access(principal).ok()?;
+) -> Result<Option<Result<OneRan, OneRan>>, Response> {
+    let level = data_access(principal).map_err(IntoResponse::into_response)?;
     let owned = stmt.clone();
     match state
         .with_tenant(principal.tenant, move |handle| {
@@ -595,12 +600,10 @@ async fn pipeline_later(
         })
         .await
     {
-        Ok(Some(ran)) => Some(OneRan::new(ran, stmt)),
+        Ok(Some(ran)) => Ok(Some(OneRan::new(ran, stmt))),
         // A transaction statement: it needs a stream.
-        Ok(None) => None,
-        // Not run (the tenant is over its concurrency limit, its database is unavailable):
-        // the stream way meets the same and answers it.
-        Err(_) => None,
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.into_response()),
     }
 }
 

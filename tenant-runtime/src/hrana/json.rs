@@ -553,5 +553,68 @@ mod tests {
             .unwrap(),
             r#"{"type":"step_end","affected_row_count":2,"last_insert_rowid":"-7"}"#
         );
+        // The other answers' keys, in order too (the property test compares parsed values,
+        // which does not see the order).
+        let error = HError {
+            message: "no".into(),
+            code: "SQLITE_ERROR".into(),
+        };
+        let cases = [
+            (
+                StreamResult::Ok {
+                    response: StreamResponse::Batch {
+                        result: BatchResult {
+                            step_results: vec![None],
+                            step_errors: vec![Some(error.clone())],
+                        },
+                    },
+                },
+                r#"{"type":"ok","response":{"type":"batch","result":{"step_results":[null],"step_errors":[{"message":"no","code":"SQLITE_ERROR"}]}}}"#,
+            ),
+            (
+                StreamResult::Ok {
+                    response: StreamResponse::Describe {
+                        result: DescribeResult {
+                            params: vec![DescribeParam {
+                                name: Some(":a".into()),
+                            }],
+                            cols: vec![Col {
+                                name: Some("x".into()),
+                                decltype: None,
+                            }],
+                            is_explain: false,
+                            is_readonly: true,
+                        },
+                    },
+                },
+                r#"{"type":"ok","response":{"type":"describe","result":{"params":[{"name":":a"}],"cols":[{"name":"x","decltype":null}],"is_explain":false,"is_readonly":true}}}"#,
+            ),
+            (
+                StreamResult::Ok {
+                    response: StreamResponse::GetAutocommit {
+                        is_autocommit: true,
+                    },
+                },
+                r#"{"type":"ok","response":{"type":"get_autocommit","is_autocommit":true}}"#,
+            ),
+            (
+                StreamResult::Error { error },
+                r#"{"type":"error","error":{"message":"no","code":"SQLITE_ERROR"}}"#,
+            ),
+        ];
+        for (result, text) in cases {
+            assert_eq!(String::from_utf8(result.to_json()).unwrap(), text);
+        }
+        assert_eq!(
+            String::from_utf8(
+                CursorEntry::StepBegin {
+                    step: 0,
+                    cols: vec![]
+                }
+                .to_json()
+            )
+            .unwrap(),
+            r#"{"type":"step_begin","step":0,"cols":[]}"#
+        );
     }
 }
