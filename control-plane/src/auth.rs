@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -518,19 +518,17 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Read in place: the credential is not copied (nor left behind in a copy).
         let token = bearer(parts)?;
-        let principal = if api_key_prefix(token.expose_secret()).is_some() {
+        let principal = if api_key_prefix(token).is_some() {
             let ip = parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0.ip());
             principal_from_api_key(state, token, ip).await?
         } else {
-            let route = parts
-                .extensions
-                .get::<axum::extract::MatchedPath>()
-                .map(|p| p.as_str().to_owned());
-            principal_from_access_token(state, token.expose_secret(), route.as_deref()).await?
+            let route = parts.extensions.get::<axum::extract::MatchedPath>();
+            principal_from_access_token(state, token, route.map(MatchedPath::as_str)).await?
         };
         tracing::Span::current().record("tenant_id", tracing::field::display(principal.tenant));
         Ok(principal)
@@ -697,15 +695,15 @@ const API_KEY_TOUCH_INTERVAL_SECS: i64 = 60;
 
 async fn principal_from_api_key(
     state: &AppState,
-    key: SecretString,
+    key: &str,
     ip: Option<std::net::IpAddr>,
 ) -> Result<Principal, ApiError> {
     let invalid =
         || ApiError::Unauthenticated("the API key is not valid, was revoked or has expired");
-    let prefix = api_key_prefix(key.expose_secret()).ok_or_else(invalid)?;
+    let prefix = api_key_prefix(key).ok_or_else(invalid)?;
     let row = state.credentials.api_key(&state.catalog, prefix).await?;
     // Hash and compare even when no row matched, so timing does not tell prefixes apart.
-    let presented = silo_crypto::hash_token(key.expose_secret());
+    let presented = silo_crypto::hash_token(key);
     let stored = row
         .as_ref()
         .map_or(&[0u8; 32][..], |r| r.key_hash.as_slice());
@@ -767,8 +765,8 @@ fn tenant_serves(status: TenantStatus) -> Result<(), ApiError> {
     }
 }
 
-/// The bearer credential of a request, as a secret.
-fn bearer(parts: &Parts) -> Result<SecretString, ApiError> {
+/// The bearer credential of a request, borrowed from its header.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(AUTHORIZATION)
@@ -785,7 +783,7 @@ fn bearer(parts: &Parts) -> Result<SecretString, ApiError> {
             "use Authorization: Bearer <access token or API key>",
         ));
     }
-    Ok(SecretString::from(token.trim().to_owned()))
+    Ok(token.trim())
 }
 
 /// Shared token machinery, cheap to clone into the state.

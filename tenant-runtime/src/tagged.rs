@@ -15,6 +15,7 @@
 //! tag and the rest of the object in that form. Unknown fields are ignored and an unknown
 //! tag is "unknown variant `…`, expected one of …", as with the derived code.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -48,7 +49,7 @@ impl<'de, T: Tagged> Visitor<'de> for TaggedVisitor<T> {
         match map.next_key_seed(KeySeed)? {
             None => Err(de::Error::missing_field("type")),
             Some(Key::Type) => {
-                let tag: String = map.next_value()?;
+                let tag = map.next_value_seed(TagSeed)?;
                 T::from_body(&tag, de::value::MapAccessDeserializer::new(map))
             }
             Some(Key::Other(first)) => {
@@ -97,6 +98,38 @@ impl Visitor<'_> for KeySeed {
         } else {
             Key::Other(v.to_owned())
         })
+    }
+}
+
+/// The tag's text, borrowed from the input when it has no escapes (what every client
+/// sends), so that reading it allocates nothing.
+struct TagSeed;
+
+impl<'de> DeserializeSeed<'de> for TagSeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(TagSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for TagSeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
