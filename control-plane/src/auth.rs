@@ -519,7 +519,7 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         // Read in place: the credential is not copied (nor left behind in a copy).
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         let principal = if api_key_prefix(token).is_some() {
             let ip = parts
                 .extensions
@@ -542,16 +542,24 @@ async fn principal_from_access_token(
 ) -> Result<Principal, ApiError> {
     let verified = state.tokens.verify(token)?;
     let (claims, tenant) = (&verified.claims, verified.tenant);
-    // Read before the row, as in `CredentialCache::session`.
+    // Read before the row: a catalog write after this makes what we keep stale at once.
     let epoch = state.catalog.epoch();
     let row = match verified.session_at(epoch) {
         Some(row) => row,
         None => {
-            let row = state
-                .credentials
-                .session(&state.catalog, &claims.sid, &claims.sub, tenant)
-                .await?
-                .ok_or_else(invalid_token)?;
+            let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
+            // Boxed: the catalog's way is rare, and every request's future would otherwise
+            // be as large as it.
+            let row = Box::pin(
+                state
+                    .catalog
+                    .blocking(move |c| c.session(&sid, &sub, tenant)),
+            )
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(invalid_token)?;
+            let row = Arc::new(row);
+            // Only what exists is kept: unknown sessions cannot fill the cache.
             verified.remember_session(epoch, row.clone());
             row
         }
@@ -587,27 +595,16 @@ async fn principal_from_access_token(
     })
 }
 
-/// What the catalog said of recently used credentials (sessions, API keys), kept only while
-/// the catalog is unchanged: an entry records the catalog's write epoch when it was read,
+/// What the catalog said of recently used credentials, kept only while the catalog is
+/// unchanged: API keys here, and sessions with their access tokens in the verified-token
+/// cache ([`VerifiedToken`]). An entry records the catalog's write epoch when it was read,
 /// and any catalog write since (a logout, a role change, a revoked key, a suspension, or
 /// anything else) makes it stale. So the cache changes no answer: a demotion or revocation
 /// still applies to the very next request. What depends on the clock (expiry, the step-up
 /// window) is checked on every request, from the cached row. Without it, every request
 /// would take a trip to a blocking thread and the catalog's one connection.
 pub struct CredentialCache {
-    /// By session id (looked up without building a key); the entry names the user and tenant
-    /// it was read for, and answers only for those.
-    sessions: moka::sync::Cache<String, SessionEntry, FastHash>,
     keys: moka::sync::Cache<String, (u64, Arc<crate::catalog::ApiKeyAuth>), FastHash>,
-}
-
-/// A cached session row: the catalog epoch it was read at, and what it was read for.
-#[derive(Clone)]
-struct SessionEntry {
-    epoch: u64,
-    user: String,
-    tenant: TenantId,
-    row: Arc<crate::catalog::SessionRow>,
 }
 
 impl Default for CredentialCache {
@@ -615,10 +612,6 @@ impl Default for CredentialCache {
         const CAPACITY: u64 = 100_000;
         const TTL: std::time::Duration = std::time::Duration::from_secs(60);
         CredentialCache {
-            sessions: moka::sync::Cache::builder()
-                .max_capacity(CAPACITY)
-                .time_to_live(TTL)
-                .build_with_hasher(FastHash::default()),
             keys: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(TTL)
@@ -628,45 +621,6 @@ impl Default for CredentialCache {
 }
 
 impl CredentialCache {
-    async fn session(
-        &self,
-        catalog: &crate::catalog::Catalog,
-        sid: &str,
-        sub: &str,
-        tenant: TenantId,
-    ) -> Result<Option<Arc<crate::catalog::SessionRow>>, ApiError> {
-        // Read before the row: a write after this makes what we store stale at once.
-        let epoch = catalog.epoch();
-        if let Some(entry) = self.sessions.get(sid)
-            && entry.epoch == epoch
-            && entry.user == sub
-            && entry.tenant == tenant
-        {
-            return Ok(Some(entry.row));
-        }
-        let (sid, sub) = (sid.to_owned(), sub.to_owned());
-        let (lookup_sid, lookup_sub) = (sid.clone(), sub.clone());
-        // Boxed, here and below: the catalog's way is rare, and every request's future
-        // would otherwise be as large as it.
-        let row = Box::pin(catalog.blocking(move |c| c.session(&lookup_sid, &lookup_sub, tenant)))
-            .await
-            .map_err(ApiError::internal)?
-            .map(Arc::new);
-        // Only what exists is kept: unknown sessions cannot fill the cache.
-        if let Some(row) = &row {
-            self.sessions.insert(
-                sid,
-                SessionEntry {
-                    epoch,
-                    user: sub,
-                    tenant,
-                    row: row.clone(),
-                },
-            );
-        }
-        Ok(row)
-    }
-
     async fn api_key(
         &self,
         catalog: &crate::catalog::Catalog,
@@ -766,9 +720,8 @@ fn tenant_serves(status: TenantStatus) -> Result<(), ApiError> {
 }
 
 /// The bearer credential of a request, borrowed from its header.
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(AUTHORIZATION)
         .ok_or(ApiError::Unauthenticated(
             "send a credential: Authorization: Bearer <access token or API key>",

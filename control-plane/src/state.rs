@@ -51,7 +51,8 @@ pub struct Shared {
     pub deletion_grace: std::time::Duration,
     /// Open libSQL (Hrana) streams.
     pub streams: crate::http::hrana::Streams,
-    /// Sessions and API keys as the catalog last said, while it is unchanged.
+    /// API keys as the catalog last said, while it is unchanged (sessions are kept with
+    /// their access tokens, in `tokens`).
     pub credentials: Arc<crate::auth::CredentialCache>,
     /// The bearer token `GET /metrics` asks for, if one is configured.
     pub metrics_token: Option<secrecy::SecretString>,

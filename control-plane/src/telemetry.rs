@@ -61,11 +61,7 @@ pub(crate) async fn handle_metrics(
 ) -> Response {
     use secrecy::ExposeSecret as _;
     if let Some(expected) = &state.metrics_token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let presented = crate::auth::bearer(&headers).unwrap_or("");
         if !silo_crypto::constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes())
         {
             return crate::error::ApiError::Unauthenticated(

@@ -24,7 +24,7 @@ use crate::sandbox::{AccessLevel, SandboxState};
 use crate::value::Value;
 
 mod json;
-pub use json::{WriteJson, write_opt_str, write_str};
+pub use json::{WriteJson, write_opt_str};
 
 /// Most SQL texts one stream may store with `store_sql`, and their total size.
 pub const MAX_STORED_SQL: usize = 1_000;

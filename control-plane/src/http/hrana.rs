@@ -361,14 +361,21 @@ pub(crate) struct PipelineRequest {
     requests: Vec<StreamRequest>,
 }
 
+/// The fields a pipeline's and a cursor's answer begin with, the object left open:
+/// `{"baton":…,"base_url":null` (silo names no other server for a stream).
+fn write_head(out: &mut Vec<u8>, baton: Option<&str>) {
+    out.extend_from_slice(br#"{"baton":"#);
+    write_opt_str(out, baton);
+    out.extend_from_slice(br#","base_url":null"#);
+}
+
 /// A pipeline's answer, `{"baton", "base_url", "results"}`, written by the Hrana JSON
 /// writer (see `silo_tenant_runtime::hrana::WriteJson` for why not serde).
 fn pipeline_response(baton: Option<&str>, results: &[StreamResult]) -> Response {
     // Room for a one-row answer, the usual size, without growing.
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(br#"{"baton":"#);
-    write_opt_str(&mut out, baton);
-    out.extend_from_slice(br#","base_url":null,"results":"#);
+    write_head(&mut out, baton);
+    out.extend_from_slice(br#","results":"#);
     results.write_json(&mut out);
     out.push(b'}');
     (
@@ -409,8 +416,10 @@ pub(crate) fn handle_pipeline(
     {
         match pipeline_now(&state, &principal, stmt) {
             Now::Answered(response) => return response.into(),
-            Now::Ran(Ok(ran)) => return ran.respond(autocommit).into(),
-            Now::Ran(Err(ran)) => {
+            Now::Ran(ran) if ran.schema_change.is_none() => {
+                return ran.respond(autocommit).into();
+            }
+            Now::Ran(ran) => {
                 return Answer::later(async move {
                     respond_audited(&state, &principal, &meta, ran, autocommit).await
                 });
@@ -435,8 +444,7 @@ async fn pipeline_waiting(
         && let Some((stmt, autocommit)) = one_statement(&requests)
     {
         match pipeline_later(&state, &principal, stmt).await {
-            Ok(Some(Ok(ran))) => return ran.respond(autocommit),
-            Ok(Some(Err(ran))) => {
+            Ok(Some(ran)) => {
                 return respond_audited(&state, &principal, &meta, ran, autocommit).await;
             }
             Err(response) => return response,
@@ -458,18 +466,20 @@ async fn pipeline_waiting(
     }
 }
 
-/// Answers a one-statement pipeline that changed the schema, once the change is audited.
+/// Answers a one-statement pipeline, once its schema change, if any, is audited.
 async fn respond_audited(
     state: &AppState,
     principal: &Principal,
     meta: &LazyMeta,
-    ran: OneRan,
+    mut ran: OneRan,
     autocommit: bool,
 ) -> Response {
-    match audit_schema_change(state, principal, meta, vec![ran.sql.clone()]).await {
-        Ok(()) => ran.respond(autocommit),
-        Err(e) => e.into_response(),
+    if let Some(sql) = ran.schema_change.take()
+        && let Err(e) = audit_schema_change(state, principal, meta, vec![sql]).await
+    {
+        return e.into_response();
     }
+    ran.respond(autocommit)
 }
 
 /// The statement of a stateless one-statement pipeline (`execute`, perhaps `get_autocommit`,
@@ -491,8 +501,8 @@ fn one_statement(requests: &[StreamRequest]) -> Option<(&Stmt, bool)> {
 /// A one-statement pipeline that ran, and what it answered.
 struct OneRan {
     first: StreamResult,
-    /// Its text, when it changed the schema (audited before the answer).
-    sql: String,
+    /// Its text, when it changed the schema: audited before the answer.
+    schema_change: Option<String>,
 }
 
 impl OneRan {
@@ -502,33 +512,23 @@ impl OneRan {
             silo_tenant_runtime::RuntimeError,
         >,
         stmt: &Stmt,
-    ) -> Result<OneRan, OneRan> {
+    ) -> OneRan {
         match ran {
-            Ok((result, changed)) => {
-                let ran = OneRan {
-                    first: StreamResult::Ok {
-                        response: StreamResponse::Execute { result },
-                    },
-                    sql: String::new(),
-                };
-                if changed {
-                    Err(OneRan {
-                        sql: stmt.sql.clone().unwrap_or_default(),
-                        ..ran
-                    })
-                } else {
-                    Ok(ran)
-                }
-            }
+            Ok((result, changed)) => OneRan {
+                first: StreamResult::Ok {
+                    response: StreamResponse::Execute { result },
+                },
+                schema_change: changed.then(|| stmt.sql.clone().unwrap_or_default()),
+            },
             // The statement failed and changed nothing (one statement in autocommit): its
             // error in the protocol's shape, as a stream would answer it, without running
             // it a second time.
-            Err(e) => Ok(OneRan {
+            Err(e) => OneRan {
                 first: StreamResult::Error {
                     error: silo_tenant_runtime::hrana::HError::from(&e),
                 },
-                sql: String::new(),
-            }),
+                schema_change: None,
+            },
         }
     }
 
@@ -549,10 +549,10 @@ impl OneRan {
     }
 }
 
-/// How [`pipeline_now`] went. `Ran`: `Err` when the statement changed the schema.
+/// How [`pipeline_now`] went.
 enum Now {
     Answered(Response),
-    Ran(Result<OneRan, OneRan>),
+    Ran(OneRan),
     /// Not quick enough to run here: [`pipeline_later`].
     Later,
 }
@@ -589,7 +589,7 @@ async fn pipeline_later(
     state: &AppState,
     principal: &Principal,
     stmt: &Stmt,
-) -> Result<Option<Result<OneRan, OneRan>>, Response> {
+) -> Result<Option<OneRan>, Response> {
     let level = data_access(principal).map_err(IntoResponse::into_response)?;
     let owned = stmt.clone();
     match state
@@ -627,10 +627,8 @@ pub(crate) async fn handle_cursor(
             // Newline-delimited JSON: the head, then one entry a line. The entries are built
             // within the result size cap, so they are sent as one body.
             let mut out = Vec::new();
-            out.extend_from_slice(br#"{"baton":"#);
-            write_opt_str(&mut out, baton.as_deref());
-            out.extend_from_slice(br#","base_url":null}"#);
-            out.push(b'\n');
+            write_head(&mut out, baton.as_deref());
+            out.extend_from_slice(b"}\n");
             for entry in &entries {
                 entry.write_json(&mut out);
                 out.push(b'\n');
