@@ -67,6 +67,10 @@ struct Inner {
     live: Mutex<HashMap<TenantId, Weak<TenantHandle>>>,
     /// Handles alive now (each holds a [`LiveSlot`] until it closes).
     live_count: Arc<AtomicUsize>,
+    /// `silo_tenant_handle_cache_hits_total`, counted on every request: held, not looked
+    /// up in the recorder's registry each time (the recorder is installed before the store
+    /// is made).
+    hits: metrics::Counter,
     config: StoreConfig,
 }
 
@@ -116,6 +120,7 @@ impl TenantStore {
                 cache,
                 live: Mutex::new(HashMap::new()),
                 live_count: Arc::new(AtomicUsize::new(0)),
+                hits: metrics::counter!("silo_tenant_handle_cache_hits_total"),
                 config,
             }),
         }
@@ -137,7 +142,7 @@ impl TenantStore {
         open: impl FnOnce() -> Result<TenantHandle>,
     ) -> Result<Arc<TenantHandle>> {
         if let Some(handle) = self.inner.cache.get(&tenant) {
-            metrics::counter!("silo_tenant_handle_cache_hits_total").increment(1);
+            self.inner.hits.increment(1);
             return Ok(handle);
         }
         let max_live = self
@@ -156,7 +161,7 @@ impl TenantStore {
                     .get(&tenant)
                     .and_then(Weak::upgrade);
                 if let Some(handle) = alive {
-                    metrics::counter!("silo_tenant_handle_cache_hits_total").increment(1);
+                    self.inner.hits.increment(1);
                     return Ok(handle);
                 }
                 metrics::counter!("silo_tenant_handle_cache_misses_total").increment(1);
@@ -196,7 +201,7 @@ impl TenantStore {
     /// The tenant's handle if it is open now; never opens one.
     pub fn get_open(&self, tenant: TenantId) -> Option<Arc<TenantHandle>> {
         let handle = self.inner.cache.get(&tenant)?;
-        metrics::counter!("silo_tenant_handle_cache_hits_total").increment(1);
+        self.inner.hits.increment(1);
         Some(handle)
     }
 
