@@ -166,10 +166,10 @@ pub struct VerifiedToken {
     pub claims: AccessClaims,
     /// `claims.tid`, read once.
     pub tenant: TenantId,
-    /// The token's session row as last read, with the catalog epoch it was read at: a
-    /// request with the same token while the catalog is unchanged needs no other lookup
-    /// (see [`CredentialCache`] for why that changes no answer).
-    session: std::sync::Mutex<Option<(u64, Arc<crate::catalog::SessionRow>)>>,
+    /// The token's session row as last read: a request with the same token while the row's
+    /// stamp is current needs no other lookup (see [`CredentialCache`] for why that changes
+    /// no answer).
+    session: std::sync::Mutex<Option<Arc<crate::catalog::SessionRow>>>,
 }
 
 impl VerifiedToken {
@@ -181,15 +181,18 @@ impl VerifiedToken {
         })
     }
 
-    fn session_at(&self, epoch: u64) -> Option<Arc<crate::catalog::SessionRow>> {
+    fn current_session(
+        &self,
+        catalog: &crate::catalog::Catalog,
+    ) -> Option<Arc<crate::catalog::SessionRow>> {
         let slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref()
-            .filter(|(at, _)| *at == epoch)
-            .map(|(_, row)| row.clone())
+            .filter(|row| catalog.is_current(&row.stamp))
+            .cloned()
     }
 
-    fn remember_session(&self, epoch: u64, row: Arc<crate::catalog::SessionRow>) {
-        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, row));
+    fn remember_session(&self, row: Arc<crate::catalog::SessionRow>) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(row);
     }
 }
 
@@ -542,11 +545,11 @@ async fn principal_from_access_token(
 ) -> Result<Principal, ApiError> {
     let verified = state.tokens.verify(token)?;
     let (claims, tenant) = (&verified.claims, verified.tenant);
-    // Read before the row: a catalog write after this makes what we keep stale at once.
-    let epoch = state.catalog.epoch();
-    let row = match verified.session_at(epoch) {
+    let row = match verified.current_session(&state.catalog) {
         Some(row) => row,
         None => {
+            metrics::counter!("silo_credential_cache_misses_total", "kind" => "session")
+                .increment(1);
             let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
             // Boxed: the catalog's way is rare, and every request's future would otherwise
             // be as large as it.
@@ -560,7 +563,7 @@ async fn principal_from_access_token(
             .ok_or_else(invalid_token)?;
             let row = Arc::new(row);
             // Only what exists is kept: unknown sessions cannot fill the cache.
-            verified.remember_session(epoch, row.clone());
+            verified.remember_session(row.clone());
             row
         }
     };
@@ -595,16 +598,29 @@ async fn principal_from_access_token(
     })
 }
 
-/// What the catalog said of recently used credentials, kept only while the catalog is
-/// unchanged: API keys here, and sessions with their access tokens in the verified-token
-/// cache ([`VerifiedToken`]). An entry records the catalog's write epoch when it was read,
-/// and any catalog write since (a logout, a role change, a revoked key, a suspension, or
-/// anything else) makes it stale. So the cache changes no answer: a demotion or revocation
-/// still applies to the very next request. What depends on the clock (expiry, the step-up
-/// window) is checked on every request, from the cached row. Without it, every request
-/// would take a trip to a blocking thread and the catalog's one connection.
+/// What the catalog said of recently used credentials, kept only while what it was read
+/// from is unchanged: API keys here, and sessions with their access tokens in the
+/// verified-token cache ([`VerifiedToken`]). An entry carries the catalog's [`Stamp`] of its
+/// read, and any catalog write since that could have changed it (a logout, a role change, a
+/// revoked key, a suspension of its tenant; any change to a user, who may belong to several
+/// tenants; or any write not known to touch less) makes it stale. So the cache changes no
+/// answer: a demotion or revocation still applies to the very next request. What depends on
+/// the clock (expiry, the step-up window) is checked on every request, from the cached row.
+/// Without it, every request would take a trip to a blocking thread and the catalog's one
+/// connection.
+///
+/// [`Stamp`]: crate::catalog::Stamp
 pub struct CredentialCache {
-    keys: moka::sync::Cache<String, (u64, Arc<crate::catalog::ApiKeyAuth>), FastHash>,
+    keys: moka::sync::Cache<String, Arc<CachedKey>, FastHash>,
+}
+
+/// An API key as the cache keeps it.
+struct CachedKey {
+    row: crate::catalog::ApiKeyAuth,
+    /// When this process last wrote the key's `last_used_at` (unix seconds). That write
+    /// makes nothing stale (no cached fact is read from it), so the row's own copy stays as
+    /// it was read, and this says when the next write is due.
+    touched_at: std::sync::atomic::AtomicI64,
 }
 
 impl Default for CredentialCache {
@@ -625,20 +641,25 @@ impl CredentialCache {
         &self,
         catalog: &crate::catalog::Catalog,
         prefix: &str,
-    ) -> Result<Option<Arc<crate::catalog::ApiKeyAuth>>, ApiError> {
-        let epoch = catalog.epoch();
-        if let Some((at, row)) = self.keys.get(prefix)
-            && at == epoch
+    ) -> Result<Option<Arc<CachedKey>>, ApiError> {
+        if let Some(key) = self.keys.get(prefix)
+            && catalog.is_current(&key.row.stamp)
         {
-            return Ok(Some(row));
+            return Ok(Some(key));
         }
+        metrics::counter!("silo_credential_cache_misses_total", "kind" => "api_key").increment(1);
         let lookup = prefix.to_owned();
         let row = Box::pin(catalog.blocking(move |c| c.api_key_by_prefix(&lookup)))
             .await
             .map_err(ApiError::internal)?
-            .map(Arc::new);
+            .map(|row| {
+                Arc::new(CachedKey {
+                    touched_at: row.last_used_at.unwrap_or(i64::MIN).into(),
+                    row,
+                })
+            });
         if let Some(r) = &row {
-            self.keys.insert(prefix.to_owned(), (epoch, r.clone()));
+            self.keys.insert(prefix.to_owned(), r.clone());
         }
         Ok(row)
     }
@@ -655,14 +676,15 @@ async fn principal_from_api_key(
     let invalid =
         || ApiError::Unauthenticated("the API key is not valid, was revoked or has expired");
     let prefix = api_key_prefix(key).ok_or_else(invalid)?;
-    let row = state.credentials.api_key(&state.catalog, prefix).await?;
+    let cached = state.credentials.api_key(&state.catalog, prefix).await?;
     // Hash and compare even when no row matched, so timing does not tell prefixes apart.
     let presented = silo_crypto::hash_token(key);
-    let stored = row
+    let stored = cached
         .as_ref()
-        .map_or(&[0u8; 32][..], |r| r.key_hash.as_slice());
+        .map_or(&[0u8; 32][..], |k| k.row.key_hash.as_slice());
     let matches = silo_crypto::constant_time_eq(&presented, stored);
-    let row = row.filter(|_| matches).ok_or_else(invalid)?;
+    let cached = cached.filter(|_| matches).ok_or_else(invalid)?;
+    let row = &cached.row;
     let now = now_unix();
     if row.revoked || row.expires_at.is_some_and(|e| e <= now) {
         return Err(invalid());
@@ -690,9 +712,13 @@ async fn principal_from_api_key(
         .filter_map(|s| s.parse().ok())
         .filter(|s: &Scope| role >= s.min_role())
         .collect();
-    if row
-        .last_used_at
-        .is_none_or(|t| now - t >= API_KEY_TOUCH_INTERVAL_SECS)
+    let touched_at = cached.touched_at.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(touched_at) >= API_KEY_TOUCH_INTERVAL_SECS
+        // One request writes it; the others at the same moment do not wait for that.
+        && cached
+            .touched_at
+            .compare_exchange(touched_at, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+            .is_ok()
     {
         let id = row.id.clone();
         Box::pin(state.catalog.blocking(move |c| c.touch_api_key(&id, now)))

@@ -8,6 +8,9 @@
 //!   `silo_tenant_connections_opened_total{kind}`, `silo_tenant_handles_open`,
 //!   `silo_tenant_open_refusals_total` (over the limit of databases open at once);
 //! - `silo_sandbox_refusals_total`;
+//! - `silo_credential_cache_misses_total{kind}`: requests whose session (`kind="session"`)
+//!   or API key (`"api_key"`) had to be read from the catalog (first use, or a catalog write
+//!   since that may have changed it);
 //! - `silo_hrana_streams_open`;
 //! - `silo_inline_overruns_total`: quick-looking queries that ran past the inline budget
 //!   and went to the blocking pool.

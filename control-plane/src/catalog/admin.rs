@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, params};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
-use super::{Catalog, CatalogError, Result, now_unix};
+use super::{Catalog, CatalogError, Result, Touches, now_unix};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AdminTokenRow {
@@ -206,7 +206,7 @@ impl Catalog {
     /// Moves a tenant along its lifecycle, if the lifecycle allows it. Returns the status
     /// it had.
     pub fn set_status(&self, tenant: TenantId, to: TenantStatus) -> Result<TenantStatus> {
-        let mut conn = self.lock();
+        let mut conn = self.lock_touching(Touches::Tenant(tenant));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let from: Option<String> = tx
             .query_row(
@@ -306,7 +306,9 @@ impl Catalog {
         version: Option<u32>,
         failure: Option<(u32, &str)>,
     ) -> Result<()> {
-        let mut conn = self.lock();
+        // Run for every tenant in a migration: touching everything would empty the
+        // credential cache once per tenant.
+        let mut conn = self.lock_touching(Touches::Tenant(tenant));
         let tx = conn.transaction()?;
         let t = tenant.to_string();
         if let Some(version) = version {

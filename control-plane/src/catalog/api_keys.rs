@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, params};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
-use super::{Catalog, CatalogError, Result, now_unix};
+use super::{Catalog, CatalogError, Result, Touches, now_unix};
 use crate::auth::Role;
 
 pub struct NewApiKey {
@@ -53,11 +53,13 @@ pub struct ApiKeyAuth {
     pub tenant_status: TenantStatus,
     /// The tenant requires 2FA and the maker has none: the key is held back.
     pub blocked_by_2fa_rule: bool,
+    /// When it was read: the credential cache keeps it while this is current.
+    pub stamp: super::Stamp,
 }
 
 impl Catalog {
     pub fn create_api_key(&self, key: &NewApiKey) -> Result<()> {
-        self.lock().execute(
+        self.lock_touching(Touches::Tenant(key.tenant)).execute(
             "INSERT INTO api_keys (id, tenant_id, user_id, name, prefix, key_hash, scopes, allowed_ips, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -109,7 +111,7 @@ impl Catalog {
         id: &str,
         made_by: Option<&str>,
     ) -> Result<bool> {
-        let n = self.lock().execute(
+        let n = self.lock_touching(Touches::Tenant(tenant)).execute(
             "UPDATE api_keys SET revoked_at = ?3
              WHERE id = ?1 AND tenant_id = ?2 AND revoked_at IS NULL AND (?4 IS NULL OR user_id = ?4)",
             params![id, tenant.to_string(), now_unix(), made_by],
@@ -118,8 +120,8 @@ impl Catalog {
     }
 
     pub fn api_key_by_prefix(&self, prefix: &str) -> Result<Option<ApiKeyAuth>> {
-        let row = self
-            .lock()
+        let conn = self.lock();
+        let row = conn
             .prepare_cached(
                 "SELECT k.id, k.tenant_id, k.user_id, u.email, k.key_hash, k.scopes, k.allowed_ips,
                         k.expires_at, k.revoked_at IS NOT NULL, k.last_used_at, m.role, t.status,
@@ -165,11 +167,14 @@ impl Catalog {
         else {
             return Ok(None);
         };
+        let tenant: TenantId = tenant
+            .parse()
+            .map_err(|_| CatalogError::Corrupt(format!("tenant id {tenant:?}")))?;
+        // Still under the lock of the read: no write falls between the two.
+        let stamp = conn.stamp(tenant);
         Ok(Some(ApiKeyAuth {
             id,
-            tenant: tenant
-                .parse()
-                .map_err(|_| CatalogError::Corrupt(format!("tenant id {tenant:?}")))?,
+            tenant,
             user_id,
             email,
             key_hash,
@@ -188,11 +193,14 @@ impl Catalog {
                 .parse()
                 .map_err(|_| CatalogError::Corrupt(format!("status {status:?}")))?,
             blocked_by_2fa_rule,
+            stamp,
         }))
     }
 
+    /// Notes when the key was last used. A cached key is not made stale by it: its row's
+    /// copy of this one column is only a hint of when to write it next.
     pub fn touch_api_key(&self, id: &str, now: i64) -> Result<()> {
-        self.lock().execute(
+        self.lock_touching(Touches::Nothing).execute(
             "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1",
             params![id, now],
         )?;

@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, params};
 use silo_crypto::Keyring;
 use silo_tenant_runtime::TenantId;
 
-use super::{Catalog, Result};
+use super::{Catalog, Result, Touches};
 use crate::audit::{AuditRecord, GENESIS, chain_of, event_hash, head_mac};
 
 /// An event as stored: exactly the fields its hash covers, plus id and links.
@@ -74,7 +74,8 @@ impl Catalog {
     /// Appends one event to its chain and re-signs the chain's head, atomically.
     pub fn append_audit(&self, keyring: &Keyring, rec: &AuditRecord) -> Result<i64> {
         let chain = chain_of(rec.tenant);
-        let mut conn = self.lock();
+        // The audit log is no credential's source: nothing cached goes stale.
+        let mut conn = self.lock_touching(Touches::Nothing);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (head_seq, head_hash): (i64, Vec<u8>) = tx
             .query_row(
@@ -249,7 +250,7 @@ impl Catalog {
     /// append-only trigger is lifted, the chain and its head deleted, and the trigger
     /// restored, so no other deletion can slip in. Returns the tenants purged.
     pub fn purge_expired_audit(&self, retention_secs: i64) -> Result<Vec<String>> {
-        let mut conn = self.lock();
+        let mut conn = self.lock_touching(Touches::Nothing);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let cutoff: String = tx.query_row(
             "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, params};
 use silo_tenant_runtime::TenantId;
 
-use super::{Catalog, CatalogError, Result, now_unix};
+use super::{Catalog, CatalogError, Result, Touches, now_unix};
 use crate::auth::Role;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -84,7 +84,8 @@ impl Catalog {
         token_hash: &[u8; 32],
         ttl_secs: i64,
     ) -> Result<()> {
-        let mut conn = self.lock();
+        // An invitation: no cached fact is read from it.
+        let mut conn = self.lock_touching(Touches::Nothing);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let member: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM memberships m JOIN users u ON u.id = m.user_id
@@ -197,6 +198,11 @@ impl Catalog {
             params![&token_hash[..], now_unix()],
         )?;
         tx.commit()?;
+        // An invitation, and a membership of its tenant (plus, for a new account, a user
+        // nothing cached names yet).
+        if let Ok(tenant) = tenant.parse() {
+            conn.touching(Touches::Tenant(tenant));
+        }
         Ok(user_id)
     }
 
@@ -209,7 +215,8 @@ impl Catalog {
         role: Role,
         actor_role: Role,
     ) -> Result<Role> {
-        let mut conn = self.lock();
+        // One membership of this tenant.
+        let mut conn = self.lock_touching(Touches::Tenant(tenant));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let current = current_role(&tx, tenant, target)?;
         check_owner_rules(&tx, tenant, current, Some(role), actor_role)?;

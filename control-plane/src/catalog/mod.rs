@@ -10,7 +10,6 @@
 //! crash of the process or the machine.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -19,11 +18,14 @@ use silo_provisioner::{Ledger, ProvisionError, TenantStatus};
 use silo_tenant_runtime::TenantId;
 
 use crate::auth::Role;
+pub use epochs::Stamp;
+use epochs::{Epochs, Touches};
 
 mod admin;
 mod api_keys;
 mod audit;
 mod deletion;
+mod epochs;
 mod members;
 mod security;
 
@@ -64,18 +66,35 @@ pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
-    /// Bumped after every use of the connection that changed a row. Whoever keeps a copy
-    /// of something read here (the credential cache) compares it to know the copy is still
-    /// what the catalog holds: any write since, to any table, makes every copy stale.
-    epoch: Arc<AtomicU64>,
+    /// Bumped after every use of the connection that changed a row, for what it touched.
+    /// Whoever keeps a copy of something read here (the credential cache) checks its
+    /// [`Stamp`] to know the copy is still what the catalog holds.
+    epochs: Arc<Epochs>,
 }
 
-/// The locked catalog connection. On release, bumps the catalog's epoch if anything was
-/// written through it meanwhile (SQLite's running count of changed rows moved).
+/// The locked catalog connection. On release, bumps the epochs of what the writes through
+/// it may have changed, if they changed anything (SQLite's running count of changed rows
+/// moved): the whole catalog's unless the writer said it touched less
+/// ([`CatalogGuard::touching`]).
 pub(crate) struct CatalogGuard<'a> {
     conn: MutexGuard<'a, Connection>,
     changes_before: u64,
-    epoch: &'a AtomicU64,
+    touches: Touches,
+    epochs: &'a Epochs,
+}
+
+impl CatalogGuard<'_> {
+    /// Says what the writes through this guard may change (see [`Touches`]); without it,
+    /// anything. Say it only where it is plain from the statements.
+    pub(crate) fn touching(&mut self, touches: Touches) -> &mut Self {
+        self.touches = touches;
+        self
+    }
+
+    /// When what is read under this lock was read, for the caches (see [`Stamp`]).
+    pub(crate) fn stamp(&self, tenant: TenantId) -> Stamp {
+        self.epochs.stamp(tenant)
+    }
 }
 
 impl std::ops::Deref for CatalogGuard<'_> {
@@ -96,7 +115,7 @@ impl Drop for CatalogGuard<'_> {
         // Before the lock is released: no one reads the catalog between the write and the
         // epoch that announces it.
         if self.conn.total_changes() != self.changes_before {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.epochs.bump(self.touches);
         }
     }
 }
@@ -137,6 +156,8 @@ pub struct SessionRow {
     /// When this session last proved a second factor.
     pub verified_at: Option<i64>,
     pub tenant_requires_2fa: bool,
+    /// When it was read: the credential cache keeps it while this is current.
+    pub stamp: Stamp,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -208,7 +229,7 @@ impl Catalog {
         MigrationSet::embedded(&CATALOG_DIR)?.apply(&mut conn, CATALOG_MIGRATIONS_TABLE)?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
-            epoch: Arc::new(AtomicU64::new(0)),
+            epochs: Arc::new(Epochs::default()),
         })
     }
 
@@ -219,13 +240,21 @@ impl Catalog {
         CatalogGuard {
             changes_before: conn.total_changes(),
             conn,
-            epoch: &self.epoch,
+            touches: Touches::Everything,
+            epochs: &self.epochs,
         }
     }
 
-    /// The catalog's write epoch (see the field). Read it before reading what you cache.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
+    /// The locked connection, for writes that change only what `touches` says.
+    fn lock_touching(&self, touches: Touches) -> CatalogGuard<'_> {
+        let mut guard = self.lock();
+        guard.touching(touches);
+        guard
+    }
+
+    /// No write that could have changed what was read under `stamp` has happened since.
+    pub fn is_current(&self, stamp: &Stamp) -> bool {
+        self.epochs.is_current(stamp)
     }
 
     /// Runs `f` on a blocking thread, inside the caller's span.
@@ -259,7 +288,8 @@ impl Catalog {
     /// sealed DB token), its owner's account and membership. Concurrent signups with one
     /// email: the unique index lets exactly one through; the others get `EmailTaken`.
     pub fn insert_signup(&self, s: &NewSignup) -> Result<()> {
-        let mut conn = self.lock();
+        // New rows only (a tenant, its first user and membership): nothing cached names them.
+        let mut conn = self.lock_touching(Touches::Tenant(s.tenant));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let taken: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM users WHERE email = ?1)",
@@ -367,7 +397,8 @@ impl Catalog {
         refresh_ttl_secs: i64,
         second_factor_verified: bool,
     ) -> Result<SessionStart> {
-        let mut conn = self.lock();
+        // New rows of the tenant: nothing cached names them yet.
+        let mut conn = self.lock_touching(Touches::Tenant(tenant));
         let tx = conn.transaction()?;
         let (sv, role): (i64, String) = tx.query_row(
             "SELECT u.session_version, m.role FROM users u
@@ -414,8 +445,10 @@ impl Catalog {
         user_id: &str,
         tenant: TenantId,
     ) -> Result<Option<SessionRow>> {
-        let row = self
-            .lock()
+        let conn = self.lock();
+        // Under the same lock as the read: no write falls between the two.
+        let stamp = conn.stamp(tenant);
+        let row = conn
             .prepare_cached(
                 "SELECT m.role, u.email, t.status, s.revoked_at IS NOT NULL,
                         u.session_version, s.session_version, s.expires_at,
@@ -467,6 +500,7 @@ impl Catalog {
                     totp_enabled,
                     verified_at,
                     tenant_requires_2fa,
+                    stamp: stamp.clone(),
                 })
             },
         )
@@ -517,6 +551,7 @@ impl Catalog {
         else {
             return Ok(RefreshOutcome::Invalid);
         };
+        let tenant = parse_tenant(tenant)?;
         if used {
             tx.execute(
                 "UPDATE sessions SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
@@ -525,10 +560,12 @@ impl Catalog {
                 [&session_id],
             )?;
             tx.commit()?;
+            // A session and the refresh tokens of this tenant, nothing else.
+            conn.touching(Touches::Tenant(tenant));
             return Ok(RefreshOutcome::Reused {
                 session_id,
                 user_id,
-                tenant: parse_tenant(tenant)?,
+                tenant,
             });
         }
         if revoked
@@ -553,10 +590,11 @@ impl Catalog {
             params![session_id, now + refresh_ttl_secs],
         )?;
         tx.commit()?;
+        conn.touching(Touches::Tenant(tenant));
         Ok(RefreshOutcome::Rotated {
             session_id,
             user_id,
-            tenant: parse_tenant(tenant)?,
+            tenant,
             role: role
                 .parse()
                 .map_err(|_| CatalogError::Corrupt(format!("role {role:?}")))?,
@@ -568,11 +606,20 @@ impl Catalog {
 impl Catalog {
     /// Ends one session (logout): its access and refresh tokens stop working at once.
     pub fn revoke_session(&self, session_id: &str, reason: &str) -> Result<()> {
-        self.lock().execute(
-            "UPDATE sessions SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), revoked_reason = ?2
-             WHERE id = ?1 AND revoked_at IS NULL",
-            params![session_id, reason],
-        )?;
+        let mut conn = self.lock();
+        let tenant: Option<String> = conn
+            .query_row(
+                "UPDATE sessions SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), revoked_reason = ?2
+                 WHERE id = ?1 AND revoked_at IS NULL
+                 RETURNING tenant_id",
+                params![session_id, reason],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // One session of that tenant (a tenant id that does not parse leaves it at everything).
+        if let Some(tenant) = tenant.and_then(|t| t.parse().ok()) {
+            conn.touching(Touches::Tenant(tenant));
+        }
         Ok(())
     }
 
@@ -687,32 +734,124 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_epoch_moves_with_every_write_and_only_then() {
+    fn a_stamp_goes_stale_with_every_write_that_may_touch_it_and_only_then() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(&dir.path().join("catalog.db")).unwrap();
-        let start = catalog.epoch();
+        let (mine, other) = (TenantId::generate(), TenantId::generate());
+        let stamp = || catalog.lock().stamp(mine);
+        let s = stamp();
         catalog.ping().unwrap();
         catalog
             .lock()
             .execute_batch("CREATE TABLE scratch(a)")
             .unwrap();
-        assert_eq!(catalog.epoch(), start, "reads and DDL change no row");
+        assert!(catalog.is_current(&s), "reads and DDL change no row");
         catalog
             .lock()
             .execute("INSERT INTO scratch VALUES (1)", [])
             .unwrap();
-        assert_eq!(catalog.epoch(), start + 1);
+        assert!(
+            !catalog.is_current(&s),
+            "an unclassified write touches everything"
+        );
+        let s = stamp();
         catalog
             .lock()
             .execute("UPDATE scratch SET a = 2 WHERE a = 99", [])
             .unwrap();
-        assert_eq!(catalog.epoch(), start + 1, "an update that matched nothing");
+        assert!(catalog.is_current(&s), "an update that matched nothing");
         {
             let mut conn = catalog.lock();
             let tx = conn.transaction().unwrap();
             tx.execute("DELETE FROM scratch", []).unwrap();
             tx.commit().unwrap();
         }
-        assert_eq!(catalog.epoch(), start + 2);
+        assert!(!catalog.is_current(&s), "a transaction");
+        let s = stamp();
+        for (touches, stale) in [
+            (Touches::Nothing, false),
+            (Touches::Tenant(other), false),
+            (Touches::Tenant(mine), true),
+        ] {
+            catalog
+                .lock_touching(touches)
+                .execute("INSERT INTO scratch VALUES (3)", [])
+                .unwrap();
+            assert_eq!(!catalog.is_current(&s), stale, "{touches:?}");
+        }
+    }
+
+    /// The writes of a busy server that are not about credentials (the audit log, login
+    /// failures, a key's last use) and those of another tenant leave a cached session current;
+    /// the writes that end it do not.
+    #[test]
+    fn a_cached_session_stays_current_through_other_tenants_writes_and_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+        let keyring = silo_crypto::Keyring::new(silo_crypto::MasterKey::generate(), vec![]);
+        let mut refresh = 0u8;
+        let mut signup = |org: &str| {
+            let tenant = TenantId::generate();
+            let user_id = hex::encode(silo_crypto::random_bytes::<16>());
+            catalog
+                .insert_signup(&NewSignup {
+                    tenant,
+                    tenant_name: org.to_owned(),
+                    db_id: format!("db-{org}"),
+                    sealed_db_token: vec![1],
+                    user_id: user_id.clone(),
+                    email: format!("o@{org}.example.com"),
+                    password_hash: "x".to_owned(),
+                })
+                .unwrap();
+            catalog.set_status(tenant, TenantStatus::Active).unwrap();
+            let session = catalog
+                .create_session(&user_id, tenant, &[refresh; 32], 3600, false)
+                .unwrap();
+            refresh += 1;
+            (tenant, user_id, session.session_id)
+        };
+        let (a, a_user, a_session) = signup("a");
+        let (b, b_user, b_session) = signup("b");
+        let row = catalog.session(&a_session, &a_user, a).unwrap().unwrap();
+        let audit = |tenant| {
+            crate::audit::AuditRecord::new(
+                Some(tenant),
+                "test",
+                "db.schema_change",
+                &crate::audit::RequestMeta::default(),
+            )
+        };
+        catalog.append_audit(&keyring, &audit(a)).unwrap();
+        catalog.append_audit(&keyring, &audit(b)).unwrap();
+        catalog.clear_login_failures("o@a.example.com").unwrap();
+        catalog.note_network(&a_user, "10.0.0.0/24").unwrap();
+        catalog.revoke_session(&b_session, "logout").unwrap();
+        catalog
+            .create_session(&b_user, b, &[9; 32], 3600, false)
+            .unwrap();
+        assert!(
+            catalog.is_current(&row.stamp),
+            "other tenants' writes and the audit log"
+        );
+        // A user may be in any tenant: a change to one makes everything stale.
+        catalog.bump_session_version(&b_user).unwrap();
+        assert!(!catalog.is_current(&row.stamp));
+        let row = catalog.session(&a_session, &a_user, a).unwrap().unwrap();
+        catalog.set_status(b, TenantStatus::Suspended).unwrap();
+        catalog.append_audit(&keyring, &audit(a)).unwrap();
+        assert!(
+            catalog.is_current(&row.stamp),
+            "another tenant's suspension"
+        );
+        catalog.revoke_session(&a_session, "logout").unwrap();
+        assert!(!catalog.is_current(&row.stamp), "its own logout");
+        assert!(
+            catalog
+                .session(&a_session, &a_user, a)
+                .unwrap()
+                .unwrap()
+                .revoked
+        );
     }
 }

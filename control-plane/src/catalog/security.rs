@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, params};
 use silo_tenant_runtime::TenantId;
 
-use super::{Catalog, Result, now_unix};
+use super::{Catalog, Result, Touches, now_unix};
 
 /// A user's TOTP state.
 pub struct TotpState {
@@ -115,7 +115,7 @@ impl Catalog {
         window: i64,
     ) -> Result<std::result::Result<Vec<i64>, i64>> {
         let now = now_unix();
-        let mut conn = self.lock();
+        let mut conn = self.lock_touching(Touches::Nothing);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM login_failures WHERE at <= ?1", [now - window])?;
         let mut wait: Option<i64> = None;
@@ -148,7 +148,7 @@ impl Catalog {
 
     /// The attempt succeeded: it was no failure after all.
     pub fn forget_attempt(&self, rows: &[i64]) -> Result<()> {
-        let conn = self.lock();
+        let conn = self.lock_touching(Touches::Nothing);
         for row in rows {
             conn.execute("DELETE FROM login_failures WHERE rowid = ?1", [row])?;
         }
@@ -156,7 +156,7 @@ impl Catalog {
     }
 
     pub fn clear_login_failures(&self, key: &str) -> Result<()> {
-        self.lock()
+        self.lock_touching(Touches::Nothing)
             .execute("DELETE FROM login_failures WHERE key = ?1", [key])?;
         Ok(())
     }
@@ -164,7 +164,7 @@ impl Catalog {
     /// Remembers that the user signed in from `network`. True when the network is new *and*
     /// the user had signed in from somewhere else before (a first sign-in is not news).
     pub fn note_network(&self, user_id: &str, network: &str) -> Result<bool> {
-        let mut conn = self.lock();
+        let mut conn = self.lock_touching(Touches::Nothing);
         let tx = conn.transaction()?;
         let known: i64 = tx.query_row(
             "SELECT count(*) FROM user_networks WHERE user_id = ?1",
