@@ -66,13 +66,14 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// Clock ticks per second (USER_HZ): 100 on Linux for x86_64 and arm64.
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// Runs wrk against `url` (POSTing `body` with `token` when given) and reads its summary.
+/// Runs wrk against `url` (POSTing `body` when given) and reads its summary. With one token,
+/// every request carries it; with several, requests take them in turn.
 #[allow(clippy::too_many_arguments)]
 fn wrk(
     pid: u32,
     name: &str,
     url: &str,
-    token: Option<&str>,
+    tokens: &[&str],
     body: Option<&Value>,
     secs: u64,
     conns: u32,
@@ -85,11 +86,35 @@ fn wrk(
         lua.push_str(&format!("wrk.body = {}\n", lua_string(&b.to_string())));
         lua.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
     }
-    if let Some(t) = token {
-        lua.push_str(&format!(
+    match tokens {
+        [] => {}
+        [t] => lua.push_str(&format!(
             "wrk.headers[\"Authorization\"] = {}\n",
             lua_string(&format!("Bearer {t}"))
-        ));
+        )),
+        many => {
+            // Each request made once, at start: a request then costs wrk a table lookup.
+            let list: Vec<String> = many
+                .iter()
+                .map(|t| lua_string(&format!("Bearer {t}")))
+                .collect();
+            lua.push_str(&format!("local auth = {{{}}}\n", list.join(",")));
+            lua.push_str(
+                "local made, i = {}, 0\n\
+                 init = function(args)\n\
+                   for k, a in ipairs(auth) do\n\
+                     local h = {}\n\
+                     for name, v in pairs(wrk.headers) do h[name] = v end\n\
+                     h[\"Authorization\"] = a\n\
+                     made[k] = wrk.format(nil, nil, h, nil)\n\
+                   end\n\
+                 end\n\
+                 request = function()\n\
+                   i = i + 1\n\
+                   return made[(i % #made) + 1]\n\
+                 end\n",
+            );
+        }
     }
     // Non-2xx answers are counted by wrk and reported below.
     std::fs::write(&script, lua).expect("write script");
@@ -224,42 +249,42 @@ fn main() {
         post(&client, &base, "/v2/pipeline", Some(&token), v2.clone());
     }
     let pid = child.id();
-    let configs: [(&str, String, Option<&str>, Option<&Value>); 5] = [
+    let configs: [(&str, String, &[&str], Option<&Value>); 5] = [
         (
             "HTTP floor: `GET /health` (no work)",
             format!("{base}/health"),
-            None,
+            &[],
             None,
         ),
         (
             "`POST /v2/pipeline`, access token",
             format!("{base}/v2/pipeline"),
-            Some(&token),
+            &[&token],
             Some(&v2),
         ),
         (
             "`POST /v1/db/query`, access token",
             format!("{base}/v1/db/query"),
-            Some(&token),
+            &[&token],
             Some(&v1),
         ),
         (
             "`POST /v2/pipeline`, API key (db:read)",
             format!("{base}/v2/pipeline"),
-            Some(&key),
+            &[&key],
             Some(&v2),
         ),
         (
             "`POST /v1/db/query`, API key (db:read)",
             format!("{base}/v1/db/query"),
-            Some(&key),
+            &[&key],
             Some(&v1),
         ),
     ];
     let mut rounds_done: Vec<Vec<Run>> = (0..configs.len()).map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, (name, url, auth, body)) in configs.iter().enumerate() {
-            rounds_done[i].push(wrk(pid, name, url, *auth, *body, secs, conns));
+            rounds_done[i].push(wrk(pid, name, url, auth, *body, secs, conns));
         }
     }
     // Each configuration's median round (by requests/s), and the floor's median for the ratio.
@@ -300,7 +325,7 @@ fn main() {
             pid,
             "`POST /v2/pipeline`, access token, while another tenant floods",
             &format!("{base}/v2/pipeline"),
-            Some(&token),
+            &[&token],
             Some(&v2),
             secs,
             conns,
@@ -411,6 +436,7 @@ fn main() {
         .send()
         .and_then(|r| r.text())
         .unwrap_or_default();
+    let spread = spread_over_tenants(&client, &base, child.id(), &tokens, cache, secs, conns);
     stop(child);
     cold.sort();
     warm.sort();
@@ -457,6 +483,102 @@ fn main() {
         quantile(0.5),
         quantile(0.99)
     );
+    println!("{spread}");
+}
+
+/// The point query spread over the credentials of many warm tenants, alone, then while one
+/// other tenant makes audited schema changes (each a catalog write) 50 times a second. A
+/// catalog write used to make every cached credential stale; now only those it may have
+/// changed. Returns its report.
+fn spread_over_tenants(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    pid: u32,
+    tokens: &[String],
+    cache: usize,
+    secs: u64,
+    conns: u32,
+) -> String {
+    // The last tenants read: their handles and credentials are cached.
+    let spread: Vec<&str> = tokens
+        .iter()
+        .rev()
+        .take((cache / 2).clamp(1, 300))
+        .map(String::as_str)
+        .collect();
+    let Some(writer) = tokens.first().filter(|_| tokens.len() > spread.len()) else {
+        return String::new();
+    };
+    let query = json!({ "requests": [
+        { "type": "execute", "stmt": { "sql": "SELECT count(*) FROM kv" } },
+        { "type": "close" }
+    ]});
+    let url = format!("{base}/v2/pipeline");
+    let misses = || -> f64 {
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("silo_credential_cache_misses_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = misses();
+    let alone = wrk(pid, "alone", &url, &spread, Some(&query), secs, conns);
+    let between = misses();
+    let stop_writing = std::sync::atomic::AtomicBool::new(false);
+    let (busy, changes) = std::thread::scope(|s| {
+        let changer = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop_writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let sql = if n.is_multiple_of(2) {
+                    "CREATE TABLE churn(x)"
+                } else {
+                    "DROP TABLE churn"
+                };
+                post(
+                    client,
+                    base,
+                    "/v1/db/query",
+                    Some(writer),
+                    json!({ "sql": sql }),
+                );
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            n
+        });
+        let run = wrk(
+            pid,
+            "while another tenant changes its schema",
+            &url,
+            &spread,
+            Some(&query),
+            secs,
+            conns,
+        );
+        stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
+        (run, changer.join().expect("changer"))
+    });
+    let after = misses();
+    let mut out = format!(
+        "\n### Point query spread over {} tenants' access tokens ({secs} s a run)\n\n\
+         | run | requests/s | p50 | p99 | server CPU per request | credentials read from the catalog |\n\
+         |---|---|---|---|---|---|\n",
+        spread.len()
+    );
+    for (run, read) in [(&alone, between - before), (&busy, after - between)] {
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {:.1} µs | {read:.0} |\n",
+            run.name, run.rps, run.p50, run.p99, run.cpu_us
+        ));
+    }
+    out.push_str(&format!(
+        "\nThe other tenant's audited schema changes during the second run: {changes}.\n"
+    ));
+    out
 }
 
 trait TapSql {
