@@ -527,8 +527,12 @@ impl Lease {
         }
         if sandbox.level() != level || sandbox.transactions_allowed() != transactions {
             // The authorizer runs when a statement is compiled, not when a cached one is
-            // reused: statements compiled under other rules must not be reused under these.
-            conn.flush_prepared_statement_cache();
+            // reused: statements compiled under other rules must not be reused under these,
+            // unless these would have allowed every one of them too.
+            if !sandbox.compiled_fit(level, transactions) {
+                conn.flush_prepared_statement_cache();
+                sandbox.forget_compiled();
+            }
             // A second, run-time guard for read-only callers, independent of the authorizer.
             // Set first: the level changes only once its guard is in place.
             sandbox

@@ -148,6 +148,11 @@ pub struct SandboxState {
     /// The last refusal was of a transaction statement (see
     /// [`SandboxState::take_transaction_refusal`]).
     transaction_refused: AtomicBool,
+    /// The least access level that would have allowed every statement compiled since
+    /// [`SandboxState::forget_compiled`], and whether one of them was a transaction
+    /// statement: the rules those statements, some of them kept in the statement cache, need.
+    compiled_level: std::sync::atomic::AtomicU8,
+    compiled_transactions: AtomicBool,
 }
 
 impl SandboxState {
@@ -161,7 +166,38 @@ impl SandboxState {
             denial: Mutex::new(None),
             transactions_allowed: AtomicBool::new(false),
             transaction_refused: AtomicBool::new(false),
+            compiled_level: std::sync::atomic::AtomicU8::new(AccessLevel::ReadOnly as u8),
+            compiled_transactions: AtomicBool::new(false),
         }
+    }
+
+    /// Every statement compiled since [`SandboxState::forget_compiled`] would also compile
+    /// under `level` and `transactions`: the statement cache may be kept when switching to
+    /// them (the authorizer runs when a statement is compiled, not when a cached one is
+    /// reused). A connection that alternates between a libSQL stream and single statements,
+    /// or between callers of different roles, then keeps its cache unless a statement that
+    /// needed more was compiled.
+    pub fn compiled_fit(&self, level: AccessLevel, transactions: bool) -> bool {
+        self.compiled_level.load(Ordering::Relaxed) <= level as u8
+            && (transactions || !self.compiled_transactions.load(Ordering::Relaxed))
+    }
+
+    /// The statement cache was flushed: nothing compiled before counts any more.
+    pub fn forget_compiled(&self) {
+        self.compiled_level
+            .store(AccessLevel::ReadOnly as u8, Ordering::Relaxed);
+        self.compiled_transactions.store(false, Ordering::Relaxed);
+    }
+
+    /// Notes what an allowed action needed: the least level at which [`authorize`] allows it.
+    fn note_allowed(&self, action: &AuthAction<'_>, level: AccessLevel) {
+        let needed = [AccessLevel::ReadOnly, AccessLevel::ReadWrite]
+            .into_iter()
+            .take_while(|l| *l < level)
+            .find(|l| authorize(action, *l).is_ok())
+            .unwrap_or(level);
+        self.compiled_level
+            .fetch_max(needed as u8, Ordering::Relaxed);
     }
 
     /// Starts the time budget of one request. Call [`SandboxState::end_budget`] after.
@@ -426,14 +462,23 @@ pub fn install(
             AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
         ) {
             if auth_state.transactions_allowed() {
+                auth_state
+                    .compiled_transactions
+                    .store(true, Ordering::Relaxed);
                 return Authorization::Allow;
             }
             auth_state
                 .transaction_refused
                 .store(true, Ordering::Relaxed);
         }
-        match authorize(&ctx.action, auth_state.level()) {
-            Ok(()) => Authorization::Allow,
+        let level = auth_state.level();
+        match authorize(&ctx.action, level) {
+            Ok(()) => {
+                if level != AccessLevel::ReadOnly {
+                    auth_state.note_allowed(&ctx.action, level);
+                }
+                Authorization::Allow
+            }
             Err(reason) => auth_state.deny(reason),
         }
     }))?;
@@ -575,6 +620,48 @@ mod tests {
         state
             .as_server(|| conn.execute_batch("BEGIN; ROLLBACK;"))
             .unwrap();
+    }
+
+    /// What the compiled statements needed decides whether the statement cache may be kept
+    /// on a switch of rules: reads compiled for a writer fit a reader; a write, a schema
+    /// change or a transaction statement does not fit rules that refuse it.
+    #[test]
+    fn the_rules_compiled_statements_need_are_tracked() {
+        let (conn, state) = sandboxed();
+        let prepare = |sql: &str| drop(conn.prepare(sql).unwrap());
+        let all = [
+            AccessLevel::ReadOnly,
+            AccessLevel::ReadWrite,
+            AccessLevel::Schema,
+        ];
+        state.set_level(AccessLevel::Schema);
+        prepare("SELECT a, b FROM t WHERE a = ?1");
+        prepare("SELECT count(*) FROM t JOIN t AS u USING (a)");
+        prepare("WITH c(x) AS (VALUES (1)) SELECT x FROM c");
+        assert!(all.iter().all(|l| state.compiled_fit(*l, false)));
+
+        state.set_level(AccessLevel::ReadWrite);
+        prepare("INSERT INTO t (b) VALUES ('x')");
+        assert!(!state.compiled_fit(AccessLevel::ReadOnly, true));
+        assert!(state.compiled_fit(AccessLevel::ReadWrite, false));
+        state.set_level(AccessLevel::Schema);
+        prepare("CREATE INDEX IF NOT EXISTS ib ON t(b)");
+        assert!(!state.compiled_fit(AccessLevel::ReadWrite, true));
+        assert!(state.compiled_fit(AccessLevel::Schema, false));
+
+        state.forget_compiled();
+        assert!(all.iter().all(|l| state.compiled_fit(*l, false)));
+        state.set_transactions_allowed(true);
+        prepare("BEGIN");
+        state.set_transactions_allowed(false);
+        assert!(!state.compiled_fit(AccessLevel::Schema, false));
+        assert!(state.compiled_fit(AccessLevel::ReadOnly, true));
+        // Refused statements compile nothing.
+        state.forget_compiled();
+        state.set_level(AccessLevel::ReadOnly);
+        assert!(conn.prepare("DELETE FROM t").is_err());
+        assert!(conn.prepare("COMMIT").is_err());
+        assert!(state.compiled_fit(AccessLevel::ReadOnly, false));
     }
 
     #[test]
