@@ -721,9 +721,13 @@ async fn principal_from_api_key(
             .is_ok()
     {
         let id = row.id.clone();
-        Box::pin(state.catalog.blocking(move |c| c.touch_api_key(&id, now)))
-            .await
-            .map_err(ApiError::internal)?;
+        if let Err(e) = Box::pin(state.catalog.blocking(move |c| c.touch_api_key(&id, now))).await {
+            // Not written: the next request tries again, not the next interval's.
+            cached
+                .touched_at
+                .store(touched_at, std::sync::atomic::Ordering::Relaxed);
+            return Err(ApiError::internal(e));
+        }
     }
     Ok(Principal {
         tenant: row.tenant,

@@ -3,8 +3,10 @@
 //!
 //! There is one epoch for the whole catalog and one per tenant. A write bumps the epoch of
 //! what it may have changed: a tenant's own rows (its sessions, memberships, API keys, its
-//! row in `tenants`) bump that tenant's epoch only; rows that no cached fact is read from
-//! (the audit log, login failures, known networks, when a key was last used) bump none; and
+//! row in `tenants`, and rows of any table that are new, which nothing cached names yet)
+//! bump that tenant's epoch only; rows that no cached fact is read from (the audit log,
+//! login failures, known networks, invitations, a user's last TOTP step, when a key was last
+//! used: a cached key's copy of that is only a hint of when to write it next) bump none; and
 //! everything else, including every write not classified otherwise, bumps the whole
 //! catalog's. A copy carries the [`Stamp`] of its read and is current while neither epoch
 //! it was stamped with has moved.
@@ -27,7 +29,9 @@ pub(crate) enum Touches {
     /// Any row (users, for one, span tenants).
     Everything,
     /// Rows of this tenant only: its sessions and their refresh tokens, its memberships,
-    /// its API keys, its own row.
+    /// its API keys, its own row; and new rows of any table (a signup's or a joining
+    /// member's new `users` row), which nothing cached names yet. Never a change to an
+    /// existing user: users span tenants.
     Tenant(TenantId),
     /// Only rows no cached fact is read from.
     Nothing,

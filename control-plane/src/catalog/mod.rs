@@ -141,7 +141,7 @@ pub struct LoginRow {
 }
 
 /// Everything a request needs to know about its access token's session, read fresh (or
-/// from the credential cache, which holds it only while the catalog is unchanged).
+/// from the credential cache, which holds it while its stamp is current).
 #[derive(Clone)]
 pub struct SessionRow {
     pub role: Role,
@@ -437,8 +437,8 @@ impl Catalog {
         })
     }
 
-    /// The session an access token names, with the user's current role, read fresh on
-    /// every request. `None` if the session, user or membership is gone.
+    /// The session an access token names, with the user's current role, and the stamp the
+    /// credential cache keeps it by. `None` if the session, user or membership is gone.
     pub fn session(
         &self,
         session_id: &str,
@@ -551,7 +551,6 @@ impl Catalog {
         else {
             return Ok(RefreshOutcome::Invalid);
         };
-        let tenant = parse_tenant(tenant)?;
         if used {
             tx.execute(
                 "UPDATE sessions SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
@@ -560,7 +559,10 @@ impl Catalog {
                 [&session_id],
             )?;
             tx.commit()?;
-            // A session and the refresh tokens of this tenant, nothing else.
+            // Revoked whatever the tenant id says; if it does not parse, the scope stays at
+            // everything.
+            let tenant = parse_tenant(tenant)?;
+            // A session of this tenant, nothing else.
             conn.touching(Touches::Tenant(tenant));
             return Ok(RefreshOutcome::Reused {
                 session_id,
@@ -568,6 +570,7 @@ impl Catalog {
                 tenant,
             });
         }
+        let tenant = parse_tenant(tenant)?;
         if revoked
             || expires_at <= now
             || ssv != usv

@@ -58,7 +58,9 @@ impl Catalog {
     /// already used, so a code cannot be replayed within its window.
     pub fn accept_totp_step(&self, user_id: &str, step: u64) -> Result<bool> {
         let step = i64::try_from(step).unwrap_or(i64::MAX);
-        let n = self.lock().execute(
+        // Only the replay guard's column, which no cached fact is read from: every 2FA
+        // sign-in would otherwise make every tenant's cached credentials stale.
+        let n = self.lock_touching(Touches::Nothing).execute(
             "UPDATE users SET totp_last_step = ?2
              WHERE id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
             params![user_id, step],
@@ -89,10 +91,18 @@ impl Catalog {
 
     /// Records that the session just proved a second factor (starts the step-up window).
     pub fn mark_session_verified(&self, session_id: &str) -> Result<()> {
-        self.lock().execute(
-            "UPDATE sessions SET verified_at = ?2 WHERE id = ?1",
-            params![session_id, now_unix()],
-        )?;
+        let mut conn = self.lock();
+        let tenant: Option<String> = conn
+            .query_row(
+                "UPDATE sessions SET verified_at = ?2 WHERE id = ?1 RETURNING tenant_id",
+                params![session_id, now_unix()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // One session of that tenant (a tenant id that does not parse leaves it at everything).
+        if let Some(tenant) = tenant.and_then(|t| t.parse().ok()) {
+            conn.touching(Touches::Tenant(tenant));
+        }
         Ok(())
     }
 

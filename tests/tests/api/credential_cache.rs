@@ -109,3 +109,68 @@ fn another_tenants_catalog_writes_leave_cached_credentials_in_place() {
     app.query(&admin.access_token, "CREATE TABLE yours(x)")
         .expect_error(403, "sql_forbidden");
 }
+
+/// A user belongs to two tenants: a change to the user made through one of them (a new
+/// password, which ends every session of the user) applies at once to the session cached in
+/// the other, and a key revoked in one tenant stops at once while the other's stays cached.
+#[test]
+fn a_change_to_a_user_of_two_tenants_applies_at_once_in_both() {
+    let app = TestApp::spawn();
+    let a = app.signup("Home");
+    let b = app.signup("Away");
+    let invite = app
+        .post(
+            "/v1/invites",
+            Some(&b.access_token),
+            json!({ "email": a.email, "role": "member" }),
+        )
+        .expect(201);
+    // The existing account joins b with its own password.
+    let joined = app
+        .post(
+            "/v1/invites/accept",
+            None,
+            json!({ "invite_token": invite["invite_token"], "password": a.password }),
+        )
+        .expect(201);
+    let in_b = joined["access_token"].as_str().expect("access").to_owned();
+    let (a_key_id, a_key) = app.create_key(&a, &["db:read"], json!({}));
+    let (_, b_key) = app.create_key(&b, &["db:read"], json!({}));
+    for _ in 0..2 {
+        for t in [&a.access_token, &in_b, &a_key, &b_key] {
+            app.query(t, "SELECT 1").expect(200);
+        }
+    }
+
+    // A key revoked in tenant a stops at once; b's key stays cached.
+    let keys = misses(&app, "api_key");
+    app.request(
+        reqwest::Method::DELETE,
+        &format!("/v1/api-keys/{a_key_id}"),
+        Some(&a.access_token),
+        None,
+    )
+    .expect(204);
+    app.query(&a_key, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+    app.query(&b_key, "SELECT 1").expect(200);
+    assert_eq!(
+        misses(&app, "api_key"),
+        keys + 1,
+        "only a's key was read again"
+    );
+
+    // The user changes their password through their session in b: their session in a,
+    // cached, ends at once too.
+    app.post(
+        "/v1/auth/password",
+        Some(&in_b),
+        json!({ "current_password": a.password, "new_password": "a new password!" }),
+    )
+    .expect(200);
+    app.query(&a.access_token, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+    app.query(&in_b, "SELECT 1")
+        .expect_error(401, "unauthenticated");
+    app.query(&b.access_token, "SELECT 1").expect(200);
+}
