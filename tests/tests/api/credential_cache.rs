@@ -8,13 +8,7 @@ use crate::helpers::TestApp;
 
 /// `silo_credential_cache_misses_total` for `kind`, from `/metrics`.
 fn misses(app: &TestApp, kind: &str) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("body");
+    let text = app.metrics();
     let prefix = format!("silo_credential_cache_misses_total{{kind=\"{kind}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -439,6 +439,15 @@ impl TestApp {
         )
     }
 
+    /// `GET /metrics`, as text (the server runs without a metrics token unless told).
+    pub fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .and_then(|r| r.text())
+            .expect("metrics")
+    }
+
     pub fn query(&self, token: &str, sql: &str) -> Resp {
         self.post("/v1/db/query", Some(token), json!({ "sql": sql }))
     }

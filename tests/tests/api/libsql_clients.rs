@@ -718,13 +718,7 @@ fn two_thousand_tenants_through_a_cache_of_one_hundred_handles() {
     }
 
     // The metrics saw it: misses past the cache, evictions, and per-route latency.
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("body");
+    let text = app.metrics();
     let value = |name: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(name))
@@ -772,13 +766,7 @@ fn sandbox_refusals_and_opens_are_counted_in_metrics() {
     assert_eq!(r["results"][0]["type"], "ok", "{r}");
     app.query(&t.access_token, "VACUUM")
         .expect_error(403, "sql_forbidden");
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("body");
+    let text = app.metrics();
     let refusals: f64 = text
         .lines()
         .find(|l| l.starts_with("silo_sandbox_refusals_total"))
@@ -899,12 +887,7 @@ fn held_databases_count_against_the_descriptor_budget() {
             .expect(200);
         assert_eq!(r["rows"], json!([[1]]));
     }
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .and_then(|r| r.text())
-        .expect("metrics");
+    let metrics = app.metrics();
     assert!(
         metrics.contains("silo_tenant_open_refusals_total 1"),
         "{metrics}"
