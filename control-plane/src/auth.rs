@@ -24,10 +24,7 @@ use crate::catalog::now_unix;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The hasher of the credential caches: seeded per process, and far cheaper than the default
-/// SipHash on a key as long as an access token, which is hashed on every request. Only
-/// credentials that checked out are inserted, so no client chooses what fills a table.
-type FastHash = foldhash::fast::RandomState;
+use crate::FastHash;
 
 /// Access tokens live 15 minutes (the contract's figure).
 pub const ACCESS_TOKEN_TTL_SECS: i64 = 15 * 60;
@@ -617,10 +614,36 @@ pub struct CredentialCache {
 /// An API key as the cache keeps it.
 struct CachedKey {
     row: crate::catalog::ApiKeyAuth,
-    /// When this process last wrote the key's `last_used_at` (unix seconds). That write
-    /// makes nothing stale (no cached fact is read from it), so the row's own copy stays as
-    /// it was read, and this says when the next write is due.
-    touched_at: std::sync::atomic::AtomicI64,
+    /// When this process last wrote the key's `last_used_at`. That write makes nothing
+    /// stale (no cached fact is read from it), so the row's own copy stays as it was read,
+    /// and this says when the next write is due.
+    touched: TouchClock,
+}
+
+/// When a key's `last_used_at` was last written (unix seconds), and whose turn the next
+/// write is.
+struct TouchClock(std::sync::atomic::AtomicI64);
+
+impl TouchClock {
+    fn new(last_written: Option<i64>) -> Self {
+        TouchClock(last_written.unwrap_or(i64::MIN).into())
+    }
+
+    /// If a write is due at `now`, claims it for the caller (the others at the same moment
+    /// do not wait for it) and answers when the last one was, for
+    /// [`TouchClock::unclaim`] should the write fail.
+    fn claim(&self, now: i64) -> Option<i64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.0.load(Relaxed);
+        (now.saturating_sub(last) >= API_KEY_TOUCH_INTERVAL_SECS
+            && self.0.compare_exchange(last, now, Relaxed, Relaxed).is_ok())
+        .then_some(last)
+    }
+
+    /// The claimed write did not happen: the next request tries again.
+    fn unclaim(&self, last: i64) {
+        self.0.store(last, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Default for CredentialCache {
@@ -654,7 +677,7 @@ impl CredentialCache {
             .map_err(ApiError::internal)?
             .map(|row| {
                 Arc::new(CachedKey {
-                    touched_at: row.last_used_at.unwrap_or(i64::MIN).into(),
+                    touched: TouchClock::new(row.last_used_at),
                     row,
                 })
             });
@@ -712,20 +735,10 @@ async fn principal_from_api_key(
         .filter_map(|s| s.parse().ok())
         .filter(|s: &Scope| role >= s.min_role())
         .collect();
-    let touched_at = cached.touched_at.load(std::sync::atomic::Ordering::Relaxed);
-    if now.saturating_sub(touched_at) >= API_KEY_TOUCH_INTERVAL_SECS
-        // One request writes it; the others at the same moment do not wait for that.
-        && cached
-            .touched_at
-            .compare_exchange(touched_at, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
-            .is_ok()
-    {
+    if let Some(last) = cached.touched.claim(now) {
         let id = row.id.clone();
         if let Err(e) = Box::pin(state.catalog.blocking(move |c| c.touch_api_key(&id, now))).await {
-            // Not written: the next request tries again, not the next interval's.
-            cached
-                .touched_at
-                .store(touched_at, std::sync::atomic::Ordering::Relaxed);
+            cached.touched.unclaim(last);
             return Err(ApiError::internal(e));
         }
     }
@@ -888,5 +901,23 @@ mod tests {
                 .verify(token.expose_secret())
                 .is_err()
         );
+    }
+
+    /// A key's last use is written once per interval, by one caller, and again at once if
+    /// that write failed.
+    #[test]
+    fn a_keys_last_use_is_written_once_an_interval() {
+        let never = TouchClock::new(None);
+        let last = never.claim(1_000).expect("never written: due");
+        assert_eq!(never.claim(1_000), None, "claimed already");
+        assert_eq!(never.claim(1_000 + API_KEY_TOUCH_INTERVAL_SECS - 1), None);
+        never.unclaim(last);
+        assert!(
+            never.claim(1_001).is_some(),
+            "the failed write is due again"
+        );
+        let read = TouchClock::new(Some(5_000));
+        assert_eq!(read.claim(5_030), None, "written 30 s ago, as read");
+        assert_eq!(read.claim(5_000 + API_KEY_TOUCH_INTERVAL_SECS), Some(5_000));
     }
 }

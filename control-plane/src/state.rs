@@ -51,8 +51,8 @@ pub struct Shared {
     pub deletion_grace: std::time::Duration,
     /// Open libSQL (Hrana) streams.
     pub streams: crate::http::hrana::Streams,
-    /// API keys as the catalog last said, while it is unchanged (sessions are kept with
-    /// their access tokens, in `tokens`).
+    /// API keys as the catalog last said, while nothing that could change them has been
+    /// written since (sessions are kept with their access tokens, in `tokens`).
     pub credentials: Arc<crate::auth::CredentialCache>,
     /// The bearer token `GET /metrics` asks for, if one is configured.
     pub metrics_token: Option<secrecy::SecretString>,
@@ -69,11 +69,10 @@ const INLINE_STRIKES: u32 = 3;
 /// tenant's flood cannot take the blocking pool that every other tenant needs.
 #[derive(Clone)]
 pub struct TenantGates {
-    gates: moka::sync::Cache<TenantId, Arc<tokio::sync::Semaphore>, foldhash::fast::RandomState>,
+    gates: moka::sync::Cache<TenantId, Arc<tokio::sync::Semaphore>, crate::FastHash>,
     /// Inline overruns per tenant, counted for a second from the first: at
     /// [`INLINE_STRIKES`] the tenant is barred from inline execution until the count expires.
-    inline_bar:
-        moka::sync::Cache<TenantId, Arc<std::sync::atomic::AtomicU32>, foldhash::fast::RandomState>,
+    inline_bar: moka::sync::Cache<TenantId, Arc<std::sync::atomic::AtomicU32>, crate::FastHash>,
     /// Entries in `inline_bar` (kept by its insertions and its removal listener): while it is
     /// zero, which is nearly always, a query needs no lookup there.
     struck_tenants: Arc<std::sync::atomic::AtomicI64>,

@@ -26,7 +26,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-type FastHash = foldhash::fast::RandomState;
+use crate::FastHash;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

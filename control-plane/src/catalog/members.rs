@@ -200,9 +200,7 @@ impl Catalog {
         tx.commit()?;
         // An invitation, and a membership of its tenant (plus, for a new account, a user
         // nothing cached names yet).
-        if let Ok(tenant) = tenant.parse() {
-            conn.touching(Touches::Tenant(tenant));
-        }
+        conn.touching_tenant(Some(&tenant));
         Ok(user_id)
     }
 

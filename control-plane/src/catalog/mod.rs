@@ -86,9 +86,16 @@ pub(crate) struct CatalogGuard<'a> {
 impl CatalogGuard<'_> {
     /// Says what the writes through this guard may change (see [`Touches`]); without it,
     /// anything. Say it only where it is plain from the statements.
-    pub(crate) fn touching(&mut self, touches: Touches) -> &mut Self {
+    pub(crate) fn touching(&mut self, touches: Touches) {
         self.touches = touches;
-        self
+    }
+
+    /// [`CatalogGuard::touching`] the tenant a statement named (`RETURNING tenant_id`), if
+    /// it named one: a tenant id that does not parse leaves the scope at everything.
+    pub(crate) fn touching_tenant(&mut self, tenant_id: Option<&str>) {
+        if let Some(tenant) = tenant_id.and_then(|t| t.parse().ok()) {
+            self.touching(Touches::Tenant(tenant));
+        }
     }
 
     /// When what is read under this lock was read, for the caches (see [`Stamp`]).
@@ -500,7 +507,7 @@ impl Catalog {
                     totp_enabled,
                     verified_at,
                     tenant_requires_2fa,
-                    stamp: stamp.clone(),
+                    stamp,
                 })
             },
         )
@@ -619,10 +626,8 @@ impl Catalog {
                 |r| r.get(0),
             )
             .optional()?;
-        // One session of that tenant (a tenant id that does not parse leaves it at everything).
-        if let Some(tenant) = tenant.and_then(|t| t.parse().ok()) {
-            conn.touching(Touches::Tenant(tenant));
-        }
+        // One session of that tenant.
+        conn.touching_tenant(tenant.as_deref());
         Ok(())
     }
 
@@ -785,8 +790,8 @@ mod tests {
     }
 
     /// The writes of a busy server that are not about credentials (the audit log, login
-    /// failures, a key's last use) and those of another tenant leave a cached session current;
-    /// the writes that end it do not.
+    /// failures, known networks) and those of another tenant leave a cached session current;
+    /// a change to a user, or the session's own logout, does not.
     #[test]
     fn a_cached_session_stays_current_through_other_tenants_writes_and_the_audit_log() {
         let dir = tempfile::tempdir().unwrap();

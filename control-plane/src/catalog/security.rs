@@ -99,10 +99,8 @@ impl Catalog {
                 |r| r.get(0),
             )
             .optional()?;
-        // One session of that tenant (a tenant id that does not parse leaves it at everything).
-        if let Some(tenant) = tenant.and_then(|t| t.parse().ok()) {
-            conn.touching(Touches::Tenant(tenant));
-        }
+        // One session of that tenant.
+        conn.touching_tenant(tenant.as_deref());
         Ok(())
     }
 
