@@ -24,6 +24,7 @@ use crate::sandbox::{AccessLevel, SandboxState};
 use crate::value::Value;
 
 mod json;
+mod read;
 pub use json::{WriteJson, write_opt_str};
 
 /// Most SQL texts one stream may store with `store_sql`, and their total size.
@@ -96,12 +97,18 @@ mod blob_base64 {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
+        decode(&text).ok_or_else(|| de::Error::custom("blob value is not valid base64"))
+    }
+
+    /// Padded or not, as clients differ.
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
         STANDARD
             .decode(text.as_bytes())
             .or_else(|_| STANDARD_NO_PAD.decode(text.as_bytes()))
-            .map_err(|_| de::Error::custom("blob value is not valid base64"))
+            .ok()
     }
 }
+use blob_base64::decode as decode_blob;
 
 impl From<Value> for HValue {
     fn from(v: Value) -> Self {
@@ -130,14 +137,14 @@ impl rusqlite::ToSql for HValue {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct NamedArg {
     pub name: String,
     pub value: HValue,
 }
 
 /// A statement: its text (or a stored text's id) and its arguments.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Stmt {
     #[serde(default)]
     pub sql: Option<String>,
@@ -172,19 +179,19 @@ pub struct StmtResult {
     pub query_duration_ms: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Batch {
     pub steps: Vec<BatchStep>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct BatchStep {
     #[serde(default)]
     pub condition: Option<BatchCond>,
     pub stmt: Stmt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(remote = "Self", rename_all = "snake_case")]
 pub enum BatchCond {
     Ok { step: u32 },
@@ -264,7 +271,7 @@ impl From<&RuntimeError> for HError {
 }
 
 /// One request of a pipeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(remote = "Self", rename_all = "snake_case")]
 pub enum StreamRequest {
     Close,
@@ -297,6 +304,24 @@ pub enum StreamRequest {
 }
 
 crate::tagged::deserialize_tagged!(StreamRequest, "a stream request");
+
+/// The body of `POST /v2/pipeline` and `/v3/pipeline`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PipelineRequest {
+    /// The stream to continue; none opens a new one.
+    #[serde(default)]
+    pub baton: Option<String>,
+    pub requests: Vec<StreamRequest>,
+}
+
+impl PipelineRequest {
+    /// Reads a body of the shape libSQL clients send (`execute`, `close`, `get_autocommit`
+    /// with plain arguments) without serde, for speed (see `read.rs`); `None` for any other,
+    /// which the caller reads with serde, getting the same value or serde's error.
+    pub fn read_common(body: &[u8]) -> Option<PipelineRequest> {
+        read::pipeline(body)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub enum StreamResponse {

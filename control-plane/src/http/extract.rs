@@ -16,39 +16,48 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(state.max_body_bytes)
-            } else {
-                ApiError::InvalidInput("the request body could not be read".to_owned())
-            }
-        })?;
-        // An empty body is read as `{}`: routes whose fields are all optional need none, and
-        // the others answer with the field that is missing.
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        // Well-formed bodies are the rule: read them without tracking the path (half the cost
-        // of parsing a small body, measured), and read again, tracking it, only to say where
-        // a bad one went wrong.
-        if let Ok(value) = serde_json::from_slice(bytes) {
-            return Ok(ApiJson(value));
-        }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let value = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let what = describe(&inner);
-            if inner.is_syntax() || inner.is_eof() || path == "." {
-                ApiError::InvalidInput(format!("the request body is not valid: {what}"))
-            } else {
-                ApiError::InvalidInput(format!("field `{path}`: {what}"))
-            }
-        })?;
-        Ok(ApiJson(value))
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// The whole request body, within the configured limit (413 past it).
+pub(crate) async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(state.max_body_bytes)
+        } else {
+            ApiError::InvalidInput("the request body could not be read".to_owned())
+        }
+    })
+}
+
+/// A JSON body read as `T`, or a 400 that says where it went wrong.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // An empty body is read as `{}`: routes whose fields are all optional need none, and
+    // the others answer with the field that is missing.
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    // Well-formed bodies are the rule: read them without tracking the path (half the cost
+    // of parsing a small body, measured), and read again, tracking it, only to say where
+    // a bad one went wrong.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = describe(&inner);
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            ApiError::InvalidInput(format!("the request body is not valid: {what}"))
+        } else {
+            ApiError::InvalidInput(format!("field `{path}`: {what}"))
+        }
+    })
 }
 
 /// serde's message without the offending value: "invalid type: string \"hunter2\",

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -22,8 +22,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
 use serde::Deserialize;
 use silo_tenant_runtime::hrana::{
-    Batch, Session, Stmt, StreamRequest, StreamResponse, StreamResult, WriteJson as _,
-    write_opt_str,
+    Batch, PipelineRequest, Session, Stmt, StreamRequest, StreamResponse, StreamResult,
+    WriteJson as _, write_opt_str,
 };
 use silo_tenant_runtime::{AccessLevel, TenantId};
 
@@ -32,7 +32,7 @@ use crate::auth::{Actor, Principal};
 use crate::error::ApiError;
 use crate::http::Answer;
 use crate::http::data::{audit_schema_change, data_access};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, parse_json, read_body};
 use crate::state::AppState;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -354,11 +354,20 @@ fn credential_of(principal: &Principal) -> String {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct PipelineRequest {
-    #[serde(default)]
-    baton: Option<String>,
-    requests: Vec<StreamRequest>,
+/// A pipeline's body: the common shape read directly (`PipelineRequest::read_common`, much
+/// cheaper than serde), any other read by serde as every JSON body is.
+pub(crate) struct Pipeline(PipelineRequest);
+
+impl FromRequest<AppState> for Pipeline {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        match PipelineRequest::read_common(&bytes) {
+            Some(body) => Ok(Pipeline(body)),
+            None => parse_json(&bytes).map(Pipeline),
+        }
+    }
 }
 
 /// The fields a pipeline's and a cursor's answer begin with, the object left open:
@@ -402,7 +411,7 @@ pub(crate) fn handle_pipeline(
     State(state): State<AppState>,
     principal: Principal,
     meta: LazyMeta,
-    ApiJson(body): ApiJson<PipelineRequest>,
+    Pipeline(body): Pipeline,
 ) -> Answer {
     if body.requests.len() > MAX_PIPELINE_REQUESTS {
         return ApiError::InvalidInput(format!(
