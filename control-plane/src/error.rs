@@ -137,7 +137,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::WrongKey | RuntimeError::Missing => {
                 ApiError::TenantUnavailable(anyhow::anyhow!("tenant database: {message}"))
             }
-            RuntimeError::Internal(_) => {
+            RuntimeError::Internal(_) | RuntimeError::WritesNotInline => {
                 ApiError::Internal(anyhow::anyhow!("tenant database: {message}"))
             }
             RuntimeError::InStatement { .. } => {

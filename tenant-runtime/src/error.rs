@@ -16,6 +16,10 @@ pub enum RuntimeError {
     Forbidden(String),
     #[error("the statement ran past its time budget and was stopped")]
     Timeout,
+    /// The statement can write, and was asked to run inline, where only reads may: it did
+    /// not start. Never an answer: the caller runs it on a blocking thread instead.
+    #[error("internal error: a statement that can write was not run inline")]
+    WritesNotInline,
     #[error("the result is larger than the result size cap; select fewer rows or columns")]
     ResultTooLarge,
     #[error("the database stayed busy with another writer past the busy timeout; retry")]

@@ -293,13 +293,13 @@ impl TenantHandle {
         })
     }
 
-    /// Runs one statement now, on the caller's thread, if that is sure to be quick: only
-    /// when a connection is free this instant (an idle reader, or the writer), and within
-    /// `budget` (a millisecond or so). `None` when it did not run, or ran past `budget` and
-    /// was undone (a single statement in autocommit rolls back whole
-    /// when interrupted): then run it again with [`TenantHandle::execute`] on a blocking
-    /// thread, with the full time budget. This spares a quick query the hand-off to the
-    /// blocking pool, which costs more than the query itself.
+    /// Runs one statement now, on the caller's thread, if that is sure to be quick: only a
+    /// statement that cannot write, only when a connection is free this instant (an idle
+    /// reader, or the writer), and within `budget` (a millisecond or so). `None` when it did
+    /// not run, or ran past `budget` and was stopped: then run it again with
+    /// [`TenantHandle::execute`] on a blocking thread, with the full time budget. This spares
+    /// a quick query the hand-off to the blocking pool, which costs more than the query
+    /// itself.
     pub fn execute_now(
         self: &Arc<Self>,
         stmt: &Statement,
@@ -322,12 +322,26 @@ impl TenantHandle {
         query: impl FnOnce(&Connection, &SandboxState, &ExecLimits) -> Result<T>,
     ) -> Option<Result<T>> {
         let deadline = std::time::Instant::now() + budget;
+        // Reads only, because only a read is safe to run again. SQLite consults the progress
+        // handler, which enforces the budget, once more after a statement has finished, so a
+        // write whose commit (an fsync) outlasts the budget is committed and still reported
+        // as interrupted: run again, it would be applied twice (seen: a `CREATE TABLE` that
+        // answered "already exists"). A write also waits on the disk, which an async thread
+        // must not.
+        let inline = move |mut lease: Lease, level| {
+            lease.run_until(deadline, level, false, |conn, sandbox, limits| {
+                sandbox.set_reads_only(true);
+                let out = query(conn, sandbox, limits);
+                sandbox.set_reads_only(false);
+                out
+            })
+        };
         let out = match self.try_lease(level) {
-            Some(mut lease) => lease.run_until(deadline, level, false, query),
+            Some(lease) => inline(lease, level),
             // The writer is busy: a plain SELECT reads from an idle reader instead.
             None if level != AccessLevel::ReadOnly && plain_select(sql) => {
-                let mut reader = self.try_lease(AccessLevel::ReadOnly)?;
-                match reader.run_until(deadline, AccessLevel::ReadOnly, false, query) {
+                let reader = self.try_lease(AccessLevel::ReadOnly)?;
+                match inline(reader, AccessLevel::ReadOnly) {
                     Err(RuntimeError::Forbidden(_)) => return None,
                     other => other,
                 }
@@ -335,7 +349,7 @@ impl TenantHandle {
             None => return None,
         };
         match out {
-            Err(RuntimeError::Timeout) => None,
+            Err(RuntimeError::Timeout | RuntimeError::WritesNotInline) => None,
             other => Some(other),
         }
     }
@@ -637,6 +651,9 @@ pub(crate) fn run_with(
         .map_err(|e| map_error(e, sandbox))?;
     bind(&mut prepared)?;
     let readonly = prepared.readonly();
+    if !readonly && sandbox.reads_only() {
+        return Err(RuntimeError::WritesNotInline);
+    }
     // The schema cookie changes exactly when the schema does; read only around statements
     // that can write at all.
     let schema_version = |conn: &Connection| -> Result<i64> {
@@ -1027,25 +1044,39 @@ mod tests {
         let (_d, h, _t) = fresh();
         let ms = Duration::from_millis;
         h.execute(&s("CREATE TABLE t(a)"), ALL).unwrap();
+        h.execute(&s("INSERT INTO t VALUES (1)"), ALL).unwrap();
         let r = h
-            .execute_now(&s("INSERT INTO t VALUES (1)"), ALL, ms(100))
+            .execute_now(&s("SELECT count(*) FROM t"), ALL, ms(100))
             .expect("the writer is free")
             .unwrap();
-        assert_eq!(r.rows_affected, 1);
-        // Past its budget: not answered, and nothing of it stays.
-        let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5000000)                     INSERT INTO t SELECT x FROM c";
+        assert_eq!(r.rows[0][0], Value::Integer(1));
+        // A statement that can write never runs now, however quick, and nothing of it
+        // happens: only a read is safe to run again on a blocking thread (a write whose
+        // commit outlasts the budget is committed and still reported interrupted).
+        for write in [
+            "INSERT INTO t VALUES (2)",
+            "CREATE TABLE u(a)",
+            "DELETE FROM t",
+        ] {
+            let r = h.execute_now(&s(write), ALL, ms(100));
+            assert!(r.is_none(), "{write}: {r:?}");
+        }
+        let tables = "SELECT count(*) FROM sqlite_schema WHERE name = 'u'";
+        assert_eq!(
+            h.execute(&s(tables), ALL).unwrap().rows[0][0],
+            Value::Integer(0)
+        );
+        // Past its budget: not answered.
+        let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5000000) \
+                    SELECT count(*) FROM c";
         assert!(
             h.execute_now(&s(slow), ALL, Duration::from_micros(300))
                 .is_none()
         );
         let n = h.execute(&s("SELECT count(*) FROM t"), ALL).unwrap();
         assert_eq!(n.rows[0][0], Value::Integer(1));
-        // The writer leased elsewhere: a write is not run now; a plain SELECT is, on a reader.
+        // The writer leased elsewhere: a plain SELECT runs now, on a reader.
         let held = h.lease(ALL).unwrap();
-        assert!(
-            h.execute_now(&s("INSERT INTO t VALUES (2)"), ALL, ms(100))
-                .is_none()
-        );
         h.execute(&s("SELECT 1"), AccessLevel::ReadOnly).unwrap();
         let r = h
             .execute_now(&s("SELECT count(*) FROM t"), ALL, ms(100))

@@ -245,15 +245,22 @@ impl From<&RuntimeError> for HError {
             RuntimeError::TooManyOpen => "SERVER_BUSY",
             RuntimeError::Exhausted => "SQLITE_FULL",
             RuntimeError::WrongKey | RuntimeError::Missing => "TENANT_UNAVAILABLE",
-            RuntimeError::Internal(_) | RuntimeError::InStatement { .. } => "INTERNAL",
+            RuntimeError::Internal(_)
+            | RuntimeError::InStatement { .. }
+            | RuntimeError::WritesNotInline => "INTERNAL",
         };
-        if let RuntimeError::Internal(_) | RuntimeError::WrongKey | RuntimeError::Missing = e.root()
+        if let RuntimeError::Internal(_)
+        | RuntimeError::WrongKey
+        | RuntimeError::Missing
+        | RuntimeError::WritesNotInline = e.root()
         {
             tracing::error!(error = %e, "libSQL request failed on silo's side");
         }
         let message = match e.root() {
             // The details of silo's own faults are for its log, not for the client.
-            RuntimeError::Internal(_) => "internal error; the operator can find it in the log",
+            RuntimeError::Internal(_) | RuntimeError::WritesNotInline => {
+                "internal error; the operator can find it in the log"
+            }
             RuntimeError::WrongKey | RuntimeError::Missing => {
                 "the tenant database is unavailable; the operator has been told"
             }

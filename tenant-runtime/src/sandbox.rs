@@ -153,6 +153,9 @@ pub struct SandboxState {
     /// statement: the rules those statements, some of them kept in the statement cache, need.
     compiled_level: std::sync::atomic::AtomicU8,
     compiled_transactions: AtomicBool,
+    /// The statement runs inline (on an async thread, for a quick read): one that can write
+    /// is refused before it starts (see `TenantHandle::run_now` for why).
+    reads_only: AtomicBool,
 }
 
 impl SandboxState {
@@ -168,6 +171,7 @@ impl SandboxState {
             transaction_refused: AtomicBool::new(false),
             compiled_level: std::sync::atomic::AtomicU8::new(AccessLevel::ReadOnly as u8),
             compiled_transactions: AtomicBool::new(false),
+            reads_only: AtomicBool::new(false),
         }
     }
 
@@ -198,6 +202,16 @@ impl SandboxState {
             .unwrap_or(level);
         self.compiled_level
             .fetch_max(needed as u8, Ordering::Relaxed);
+    }
+
+    /// Marks the statements run from now on as inline (`true`) or not.
+    pub(crate) fn set_reads_only(&self, on: bool) {
+        self.reads_only.store(on, Ordering::Relaxed);
+    }
+
+    /// Statements run now must not be able to write.
+    pub(crate) fn reads_only(&self) -> bool {
+        self.reads_only.load(Ordering::Relaxed)
     }
 
     /// Starts the time budget of one request. Call [`SandboxState::end_budget`] after.
