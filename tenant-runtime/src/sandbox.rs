@@ -215,9 +215,12 @@ impl SandboxState {
     }
 
     /// Starts the time budget of one request. Call [`SandboxState::end_budget`] after.
+    /// Clears what a request before may have left (a panic in an inline run cannot leave
+    /// the connection refusing writes).
     pub fn start_budget(&self, budget: Duration) {
         let deadline = self.epoch.elapsed() + budget;
         self.timed_out.store(false, Ordering::Relaxed);
+        self.reads_only.store(false, Ordering::Relaxed);
         self.deadline_nanos.store(
             u64::try_from(deadline.as_nanos())
                 .unwrap_or(u64::MAX)
