@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::auth::TokenKeys;
 use crate::catalog::Catalog;
 use crate::config::ServeArgs;
-use crate::keys::{KeySource, load_keyring};
+use crate::keys::{KeySource, load_keys};
 use crate::state::AppState;
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -52,7 +52,13 @@ impl Application {
             )
         })?;
         crate::telemetry::install();
-        let (keyring, source) = load_keyring(&args)?;
+        let (keyring, source) = load_keys(
+            &args.data_dir,
+            args.master_key.as_ref(),
+            args.master_key_file.as_deref(),
+            args.previous_master_keys.as_ref(),
+            true,
+        )?;
         match &source {
             KeySource::Generated(path) => tracing::warn!(
                 path = %path.display(),
@@ -70,7 +76,7 @@ impl Application {
         let tokens = Arc::new(TokenKeys::from_keyring(&keyring)?);
 
         let data_dir = args.data_dir.clone();
-        let pause = args.test_pause_provisioning_ms.map(Duration::from_millis);
+        let pause = args.provisioning_pause();
         let migrations_dir = args.migrations.clone();
         let (catalog, provisioner) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             crate::auth::warm_up();
@@ -132,6 +138,7 @@ impl Application {
             }),
             credentials: Arc::default(),
             metrics_token: args.metrics_token.clone(),
+            access_log: args.access_log,
         });
         // Exports interrupted by a crash: plaintext copies nobody will ever stream.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
@@ -148,7 +155,7 @@ impl Application {
             listener,
             state,
             reaper_interval: Duration::from_millis(args.reaper_interval_ms.max(100)),
-            deletion_pause: args.test_pause_deletion_ms.map(Duration::from_millis),
+            deletion_pause: args.deletion_pause(),
             audit_retention: Duration::from_secs(args.audit_retention_secs),
             _data_dir_lock: data_dir_lock,
         })

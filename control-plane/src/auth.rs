@@ -166,7 +166,7 @@ pub struct VerifiedToken {
     /// The token's session row as last read: a request with the same token while the row's
     /// stamp is current needs no other lookup (see [`CredentialCache`] for why that changes
     /// no answer).
-    session: std::sync::Mutex<Option<Arc<crate::catalog::SessionRow>>>,
+    session: parking_lot::Mutex<Option<Arc<crate::catalog::SessionRow>>>,
 }
 
 impl VerifiedToken {
@@ -174,7 +174,7 @@ impl VerifiedToken {
         Some(VerifiedToken {
             tenant: claims.tid.parse().ok()?,
             claims,
-            session: std::sync::Mutex::new(None),
+            session: parking_lot::Mutex::new(None),
         })
     }
 
@@ -182,14 +182,14 @@ impl VerifiedToken {
         &self,
         catalog: &crate::catalog::Catalog,
     ) -> Option<Arc<crate::catalog::SessionRow>> {
-        let slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = self.session.lock();
         slot.as_ref()
             .filter(|row| catalog.is_current(&row.stamp))
             .cloned()
     }
 
     fn remember_session(&self, row: Arc<crate::catalog::SessionRow>) {
-        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(row);
+        *self.session.lock() = Some(row);
     }
 }
 

@@ -123,6 +123,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_METRICS_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub metrics_token: Option<SecretString>,
 
+    /// Log one INFO line per request (target `silo::access`: method, route, status,
+    /// latency, request id, tenant). Off by default: the request span already puts the
+    /// request id and tenant on every line a request logs, and a line per request is the
+    /// largest cost a quick request would otherwise pay. Logs are written by a background
+    /// thread either way, never on the request's path.
+    #[arg(long, env = "SILO_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// Directory of tenant migrations (`NNNN_name.sql`) to use instead of the ones built
     /// into silo: ship schema changes without rebuilding. Must contain every migration
     /// already applied (checksums are compared).
@@ -150,15 +158,40 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_REAPER_INTERVAL_MS", default_value_t = 60_000)]
     pub reaper_interval_ms: u64,
 
-    /// Test only: pause this many milliseconds inside a tenant's destruction, after its DB
+    /// Test only (built with the `test-hooks` feature, never in a release build): pause this
+    /// many milliseconds inside a tenant's destruction, after its DB
     /// token is destroyed and before its files are deleted.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, env = "SILO_TEST_PAUSE_DELETION_MS", hide = true)]
     pub test_pause_deletion_ms: Option<u64>,
 
-    /// Test only: pause this many milliseconds inside provisioning, after the tenant's
+    /// Test only (`test-hooks` feature): pause this many milliseconds inside provisioning, after the tenant's
     /// database is published and before the tenant is marked active.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, env = "SILO_TEST_PAUSE_PROVISIONING_MS", hide = true)]
     pub test_pause_provisioning_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The test pause inside provisioning; always none without the `test-hooks` feature.
+    pub fn provisioning_pause(&self) -> Option<std::time::Duration> {
+        #[cfg(feature = "test-hooks")]
+        return self
+            .test_pause_provisioning_ms
+            .map(std::time::Duration::from_millis);
+        #[cfg(not(feature = "test-hooks"))]
+        None
+    }
+
+    /// The test pause inside a tenant's destruction; always none without `test-hooks`.
+    pub fn deletion_pause(&self) -> Option<std::time::Duration> {
+        #[cfg(feature = "test-hooks")]
+        return self
+            .test_pause_deletion_ms
+            .map(std::time::Duration::from_millis);
+        #[cfg(not(feature = "test-hooks"))]
+        None
+    }
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {

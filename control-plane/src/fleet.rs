@@ -7,8 +7,10 @@
 //! version; the others go on. Running the job again continues with whoever is behind.
 //! With a canary, the first N tenants go first, one by one, and any failure stops the job.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use rusqlite::OpenFlags;
 use serde::Serialize;
@@ -65,7 +67,7 @@ impl Job {
         );
         JobView {
             id: self.id.clone(),
-            state: *self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            state: *self.state.lock(),
             target_version: self.target_version,
             total: self.total,
             done,
@@ -77,7 +79,7 @@ impl Job {
     }
 
     fn set_state(&self, s: JobState) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        *self.state.lock() = s;
     }
 }
 
@@ -89,11 +91,7 @@ pub struct MigrationJobs {
 
 impl MigrationJobs {
     pub fn current(&self) -> Option<JobView> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|j| j.view())
+        self.current.lock().as_ref().map(|j| j.view())
     }
 }
 
@@ -119,7 +117,7 @@ pub async fn start(
         state: Mutex::new(JobState::Running),
     });
     {
-        let mut current = state.jobs.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = state.jobs.current.lock();
         if current
             .as_ref()
             .is_some_and(|j| j.view().state == JobState::Running)

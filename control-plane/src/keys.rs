@@ -10,8 +10,6 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use silo_crypto::{Keyring, MasterKey};
 
-use crate::config::ServeArgs;
-
 /// Where the primary master key came from (logged at start-up; never the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -22,16 +20,6 @@ pub enum KeySource {
 }
 
 pub const GENERATED_KEY_FILE: &str = "master.key";
-
-pub fn load_keyring(args: &ServeArgs) -> anyhow::Result<(Keyring, KeySource)> {
-    load_keys(
-        &args.data_dir,
-        args.master_key.as_ref(),
-        args.master_key_file.as_deref(),
-        args.previous_master_keys.as_ref(),
-        true,
-    )
-}
 
 /// The keyring from the configured key, the key file, or `<data-dir>/master.key`
 /// (generated there only if `generate`).

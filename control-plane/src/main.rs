@@ -13,11 +13,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; stdout carries only what scripts read (the listening address).
+    // A background thread writes them, so no request waits on the terminal, a pipe or a
+    // journal; `_log_writer` flushes what is queued when main returns. Not lossy: under a
+    // burst beyond the queue (128k lines) logging threads wait rather than drop lines.
+    let (writer, _log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("silo-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("SILO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli_result = match &cli.command {

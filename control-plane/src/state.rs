@@ -56,6 +56,8 @@ pub struct Shared {
     pub credentials: Arc<crate::auth::CredentialCache>,
     /// The bearer token `GET /metrics` asks for, if one is configured.
     pub metrics_token: Option<secrecy::SecretString>,
+    /// Log one line per request (`--access-log`).
+    pub access_log: bool,
 }
 
 /// Overruns of the inline budget within a second that bar a tenant from inline execution.

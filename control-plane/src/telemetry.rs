@@ -1,4 +1,5 @@
-//! Prometheus metrics: one recorder per process, rendered at `GET /metrics`.
+//! Prometheus metrics: one recorder per process, rendered at `GET /metrics` (served by
+//! `http::ops`).
 //!
 //! What is counted (names as exported):
 //! - `silo_http_request_duration_seconds{route,method,status}`: latency per route, so
@@ -22,8 +23,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::http::{Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::FastHash;
@@ -61,34 +61,12 @@ pub fn upkeep() {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub(crate) async fn handle_metrics(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    use secrecy::ExposeSecret as _;
-    if let Some(expected) = &state.metrics_token {
-        let presented = crate::auth::bearer(&headers).unwrap_or("");
-        if !silo_crypto::constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes())
-        {
-            return crate::error::ApiError::Unauthenticated(
-                "GET /metrics needs the metrics token (SILO_METRICS_TOKEN) as a bearer token",
-            )
-            .into_response();
-        }
-    }
-    let body = match HANDLE.get() {
+/// The metrics in Prometheus text format (empty when no recorder could be installed).
+pub fn render() -> String {
+    match HANDLE.get() {
         Some(Some(h)) => h.render(),
         _ => String::new(),
-    };
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    }
 }
 
 /// Records a routed request's latency under its route template (never the raw path, which

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use std::time::Duration;
@@ -145,7 +146,7 @@ pub struct TenantHandle {
     reader_back: Condvar,
     /// Its place among the handles the store allows alive at once, if the store opened it.
     /// Declared last: given back after the connections above have closed.
-    slot: Option<crate::store::LiveSlot>,
+    slot: Option<LiveSlot>,
 }
 
 #[derive(Default)]
@@ -188,7 +189,7 @@ impl TenantHandle {
     }
 
     /// Counts this handle against the store's limit until it closes.
-    pub(crate) fn hold_slot(&mut self, slot: crate::store::LiveSlot) {
+    pub(crate) fn hold_slot(&mut self, slot: LiveSlot) {
         self.slot = Some(slot);
     }
 
@@ -813,6 +814,29 @@ pub(crate) fn map_error(e: rusqlite::Error, sandbox: &SandboxState) -> RuntimeEr
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => RuntimeError::Busy,
         Some(ErrorCode::OutOfMemory | ErrorCode::DiskFull) => RuntimeError::Exhausted,
         _ => RuntimeError::Internal(e.to_string()),
+    }
+}
+
+/// One handle's place in the store's budget of databases alive at once
+/// ([`crate::StoreConfig::max_live`]), given back when the handle closes.
+#[derive(Debug)]
+pub(crate) struct LiveSlot(Arc<AtomicUsize>);
+
+impl LiveSlot {
+    pub(crate) fn take(count: &Arc<AtomicUsize>, max: u64) -> Option<LiveSlot> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LiveSlot(count.clone()))
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -12,7 +12,7 @@
 //! 3. a time budget per request, enforced by a progress handler that interrupts the
 //!    statement once the deadline set by [`SandboxState::start_budget`] has passed.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -240,7 +240,7 @@ impl SandboxState {
 
     /// Takes the reason recorded by the last refusal.
     pub fn take_denial(&self) -> Option<String> {
-        self.denial.lock().map(|mut d| d.take()).unwrap_or(None)
+        self.denial.lock().take()
     }
 
     /// Runs `f` with silo's own statements allowed. Only for statements silo writes itself
@@ -293,9 +293,7 @@ impl SandboxState {
     }
 
     fn deny(&self, reason: String) -> Authorization {
-        if let Ok(mut d) = self.denial.lock() {
-            *d = Some(reason);
-        }
+        *self.denial.lock() = Some(reason);
         Authorization::Deny
     }
 }

@@ -3,14 +3,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
 
 use crate::TenantId;
 use crate::error::Result;
-use crate::handle::{ExecLimits, TenantHandle};
+use crate::handle::{ExecLimits, LiveSlot, TenantHandle};
 
 /// Where local tenant databases live: `<dir>/<tenant-id>.db`. The file name comes from the
 /// server-generated [`TenantId`] only, never from user input.
@@ -74,28 +76,6 @@ struct Inner {
     config: StoreConfig,
 }
 
-/// One handle's place in [`StoreConfig::max_live`], given back when the handle closes.
-#[derive(Debug)]
-pub(crate) struct LiveSlot(Arc<AtomicUsize>);
-
-impl LiveSlot {
-    fn take(count: &Arc<AtomicUsize>, max: u64) -> Option<LiveSlot> {
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| LiveSlot(count.clone()))
-    }
-}
-
-impl Drop for LiveSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl TenantStore {
     pub fn new(config: StoreConfig) -> Self {
         let cache = moka::sync::Cache::builder()
@@ -157,9 +137,7 @@ impl TenantStore {
             .cache
             .try_get_with(tenant, || {
                 // Evicted but still in use: the same handle comes back into the cache.
-                let alive = relock(self.inner.live.lock())
-                    .get(&tenant)
-                    .and_then(Weak::upgrade);
+                let alive = self.inner.live.lock().get(&tenant).and_then(Weak::upgrade);
                 if let Some(handle) = alive {
                     self.inner.hits.increment(1);
                     return Ok(handle);
@@ -175,7 +153,10 @@ impl TenantStore {
                 let handle = Arc::new(handle);
                 metrics::histogram!("silo_tenant_open_seconds")
                     .record(started.elapsed().as_secs_f64());
-                relock(self.inner.live.lock()).insert(tenant, Arc::downgrade(&handle));
+                self.inner
+                    .live
+                    .lock()
+                    .insert(tenant, Arc::downgrade(&handle));
                 Ok(handle)
             })
             // moka shares one open's error among every waiter.
@@ -209,7 +190,7 @@ impl TenantStore {
     /// request opens a new one. Callers make sure nothing uses the old one any more.
     pub fn evict(&self, tenant: TenantId) {
         self.inner.cache.invalidate(&tenant);
-        relock(self.inner.live.lock()).remove(&tenant);
+        self.inner.live.lock().remove(&tenant);
         self.inner.cache.run_pending_tasks();
     }
 
@@ -217,7 +198,7 @@ impl TenantStore {
     /// idle handles close even without traffic.
     pub fn run_maintenance(&self) {
         self.inner.cache.run_pending_tasks();
-        relock(self.inner.live.lock()).retain(|_, h| h.strong_count() > 0);
+        self.inner.live.lock().retain(|_, h| h.strong_count() > 0);
         metrics::gauge!("silo_tenant_handles_open").set(self.live_handles() as f64);
     }
 
@@ -236,12 +217,8 @@ impl TenantStore {
     pub fn close_all(&self) {
         self.inner.cache.invalidate_all();
         self.inner.cache.run_pending_tasks();
-        relock(self.inner.live.lock()).clear();
+        self.inner.live.lock().clear();
     }
-}
-
-fn relock<T>(r: std::sync::LockResult<T>) -> T {
-    r.unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Point-query benchmark: one hot tenant queried by primary key over `/v2/pipeline` (the
-//! libSQL protocol) and over `/v1/db/query`, against the HTTP floor (`GET /health`, a
-//! route of the same binary, behind the same middleware, that does nothing). Then the
+//! libSQL protocol) and over `/v1/db/query`, and silo's `GET /health` (all of silo's
+//! middleware, no work), against the HTTP floor: a bare axum route returning a constant,
+//! built into this bench and run as a process of its own (this binary started again with
+//! `POINT_QUERY_FLOOR=1`), on a multi-threaded tokio runtime like silo's. Then the
 //! cold-open latency: 10,000 tenants read in turn through a cache of 1,000 handles.
 //!
 //!     cargo build --release --bin silo
@@ -200,7 +202,50 @@ fn signup(client: &reqwest::blocking::Client, base: &str, i: usize) -> String {
         .to_owned()
 }
 
+/// The floor: axum and tokio doing nothing but HTTP/1.1, one route answering a constant.
+/// Prints its address on stdout, then serves until killed.
+fn floor_server() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!(
+            "silo listening on http://{}",
+            listener.local_addr().expect("address")
+        );
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+/// Starts the floor server (this binary, again) and returns it with its base URL.
+fn start_floor() -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(std::env::current_exe().expect("bench binary"))
+        .env("POINT_QUERY_FLOOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the floor server");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read address");
+    let base = line
+        .trim()
+        .strip_prefix("silo listening on ")
+        .expect("address line")
+        .to_owned();
+    (child, base)
+}
+
 fn main() {
+    if std::env::var_os("POINT_QUERY_FLOOR").is_some() {
+        return floor_server();
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -252,32 +297,47 @@ fn main() {
         post(&client, &base, "/v2/pipeline", Some(&token), v2.clone());
     }
     let pid = child.id();
-    let configs: [(&str, String, &[&str], Option<&Value>); 5] = [
+    let (floor_child, floor_base) = start_floor();
+    // (server pid, name, URL, credentials, body)
+    type Config<'a> = (u32, &'a str, String, &'a [&'a str], Option<&'a Value>);
+    let configs: [Config; 6] = [
         (
-            "HTTP floor: `GET /health` (no work)",
+            floor_child.id(),
+            "HTTP floor: bare axum route returning a constant",
+            format!("{floor_base}/"),
+            &[],
+            None,
+        ),
+        (
+            pid,
+            "silo `GET /health` (all middleware, no work)",
             format!("{base}/health"),
             &[],
             None,
         ),
         (
+            pid,
             "`POST /v2/pipeline`, access token",
             format!("{base}/v2/pipeline"),
             &[&token],
             Some(&v2),
         ),
         (
+            pid,
             "`POST /v1/db/query`, access token",
             format!("{base}/v1/db/query"),
             &[&token],
             Some(&v1),
         ),
         (
+            pid,
             "`POST /v2/pipeline`, API key (db:read)",
             format!("{base}/v2/pipeline"),
             &[&key],
             Some(&v2),
         ),
         (
+            pid,
             "`POST /v1/db/query`, API key (db:read)",
             format!("{base}/v1/db/query"),
             &[&key],
@@ -286,8 +346,8 @@ fn main() {
     ];
     let mut rounds_done: Vec<Vec<Run>> = (0..configs.len()).map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        for (i, (name, url, auth, body)) in configs.iter().enumerate() {
-            rounds_done[i].push(wrk(pid, name, url, auth, *body, secs, conns));
+        for (i, (pid, name, url, auth, body)) in configs.iter().enumerate() {
+            rounds_done[i].push(wrk(*pid, name, url, auth, *body, secs, conns));
         }
     }
     // Each configuration's share of the floor, round by round: (median, least, most).
@@ -359,6 +419,7 @@ fn main() {
         ..neighbour
     };
     stop(child);
+    stop(floor_child);
     let floor = runs[0].rps.max(1.0);
     println!(
         "### Point query on one hot tenant ({secs} s a run, {conns} connections, wrk -t2, median of {rounds} rounds)\n"

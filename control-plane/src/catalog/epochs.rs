@@ -17,7 +17,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use silo_tenant_runtime::TenantId;
 
@@ -66,7 +68,7 @@ impl Epochs {
     pub(crate) fn stamp(&self, tenant: TenantId) -> Stamp {
         const MIN_SWEEP: usize = 1024;
         let everything = self.everything.load(Ordering::SeqCst);
-        let mut t = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.tenants.lock();
         let cell = match t.cells.get(&tenant).and_then(Weak::upgrade) {
             Some(cell) => cell,
             None => {
@@ -93,7 +95,7 @@ impl Epochs {
                 self.everything.fetch_add(1, Ordering::SeqCst);
             }
             Touches::Tenant(tenant) => {
-                let t = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+                let t = self.tenants.lock();
                 if let Some(cell) = t.cells.get(&tenant).and_then(Weak::upgrade) {
                     cell.fetch_add(1, Ordering::SeqCst);
                 }
@@ -147,7 +149,7 @@ mod tests {
         for _ in 0..5_000 {
             drop(epochs.stamp(TenantId::generate()));
         }
-        let cells = epochs.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        let cells = epochs.tenants.lock();
         assert!(cells.cells.len() <= 2_100, "{} cells", cells.cells.len());
         drop(cells);
         epochs.bump(Touches::Tenant(a));

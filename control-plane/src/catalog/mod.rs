@@ -10,7 +10,9 @@
 //! crash of the process or the machine.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use silo_provisioner::migrations::{CATALOG_DIR, MigrationSet};
@@ -241,9 +243,10 @@ impl Catalog {
     }
 
     fn lock(&self) -> CatalogGuard<'_> {
-        // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back
-        // a dropped transaction), so a poisoned connection is still consistent.
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // parking_lot: no poisoning. A panic while holding the lock cannot leave a
+        // transaction open (rusqlite rolls back a dropped transaction), so the connection a
+        // panicking holder left is still consistent.
+        let conn = self.conn.lock();
         CatalogGuard {
             changes_before: conn.total_changes(),
             conn,

@@ -7,7 +7,9 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -34,17 +36,13 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.set
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.tenant);
+        self.set.0.lock().remove(&self.tenant);
     }
 }
 
 impl ExportsInFlight {
     fn begin(&self, tenant: TenantId) -> Option<InFlight> {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.0.lock();
         set.insert(tenant).then(|| InFlight {
             set: self.clone(),
             tenant,

@@ -8,8 +8,10 @@
 //! opened it. The statement work is `silo_tenant_runtime::hrana`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -129,10 +131,6 @@ enum BatonError {
     Reused,
 }
 
-fn relock<T>(r: std::sync::LockResult<T>) -> T {
-    r.unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Streams {
     pub fn new(limits: StreamLimits) -> Self {
         Streams {
@@ -144,8 +142,8 @@ impl Streams {
         }
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        relock(self.inner.registry.lock())
+    fn registry(&self) -> parking_lot::MutexGuard<'_, Registry> {
+        self.inner.registry.lock()
     }
 
     fn mac(&self, id: &[u8], seq: u64, tenant: TenantId, credential: &str) -> HmacSha256 {
@@ -254,7 +252,7 @@ impl Streams {
             ids.iter().filter_map(|id| registry.take(id)).collect()
         };
         for entry in gone {
-            relock(entry.state.lock()).session.close();
+            entry.state.lock().session.close();
             entry.holds_connection.store(false, Ordering::Relaxed);
         }
     }
@@ -270,11 +268,8 @@ impl Streams {
                 .streams
                 .iter()
                 .filter(|(_, e)| {
-                    let state = match e.state.try_lock() {
-                        Ok(s) => s,
-                        // A request panicked holding it: expire it, closing what it held.
-                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                        Err(std::sync::TryLockError::WouldBlock) => return false,
+                    let Some(state) = e.state.try_lock() else {
+                        return false;
                     };
                     state.last_used.elapsed() > limits.idle
                         || state
@@ -290,12 +285,7 @@ impl Streams {
         for entry in gone {
             // Never wait here: one busy stream must not hold up every other expiry. A
             // request that took it meanwhile sees `removed` and closes it itself.
-            let state = match entry.state.try_lock() {
-                Ok(s) => Some(s),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut s) = state {
+            if let Some(mut s) = entry.state.try_lock() {
                 if s.session.transaction_started().is_some() {
                     tracing::info!(tenant_id = %entry.tenant, "libSQL stream expired inside a transaction; rolled back");
                 }
@@ -689,7 +679,7 @@ where
     let gated = !entry.holds_connection.load(Ordering::Relaxed);
     let ran = state
         .with_tenant_gated(tenant, gated, move |handle| {
-            let mut s = relock(entry.state.lock());
+            let mut s = entry.state.lock();
             if entry.removed.load(Ordering::Relaxed) {
                 s.session.close();
                 return Ok(Err(BatonError::Expired));

@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics.
 
 use axum::Json;
 use axum::extract::State;
@@ -20,4 +20,32 @@ pub(crate) async fn handle_readyz(State(state): State<AppState>) -> ApiResult<Js
         .await
         .map_err(|e| ApiError::internal(anyhow::anyhow!("catalog not reachable: {e}")))?;
     Ok(Json(json!({ "status": "ready" })))
+}
+
+/// `GET /metrics`: Prometheus text format; with a metrics token configured, only for its
+/// bearer (compared in constant time).
+pub(crate) async fn handle_metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use secrecy::ExposeSecret as _;
+    if let Some(expected) = &state.metrics_token {
+        let presented = crate::auth::bearer(&headers).unwrap_or("");
+        if !silo_crypto::constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes())
+        {
+            return crate::error::ApiError::Unauthenticated(
+                "GET /metrics needs the metrics token (SILO_METRICS_TOKEN) as a bearer token",
+            )
+            .into_response();
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(),
+    )
+        .into_response()
 }

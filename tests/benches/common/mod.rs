@@ -33,7 +33,6 @@ pub(crate) fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
             "SILO_MASTER_KEY",
             "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
         )
-        .env("SILO_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

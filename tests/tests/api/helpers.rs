@@ -227,6 +227,24 @@ impl TestApp {
         std::fs::read(self.log_path()).unwrap_or_default()
     }
 
+    /// The log once it holds `needle` (logs are written by a background thread, a moment
+    /// after the event); panics with the log after 10 s without it.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = String::from_utf8_lossy(&self.logs()).into_owned();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn tenant_db_path(&self, tenant_id: &str) -> PathBuf {
         self.data_dir()
             .join("tenants")

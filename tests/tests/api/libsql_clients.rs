@@ -833,7 +833,7 @@ fn held_databases_count_against_the_descriptor_budget() {
     // 600 descriptors: (600 - 512) / 7 = 12 databases may be alive at once, 11 of them in
     // the cache (nine tenths, the rest left for databases held past their eviction).
     let app = TestApp::spawn_with_open_files_limit(600, &[]);
-    let logs = String::from_utf8_lossy(&app.logs()).into_owned();
+    let logs = app.wait_for_log("max_alive=");
     assert!(
         logs.contains("max_open_tenants=11") && logs.contains("max_alive=12"),
         "{logs}"
@@ -919,6 +919,8 @@ fn metrics_can_require_a_token() {
         "{body}"
     );
     // The token never reaches the log. (Without the option the metrics stay open: the
-    // other tests read them so.)
+    // other tests read them so.) Stopped first, so every line is written.
+    let mut app = app;
+    app.stop();
     assert!(!contains(&app.logs(), secret.as_bytes()));
 }

@@ -11,6 +11,7 @@ mod at_rest;
 mod audit;
 mod credential_cache;
 mod deletion;
+mod edge;
 mod export;
 mod input;
 mod isolation;
