@@ -8,6 +8,7 @@
 //! 3. In one transaction: the tenant's rows go (accounts that belong to it alone, memberships,
 //!    sessions, keys, invitations) and the signed certificate is stored. Audit events stay.
 
+use silo_types::AuditAction;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -126,7 +127,7 @@ fn destroy(
     let rec = AuditRecord::new(
         Some(tenant),
         "system",
-        "tenant.deleted",
+        AuditAction::TenantDeleted,
         &RequestMeta::default(),
     )
     .target(format!("tenant:{tenant}"))

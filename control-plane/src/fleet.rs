@@ -7,6 +7,7 @@
 //! version; the others go on. Running the job again continues with whoever is behind.
 //! With a canary, the first N tenants go first, one by one, and any failure stops the job.
 
+use silo_types::AuditAction;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -253,7 +254,7 @@ fn migrate_tenant(state: &AppState, tenant: TenantId) -> bool {
     let mut rec = AuditRecord::new(
         Some(tenant),
         "system",
-        "migration.applied",
+        AuditAction::MigrationApplied,
         &RequestMeta::default(),
     )
     .target(format!("tenant:{tenant}"));

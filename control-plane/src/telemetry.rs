@@ -109,7 +109,7 @@ fn latency_histogram(route: &str, method: &Method, status: StatusCode) -> metric
 
 /// Each thread's handles to the latency histograms it has recorded into, by route, then
 /// method and status (a route sees few of those). Registering a histogram cost more than
-/// recording into it (0.3 µs a request in the handler_cost bench). Bounded: route templates
+/// recording into it (handler_cost bench). Bounded: route templates
 /// are the router's, methods are the standard ones (others are not routed), and statuses are
 /// what silo answers.
 type LatencyCache = HashMap<Box<str>, Vec<(Method, StatusCode, metrics::Histogram)>, FastHash>;

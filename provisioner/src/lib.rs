@@ -3,13 +3,12 @@
 //! - [`local`]: [`LocalPlacement`], one SQLCipher file per tenant, created crash-safely.
 //! - [`migrations`]: numbered SQL migrations with checksums, for the catalog and for every
 //!   tenant database.
-//! - [`state`]: [`TenantStatus`], the tenant lifecycle and its allowed transitions.
+//! - [`TenantStatus`] (from `silo-types`): the tenant lifecycle and its allowed transitions.
 //! - [`Provisioner`]: runs the provisioning steps against a [`Ledger`] (the catalog) and
 //!   reconciles what a crash left half-done.
 
 pub mod local;
 pub mod migrations;
-pub mod state;
 
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use silo_tenant_runtime::TenantId;
 
 pub use local::LocalPlacement;
 pub use migrations::{MigrationError, MigrationSet};
-pub use state::TenantStatus;
+pub use silo_types::TenantStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {

@@ -77,8 +77,8 @@ pub struct Statement {
 /// whole process; the connections of this process then coordinate among themselves in
 /// memory (SQLite tracks locks per file inside the process), and the WAL index lives on the
 /// heap instead of in a shared `-shm` mapping. What that buys: no `fcntl` system call per
-/// transaction (a read took at least two: lock and unlock its read mark in the WAL index;
-/// 6 % of the server's time per point query, measured), and no other
+/// transaction (a read took at least two: lock and unlock its read mark in the WAL index),
+/// and no other
 /// process (a second silo on the same files, a stray `sqlite3` shell) can open a tenant's
 /// database while this one has it open. One server per data dir is the rule anyway
 /// (`silo.lock`). Everything that opens a tenant file goes through [`open_keyed`], so no

@@ -36,7 +36,7 @@ pub struct SandboxLimits {
 }
 
 impl Default for SandboxLimits {
-    /// The starting values the foundation issue fixed; generous for applications, small
+    /// Generous for applications (the defaults of SQLite where they are sane), small
     /// enough that one statement cannot take the process's memory.
     fn default() -> Self {
         SandboxLimits {

@@ -3,8 +3,8 @@
 //!
 //! serde's derived `#[serde(tag = "type")]` first copies the whole object into an internal,
 //! generic tree (it cannot know where the tag is), then reads the variant from that copy.
-//! For a libSQL pipeline that copy was most of the cost of parsing it (measured: the parse
-//! of a one-statement pipeline took 4.5 µs, four times the `/v1` body). Every libSQL client
+//! For a libSQL pipeline that copy was most of the cost of parsing it (docs/benchmarks.md).
+//! Every libSQL client
 //! writes the tag first, so when the first key is `type` the variant is read straight from
 //! the parser; only an object with its tag elsewhere takes the buffered way (through a
 //! `serde_json::Value`). No crate does this for serde, hence the hand-written visitor.

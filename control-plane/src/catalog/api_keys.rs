@@ -5,7 +5,7 @@ use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
 use super::{Catalog, CatalogError, Result, Touches, now_unix};
-use crate::auth::Role;
+use silo_types::Role;
 
 pub struct NewApiKey {
     pub id: String,

@@ -5,8 +5,8 @@ use rusqlite::{OptionalExtension, params};
 use silo_crypto::Keyring;
 use silo_tenant_runtime::TenantId;
 
+use super::chain::{AuditRecord, GENESIS, chain_of, event_hash, head_mac};
 use super::{Catalog, Result, Touches};
-use crate::audit::{AuditRecord, GENESIS, chain_of, event_hash, head_mac};
 
 /// An event as stored: exactly the fields its hash covers, plus id and links.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -94,7 +94,7 @@ impl Catalog {
             seq: head_seq + 1,
             at,
             actor: rec.actor.clone(),
-            action: rec.action.clone(),
+            action: rec.action.as_str().to_owned(),
             target: rec.target.clone(),
             ip: rec.meta.ip.clone(),
             user_agent: rec.meta.user_agent.clone(),

@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, params};
 use silo_tenant_runtime::TenantId;
 
 use super::{Catalog, CatalogError, Result, Touches, now_unix};
-use crate::auth::Role;
+use silo_types::Role;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MemberRow {

@@ -19,13 +19,14 @@ use silo_provisioner::migrations::{CATALOG_DIR, MigrationSet};
 use silo_provisioner::{Ledger, ProvisionError, TenantStatus};
 use silo_tenant_runtime::TenantId;
 
-use crate::auth::Role;
 pub use epochs::Stamp;
 use epochs::{Epochs, Touches};
+use silo_types::Role;
 
 mod admin;
 mod api_keys;
 mod audit;
+pub mod chain;
 mod deletion;
 mod epochs;
 mod members;
@@ -826,11 +827,11 @@ mod tests {
         let (b, b_user, b_session) = signup("b");
         let row = catalog.session(&a_session, &a_user, a).unwrap().unwrap();
         let audit = |tenant| {
-            crate::audit::AuditRecord::new(
+            chain::AuditRecord::new(
                 Some(tenant),
                 "test",
-                "db.schema_change",
-                &crate::audit::RequestMeta::default(),
+                silo_types::AuditAction::SchemaChanged,
+                &chain::RequestMeta::default(),
             )
         };
         catalog.append_audit(&keyring, &audit(a)).unwrap();

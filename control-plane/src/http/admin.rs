@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
+use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::Role;
@@ -89,7 +90,7 @@ fn admin_event(
     admin: &Admin,
     meta: &RequestMeta,
     tenant: Option<TenantId>,
-    action: &str,
+    action: AuditAction,
     target: String,
 ) -> AuditRecord {
     AuditRecord::new(tenant, admin.actor(), action, meta).target(target)
@@ -236,7 +237,7 @@ pub(crate) async fn handle_admin_tenant_create(
             &admin,
             &meta,
             Some(tenant),
-            "admin.tenant_created",
+            AuditAction::AdminTenantCreated,
             format!("tenant:{tenant}"),
         )
         .after(json!({ "name": name, "plan": plan })),
@@ -260,7 +261,7 @@ async fn change_status(
     meta: &RequestMeta,
     id: &str,
     to: TenantStatus,
-    action: &str,
+    action: AuditAction,
 ) -> ApiResult<Value> {
     let tenant = parse_tenant(id)?;
     let from = state
@@ -303,7 +304,7 @@ pub(crate) async fn handle_admin_tenant_suspend(
             &meta,
             &id,
             TenantStatus::Suspended,
-            "tenant.suspended",
+            AuditAction::TenantSuspended,
         )
         .await?,
     ))
@@ -323,7 +324,7 @@ pub(crate) async fn handle_admin_tenant_resume(
             &meta,
             &id,
             TenantStatus::Active,
-            "tenant.resumed",
+            AuditAction::TenantResumed,
         )
         .await?,
     ))
@@ -346,7 +347,7 @@ pub(crate) async fn handle_admin_tenant_delete(
             &admin,
             &meta,
             Some(tenant),
-            "tenant.deletion_scheduled",
+            AuditAction::DeletionScheduled,
             format!("tenant:{tenant}"),
         )
         .after(json!({ "delete_after": after })),
@@ -377,7 +378,7 @@ pub(crate) async fn handle_admin_tenant_restore(
             &admin,
             &meta,
             Some(tenant),
-            "tenant.restored",
+            AuditAction::TenantRestored,
             format!("tenant:{tenant}"),
         ),
     )
@@ -415,7 +416,7 @@ pub(crate) async fn handle_admin_tenant_rotate(
             &admin,
             &meta,
             Some(tenant),
-            "tenant.db_token_rotated",
+            AuditAction::DbTokenRotated,
             format!("tenant:{tenant}"),
         ),
     )
@@ -449,7 +450,7 @@ pub(crate) async fn handle_admin_token_create(
             &admin,
             &meta,
             None,
-            "admin.token_created",
+            AuditAction::AdminTokenCreated,
             format!("admin:{id}"),
         )
         .after(json!({ "name": name })),
@@ -489,7 +490,7 @@ pub(crate) async fn handle_admin_token_revoke(
             &admin,
             &meta,
             None,
-            "admin.token_revoked",
+            AuditAction::AdminTokenRevoked,
             format!("admin:{id}"),
         ),
     )
@@ -562,7 +563,7 @@ pub(crate) async fn handle_admin_migrations_apply(
         ));
     }
     let job = crate::fleet::start(&state, concurrency, req.canary.unwrap_or(0)).await?;
-    record(&state, &admin, admin_event(&admin, &meta, None, "admin.migrations_started", format!("job:{}", job.id)).after(json!({ "target_version": job.target_version, "tenants": job.total, "concurrency": concurrency, "canary": job.canary })))
+    record(&state, &admin, admin_event(&admin, &meta, None, AuditAction::AdminMigrationsStarted, format!("job:{}", job.id)).after(json!({ "target_version": job.target_version, "tenants": job.total, "concurrency": concurrency, "canary": job.canary })))
     .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))))
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role, Scope, new_api_key};
@@ -131,7 +132,7 @@ pub(crate) async fn handle_api_key_create(
                 let rec = AuditRecord::new(
                     Some(principal.tenant),
                     principal.actor(),
-                    "api_key.created",
+                    AuditAction::ApiKeyCreated,
                     &meta,
                 )
                 .target(format!("api_key:{id}"))
@@ -199,8 +200,13 @@ pub(crate) async fn handle_api_key_revoke(
         .blocking(move |c| c.revoke_api_key(tenant, &id, only.as_deref()))
         .await?;
     if revoked {
-        let rec = AuditRecord::new(Some(tenant), principal.actor(), "api_key.revoked", &meta)
-            .target(format!("api_key:{key_id}"));
+        let rec = AuditRecord::new(
+            Some(tenant),
+            principal.actor(),
+            AuditAction::ApiKeyRevoked,
+            &meta,
+        )
+        .target(format!("api_key:{key_id}"));
         state.audit(rec).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {

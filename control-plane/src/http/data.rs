@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use silo_tenant_runtime::{AccessLevel, QueryResult, Statement};
+use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, LazyMeta};
 use crate::auth::Principal;
@@ -70,7 +71,7 @@ pub(crate) async fn audit_schema_change(
     let rec = AuditRecord::new(
         Some(principal.tenant),
         principal.actor(),
-        "db.schema_changed",
+        AuditAction::SchemaChanged,
         &meta.resolve(),
     )
     .target(format!("tenant:{}", principal.tenant))

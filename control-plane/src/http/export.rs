@@ -5,6 +5,7 @@
 //! memory stays bounded whatever the size, and no plaintext copy keeps a name on disk once
 //! streaming starts. Leftovers of a crash are removed at start-up.
 
+use silo_types::AuditAction;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,8 +95,13 @@ pub(crate) async fn handle_export(
     principal.require_step_up()?;
     let format = Format::parse(q.format.as_deref())?;
     let tenant = principal.tenant;
-    let rec = AuditRecord::new(Some(tenant), principal.actor(), "data.export", &meta)
-        .target(format!("tenant:{tenant}"));
+    let rec = AuditRecord::new(
+        Some(tenant),
+        principal.actor(),
+        AuditAction::DataExport,
+        &meta,
+    )
+    .target(format!("tenant:{tenant}"));
     export_response(&state, tenant, format, rec, serde_json::json!({})).await
 }
 
@@ -290,7 +296,7 @@ pub(crate) async fn handle_admin_export(
     let rec = AuditRecord::new(
         Some(tenant),
         format!("admin:{}", admin.token_id),
-        "admin.tenant_exported",
+        AuditAction::AdminTenantExported,
         &meta,
     )
     .target(format!("tenant:{tenant}"));

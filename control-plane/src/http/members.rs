@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use silo_crypto::{hash_token, random_token};
+use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role, hash_password, verify_password};
@@ -67,9 +68,14 @@ pub(crate) async fn handle_invite_create(
             c.create_invite(tenant, &email, req.role, Some(&by), &hash, INVITE_TTL_SECS)
         })
         .await?;
-    let rec = AuditRecord::new(Some(tenant), principal.actor(), "member.invited", &meta)
-        .target(format!("email:{invited}"))
-        .after(json!({ "email": invited, "role": req.role }));
+    let rec = AuditRecord::new(
+        Some(tenant),
+        principal.actor(),
+        AuditAction::MemberInvited,
+        &meta,
+    )
+    .target(format!("email:{invited}"))
+    .after(json!({ "email": invited, "role": req.role }));
     state.audit(rec).await?;
     Ok((
         StatusCode::CREATED,
@@ -158,7 +164,7 @@ pub(crate) async fn handle_invite_accept(
     let rec = AuditRecord::new(
         Some(invite.tenant),
         format!("user:{user_id}"),
-        "member.joined",
+        AuditAction::MemberJoined,
         &meta,
     )
     .target(format!("user:{user_id}"))
@@ -194,7 +200,7 @@ pub(crate) async fn handle_member_update(
     let rec = AuditRecord::new(
         Some(tenant),
         principal.actor(),
-        "member.role_changed",
+        AuditAction::MemberRoleChanged,
         &meta,
     )
     .target(format!("user:{user_id}"))
@@ -220,9 +226,14 @@ pub(crate) async fn handle_member_remove(
         .catalog
         .blocking(move |c| c.remove_member(tenant, &target, actor))
         .await?;
-    let rec = AuditRecord::new(Some(tenant), principal.actor(), "member.removed", &meta)
-        .target(format!("user:{user_id}"))
-        .before(json!({ "role": previous }));
+    let rec = AuditRecord::new(
+        Some(tenant),
+        principal.actor(),
+        AuditAction::MemberRemoved,
+        &meta,
+    )
+    .target(format!("user:{user_id}"))
+    .before(json!({ "role": previous }));
     state.audit(rec).await?;
     Ok(StatusCode::NO_CONTENT)
 }

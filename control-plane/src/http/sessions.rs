@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use silo_crypto::{hash_token, random_token};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
+use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, Outcome, RequestMeta};
 use crate::auth::{
@@ -235,7 +236,7 @@ pub(crate) async fn handle_signup(
     let rec = AuditRecord::new(
         Some(tenant),
         format!("user:{user_id}"),
-        "tenant.signup",
+        AuditAction::Signup,
         &meta,
     )
     .target(format!("tenant:{tenant}"))
@@ -312,10 +313,14 @@ pub(crate) async fn handle_login(
         Ok(rows) => rows,
         Err(wait) => {
             if let Some(r) = &row {
-                let rec =
-                    AuditRecord::new(None, format!("user:{}", r.user_id), "auth.lockout", &meta)
-                        .target(format!("user:{}", r.user_id))
-                        .outcome(Outcome::Denied);
+                let rec = AuditRecord::new(
+                    None,
+                    format!("user:{}", r.user_id),
+                    AuditAction::Lockout,
+                    &meta,
+                )
+                .target(format!("user:{}", r.user_id))
+                .outcome(Outcome::Denied);
                 state.audit_for_user(&r.user_id, rec).await?;
             }
             tracing::warn!("login refused: too many failures for this account or address");
@@ -370,13 +375,21 @@ pub(crate) async fn handle_login(
         .await?;
     let actor = format!("user:{}", row.user_id);
     if let Some(net) = new_network {
-        let rec = AuditRecord::new(Some(row.tenant), actor.clone(), "auth.new_network", &meta)
-            .target(actor.clone())
-            .after(serde_json::json!({ "network": net }));
+        let rec = AuditRecord::new(
+            Some(row.tenant),
+            actor.clone(),
+            AuditAction::NewNetwork,
+            &meta,
+        )
+        .target(actor.clone())
+        .after(serde_json::json!({ "network": net }));
         state.audit(rec).await?;
     }
     state
-        .audit(AuditRecord::new(Some(row.tenant), actor.clone(), "auth.login", &meta).target(actor))
+        .audit(
+            AuditRecord::new(Some(row.tenant), actor.clone(), AuditAction::Login, &meta)
+                .target(actor),
+        )
         .await?;
     let tokens = start_session(&state, row.user_id, row.tenant, row.totp_enabled).await?;
     Ok(Json(tokens))
@@ -406,7 +419,7 @@ async fn login_failed(
         })
         .await?;
     if let Some(uid) = uid {
-        let rec = AuditRecord::new(None, "anonymous", "auth.login_failed", meta)
+        let rec = AuditRecord::new(None, "anonymous", AuditAction::LoginFailed, meta)
             .target(format!("user:{uid}"))
             .outcome(Outcome::Failure);
         state.audit_for_user(&uid, rec).await?;
@@ -517,7 +530,7 @@ pub(crate) async fn handle_refresh(
             tenant,
         } => {
             tracing::warn!("a spent refresh token was presented again; its session is revoked");
-            let rec = AuditRecord::new(Some(tenant), "anonymous", "auth.refresh_reuse", &meta)
+            let rec = AuditRecord::new(Some(tenant), "anonymous", AuditAction::RefreshReuse, &meta)
                 .target(format!("session:{session_id}"))
                 .outcome(Outcome::Denied)
                 .after(serde_json::json!({ "user": user_id, "session_revoked": true }));
@@ -548,7 +561,7 @@ pub(crate) async fn handle_logout(
     let rec = AuditRecord::new(
         Some(principal.tenant),
         principal.actor(),
-        "auth.logout",
+        AuditAction::Logout,
         &meta,
     )
     .target(format!("session:{session}"));
@@ -592,7 +605,7 @@ pub(crate) async fn handle_password_change(
         .blocking(move |c| c.set_password(&uid, &new_hash))
         .await?;
     tracing::info!(user = %principal.user_id, "password changed; every session of the user ended");
-    let rec = AuditRecord::new(None, principal.actor(), "auth.password_changed", &meta)
+    let rec = AuditRecord::new(None, principal.actor(), AuditAction::PasswordChanged, &meta)
         .target(format!("user:{}", principal.user_id));
     state.audit_for_user(&principal.user_id, rec).await?;
     Ok(Json(
@@ -612,8 +625,13 @@ pub(crate) async fn handle_sign_out_everywhere(
         .catalog
         .blocking(move |c| c.bump_session_version(&uid))
         .await?;
-    let rec = AuditRecord::new(None, principal.actor(), "auth.signed_out_everywhere", &meta)
-        .target(format!("user:{}", principal.user_id));
+    let rec = AuditRecord::new(
+        None,
+        principal.actor(),
+        AuditAction::SignedOutEverywhere,
+        &meta,
+    )
+    .target(format!("user:{}", principal.user_id));
     state.audit_for_user(&principal.user_id, rec).await?;
     Ok(StatusCode::NO_CONTENT)
 }

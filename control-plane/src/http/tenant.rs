@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role};
@@ -64,7 +65,7 @@ pub(crate) async fn handle_tenant_settings(
     let rec = AuditRecord::new(
         Some(tenant),
         principal.actor(),
-        "tenant.settings_changed",
+        AuditAction::SettingsChanged,
         &meta,
     )
     .target(format!("tenant:{tenant}"))
@@ -75,21 +76,21 @@ pub(crate) async fn handle_tenant_settings(
 }
 
 /// The audit actions that are security events.
-const SECURITY_ACTIONS: &[&str] = &[
-    "auth.login_failed",
-    "auth.lockout",
-    "auth.new_network",
-    "auth.refresh_reuse",
-    "auth.2fa_enabled",
-    "auth.2fa_disabled",
-    "auth.step_up",
-    "auth.password_changed",
-    "auth.signed_out_everywhere",
-    "tenant.settings_changed",
-    "tenant.suspended",
-    "tenant.resumed",
-    "tenant.deletion_scheduled",
-    "tenant.db_token_rotated",
+const SECURITY_ACTIONS: &[AuditAction] = &[
+    AuditAction::LoginFailed,
+    AuditAction::Lockout,
+    AuditAction::NewNetwork,
+    AuditAction::RefreshReuse,
+    AuditAction::TwoFactorEnabled,
+    AuditAction::TwoFactorDisabled,
+    AuditAction::StepUp,
+    AuditAction::PasswordChanged,
+    AuditAction::SignedOutEverywhere,
+    AuditAction::SettingsChanged,
+    AuditAction::TenantSuspended,
+    AuditAction::TenantResumed,
+    AuditAction::DeletionScheduled,
+    AuditAction::DbTokenRotated,
 ];
 
 #[derive(Deserialize)]
@@ -115,7 +116,10 @@ pub(crate) async fn handle_security_events(
     }
     let tenant = principal.tenant;
     let filter = AuditFilter {
-        actions: SECURITY_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
+        actions: SECURITY_ACTIONS
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect(),
         after_id: q.after,
         limit,
         ..AuditFilter::default()
@@ -160,7 +164,7 @@ pub(crate) async fn handle_tenant_delete(
     let rec = AuditRecord::new(
         Some(tenant),
         principal.actor(),
-        "tenant.deletion_scheduled",
+        AuditAction::DeletionScheduled,
         &meta,
     )
     .target(format!("tenant:{tenant}"))

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::Principal;
@@ -64,8 +65,13 @@ pub(crate) async fn handle_2fa_enroll(
                 .to_owned(),
         ));
     }
-    let rec = AuditRecord::new(None, principal.actor(), "auth.2fa_enrolled", &meta)
-        .target(format!("user:{}", principal.user_id));
+    let rec = AuditRecord::new(
+        None,
+        principal.actor(),
+        AuditAction::TwoFactorEnrolled,
+        &meta,
+    )
+    .target(format!("user:{}", principal.user_id));
     state.audit_for_user(&principal.user_id, rec).await?;
     Ok(Json(json!({
         "secret": totp.secret().to_base32(),
@@ -120,8 +126,13 @@ pub(crate) async fn handle_2fa_confirm(
             c.mark_session_verified(&session)
         })
         .await?;
-    let rec = AuditRecord::new(None, principal.actor(), "auth.2fa_enabled", &meta)
-        .target(format!("user:{}", principal.user_id));
+    let rec = AuditRecord::new(
+        None,
+        principal.actor(),
+        AuditAction::TwoFactorEnabled,
+        &meta,
+    )
+    .target(format!("user:{}", principal.user_id));
     state.audit_for_user(&principal.user_id, rec).await?;
     Ok(Json(json!({ "recovery_codes": codes })))
 }
@@ -150,7 +161,7 @@ pub(crate) async fn handle_2fa_verify(
     let (uid, sid, tenant) = (principal.user_id.clone(), session.clone(), principal.tenant);
     state
         .audit(
-            AuditRecord::new(Some(tenant), principal.actor(), "auth.step_up", &meta)
+            AuditRecord::new(Some(tenant), principal.actor(), AuditAction::StepUp, &meta)
                 .target(format!("session:{session}")),
         )
         .await?;
@@ -197,8 +208,13 @@ pub(crate) async fn handle_2fa_remove(
         .catalog
         .blocking(move |c| c.disable_totp(&uid))
         .await?;
-    let rec = AuditRecord::new(None, principal.actor(), "auth.2fa_disabled", &meta)
-        .target(format!("user:{}", principal.user_id));
+    let rec = AuditRecord::new(
+        None,
+        principal.actor(),
+        AuditAction::TwoFactorDisabled,
+        &meta,
+    )
+    .target(format!("user:{}", principal.user_id));
     state.audit_for_user(&principal.user_id, rec).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,13 +1,9 @@
 //! Pipeline bodies of the shape every libSQL client sends, read without serde.
 //!
-//! Written by hand because serde's generic path is most of what a point query over
-//! `/v2/pipeline` costs beyond `/v1/db/query`: reading a one-statement pipeline with
-//! `serde_json` took 0.6 µs of the 6.9 µs of silo's own work for the request (handler_cost
-//! bench under perf; a third of it checking and copying the fifteen short strings one by
-//! one, the rest the visitors of five nested objects). Over loopback that became about four
-//! points of the floor's throughput (an A/B run with the parse made free: 56 % → 60 %).
-//! `sonic-rs`, the fast serde-compatible reader, was no faster on a body this small (measured:
-//! 0.7–0.8 µs against serde_json's 0.6–0.7).
+//! Written by hand because serde's generic path (checking and copying each short string,
+//! the visitors of five nested objects) was most of what a point query over `/v2/pipeline`
+//! cost beyond `/v1/db/query`; `sonic-rs` was no faster on bodies this small. It stays while
+//! the `handler_cost` bench shows its gain over serde (figures in docs/benchmarks.md).
 //!
 //! The reader is deliberately narrow, and never the judge of a body: it reads `execute`,
 //! `close` and `get_autocommit` requests, statements with text or null SQL and tagged `null`,
