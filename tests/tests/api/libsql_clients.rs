@@ -637,10 +637,14 @@ fn batons_are_bound_to_their_credential_and_expire() {
     assert_eq!(seen["rows"], json!([["2"]]));
 }
 
+/// Twenty times more tenants than handles: every read after the first pass reopens a
+/// database the cache closed. (The same ratio at a larger scale, 10,000 through 1,000, is
+/// the point_query bench's cold-open run; this test was 2,000 through 100 and half the
+/// suite's time.)
 #[test]
-fn two_thousand_tenants_through_a_cache_of_one_hundred_handles() {
-    const TENANTS: usize = 2_000;
-    const CACHE: usize = 100;
+fn five_hundred_tenants_through_a_cache_of_twenty_five_handles() {
+    const TENANTS: usize = 500;
+    const CACHE: usize = 25;
     let app = TestApp::spawn_with(&["--max-open-tenants", &CACHE.to_string()]);
     let fds = |pid: u32| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -686,7 +690,7 @@ fn two_thousand_tenants_through_a_cache_of_one_hundred_handles() {
     });
     let mut peak = fds(pid);
     // Read every tenant back, in turn, twice: each answer is its own, from a database that
-    // was closed and reopened (the cache holds 100), so nothing committed was lost.
+    // was closed and reopened (the cache holds 25), so nothing committed was lost.
     for round in 0..2 {
         for (i, t) in tenants.iter().enumerate() {
             let r = if (i + round) % 2 == 0 {
