@@ -13,6 +13,7 @@
 //! - [`fleet`]: migrations across every tenant database.
 //! - [`audit`]: the audit log's hash chains and signed heads.
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`logging`]: the log subscriber: a background writer, plain fields.
 //! - [`deletion`]: the grace period, crypto-shredding, and deletion certificates.
 
 /// The hasher of silo's in-memory maps and caches: seeded per process, and far cheaper than
@@ -32,6 +33,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod keys;
+pub mod logging;
 pub mod state;
 pub mod telemetry;
 pub mod two_factor;

@@ -3,7 +3,6 @@
 use clap::Parser;
 use silo_control_plane::app::Application;
 use silo_control_plane::config::{Cli, Command};
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: a request allocates dozens of small objects
 /// (JSON, tokens, rows), and glibc's malloc/free were a tenth of the point-query profile.
@@ -13,20 +12,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; stdout carries only what scripts read (the listening address).
-    // A background thread writes them, so no request waits on the terminal, a pipe or a
-    // journal; `_log_writer` flushes what is queued when main returns. Not lossy: under a
-    // burst beyond the queue (128k lines) logging threads wait rather than drop lines.
-    let (writer, _log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("silo-log")
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SILO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `_log_writer` flushes what is queued when main returns.
+    let _log_writer = silo_control_plane::logging::init();
     let cli_result = match &cli.command {
         Command::Serve(_) => None,
         Command::Init(args) => Some(silo_control_plane::cli::init(args)),

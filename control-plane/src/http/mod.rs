@@ -141,10 +141,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::handle_metrics))
         .fallback(handle_not_found)
         .method_not_allowed_fallback(handle_method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
         // Router::layer wraps each route (and the fallbacks) after routing: the edge sees
-        // the route template.
-        .layer(edge::EdgeLayer { access_log })
+        // the route template. One call for both layers: each call boxes every route again,
+        // and a boxed level costs a clone and an allocation per request.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(edge::EdgeLayer { access_log })
+                .layer(DefaultBodyLimit::max(max_body)),
+        )
         .with_state(state)
 }
 
