@@ -441,7 +441,7 @@ impl FromRequestParts<AppState> for Principal {
             let route = parts.extensions.get::<axum::extract::MatchedPath>();
             principal_from_access_token(state, token, route.map(MatchedPath::as_str)).await?
         };
-        tracing::Span::current().record("tenant_id", tracing::field::display(principal.tenant));
+        tracing::Span::current().record("tenant_id", principal.tenant.hex().as_str());
         Ok(principal)
     }
 }

@@ -319,7 +319,7 @@ impl AppState {
         F: FnOnce(&Catalog, TenantId, &str, &[u8]) -> Result<(), ApiError> + Send + 'static,
     {
         let tenant = TenantId::generate();
-        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+        tracing::Span::current().record("tenant_id", tenant.hex().as_str());
         let db_id = hex::encode(silo_crypto::random_bytes::<16>());
         let token = DbToken::generate();
         let sealed = self.seal_db_token(tenant, &db_id, &token);

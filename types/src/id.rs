@@ -18,9 +18,34 @@ impl TenantId {
     }
 }
 
+impl TenantId {
+    /// The id as text, on the stack: for log fields and file names on hot paths, where
+    /// `to_string` would allocate.
+    pub fn hex(&self) -> HexId {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, byte) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(byte >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        HexId(out)
+    }
+}
+
+/// A [`TenantId`] written out: 32 lowercase hex digits.
+#[derive(Clone, Copy)]
+pub struct HexId([u8; 32]);
+
+impl HexId {
+    pub fn as_str(&self) -> &str {
+        // Always ASCII hex digits, written above.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -57,6 +82,7 @@ mod tests {
     fn generated_ids_round_trip_through_text() {
         let id = TenantId::generate();
         assert_eq!(id.to_string().parse::<TenantId>().unwrap(), id);
+        assert_eq!(id.hex().as_str(), hex::encode(id.0));
     }
 
     proptest! {

@@ -14,6 +14,6 @@ mod role;
 mod status;
 
 pub use action::AuditAction;
-pub use id::{InvalidTenantId, TenantId};
+pub use id::{HexId, InvalidTenantId, TenantId};
 pub use role::{Role, Scope};
 pub use status::TenantStatus;

@@ -151,7 +151,7 @@ impl Streams {
             .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
         mac.update(id);
         mac.update(&seq.to_be_bytes());
-        mac.update(tenant.to_string().as_bytes());
+        mac.update(tenant.hex().as_str().as_bytes());
         mac.update(&[0]);
         mac.update(credential.as_bytes());
         mac

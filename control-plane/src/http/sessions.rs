@@ -360,7 +360,7 @@ pub(crate) async fn handle_login(
         }
     }
 
-    tracing::Span::current().record("tenant_id", tracing::field::display(row.tenant));
+    tracing::Span::current().record("tenant_id", row.tenant.hex().as_str());
     let (uid, email_key, net) = (row.user_id.clone(), keys[0].clone(), ip.map(network_of));
     let new_network = state
         .catalog
