@@ -128,11 +128,11 @@ impl Application {
                 args.tenant_concurrency,
                 Duration::from_millis(args.query_timeout_ms),
             ),
-            jobs: crate::fleet::MigrationJobs::default(),
-            exports: crate::http::export::ExportsInFlight::default(),
+            jobs: crate::jobs::MigrationJobs::default(),
+            exports: crate::exports::ExportsInFlight::default(),
             exports_dir: args.data_dir.join("exports"),
             deletion_grace: Duration::from_secs(args.deletion_grace_secs),
-            streams: crate::http::hrana::Streams::new(crate::http::hrana::StreamLimits {
+            streams: crate::streams::Streams::new(crate::streams::StreamLimits {
                 idle: Duration::from_millis(args.stream_idle_ms.max(1)),
                 transaction: Duration::from_millis(args.stream_transaction_ms.max(1)),
             }),

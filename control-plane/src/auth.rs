@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::MatchedPath;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -18,9 +18,8 @@ use silo_crypto::Keyring;
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::{AccessLevel, TenantId};
 
-use crate::catalog::now_unix;
+use crate::catalog::{Catalog, now_unix};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 use crate::FastHash;
 
@@ -425,10 +424,21 @@ impl Principal {
     }
 }
 
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
+/// What authenticating a request reads: the token keys, the catalog and the credential
+/// cache. Borrowed from the server's state by the HTTP extractor (`http::extract`), so that
+/// this module knows nothing of the state.
+#[derive(Clone, Copy)]
+pub struct Authority<'a> {
+    pub tokens: &'a TokenKeys,
+    pub catalog: &'a Catalog,
+    pub credentials: &'a CredentialCache,
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+impl Authority<'_> {
+    /// The principal the request's bearer credential (an access token or an API key)
+    /// proves, checked against the catalog (or the cache of it). The tenant is the
+    /// credential's; nothing else of the request names it.
+    pub async fn authenticate(self, parts: &Parts) -> Result<Principal, ApiError> {
         // Read in place: the credential is not copied (nor left behind in a copy).
         let token = bearer(&parts.headers)?;
         let principal = if api_key_prefix(token).is_some() {
@@ -436,10 +446,10 @@ impl FromRequestParts<AppState> for Principal {
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0.ip());
-            principal_from_api_key(state, token, ip).await?
+            principal_from_api_key(self, token, ip).await?
         } else {
             let route = parts.extensions.get::<axum::extract::MatchedPath>();
-            principal_from_access_token(state, token, route.map(MatchedPath::as_str)).await?
+            principal_from_access_token(self, token, route.map(MatchedPath::as_str)).await?
         };
         tracing::Span::current().record("tenant_id", principal.tenant.hex().as_str());
         Ok(principal)
@@ -447,13 +457,13 @@ impl FromRequestParts<AppState> for Principal {
 }
 
 async fn principal_from_access_token(
-    state: &AppState,
+    state: Authority<'_>,
     token: &str,
     route: Option<&str>,
 ) -> Result<Principal, ApiError> {
     let verified = state.tokens.verify(token)?;
     let (claims, tenant) = (&verified.claims, verified.tenant);
-    let row = match verified.current_session(&state.catalog) {
+    let row = match verified.current_session(state.catalog) {
         Some(row) => row,
         None => {
             metrics::counter!("silo_credential_cache_misses_total", "kind" => "session")
@@ -603,14 +613,14 @@ impl CredentialCache {
 const API_KEY_TOUCH_INTERVAL_SECS: i64 = 60;
 
 async fn principal_from_api_key(
-    state: &AppState,
+    state: Authority<'_>,
     key: &str,
     ip: Option<std::net::IpAddr>,
 ) -> Result<Principal, ApiError> {
     let invalid =
         || ApiError::Unauthenticated("the API key is not valid, was revoked or has expired");
     let prefix = api_key_prefix(key).ok_or_else(invalid)?;
-    let cached = state.credentials.api_key(&state.catalog, prefix).await?;
+    let cached = state.credentials.api_key(state.catalog, prefix).await?;
     // Hash and compare even when no row matched, so timing does not tell prefixes apart.
     let presented = silo_crypto::hash_token(key);
     let stored = cached

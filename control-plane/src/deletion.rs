@@ -20,10 +20,30 @@ use silo_crypto::Keyring;
 use silo_tenant_runtime::TenantId;
 
 use crate::audit::{AuditRecord, RequestMeta};
+use crate::error::ApiError;
 use crate::state::AppState;
 
 const CERTIFICATE_KEY_LABEL: &str = "deletion-certificate/hmac-sha256";
 pub const CERTIFICATE_TOKEN_PREFIX: &str = "silo_cert_";
+
+/// Schedules the tenant's deletion after the grace period (the tenant is suspended at
+/// once) and returns (delete_after, certificate token). The token fetches the signed
+/// certificate once the deletion is complete; it is shown only here.
+pub async fn schedule(
+    state: &AppState,
+    tenant: TenantId,
+) -> Result<(i64, secrecy::SecretString), ApiError> {
+    let token = silo_crypto::random_token(CERTIFICATE_TOKEN_PREFIX);
+    let hash = silo_crypto::hash_token(secrecy::ExposeSecret::expose_secret(&token));
+    let after = crate::catalog::now_unix()
+        + i64::try_from(state.deletion_grace.as_secs()).unwrap_or(i64::MAX / 2);
+    state
+        .catalog
+        .blocking(move |c| c.schedule_deletion(tenant, after, &hash))
+        .await?;
+    state.close_tenant(tenant).await;
+    Ok((after, token))
+}
 
 /// Signs a certificate: HMAC-SHA256 over its canonical JSON (keys sorted, no spaces).
 fn sign(

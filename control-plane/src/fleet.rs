@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use rusqlite::OpenFlags;
-use serde::Serialize;
 use silo_provisioner::MigrationError;
 use silo_provisioner::local::TENANT_MIGRATIONS_TABLE;
 use silo_provisioner::migrations::current_version;
@@ -25,76 +24,7 @@ use crate::audit::{AuditRecord, Outcome, RequestMeta};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Running,
-    Done,
-    /// A canary tenant failed; the rest were not touched.
-    CanaryFailed,
-}
-
-/// A running or finished job. Counters are atomics: the runner's tasks bump them while
-/// status requests read them.
-pub struct Job {
-    id: String,
-    target_version: u32,
-    total: usize,
-    canary: usize,
-    concurrency: usize,
-    done: AtomicUsize,
-    failed: AtomicUsize,
-    state: Mutex<JobState>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JobView {
-    pub id: String,
-    pub state: JobState,
-    pub target_version: u32,
-    pub total: usize,
-    pub done: usize,
-    pub failed: usize,
-    pub remaining: usize,
-    pub canary: usize,
-    pub concurrency: usize,
-}
-
-impl Job {
-    pub fn view(&self) -> JobView {
-        let (done, failed) = (
-            self.done.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        );
-        JobView {
-            id: self.id.clone(),
-            state: *self.state.lock(),
-            target_version: self.target_version,
-            total: self.total,
-            done,
-            failed,
-            remaining: self.total.saturating_sub(done + failed),
-            canary: self.canary,
-            concurrency: self.concurrency,
-        }
-    }
-
-    fn set_state(&self, s: JobState) {
-        *self.state.lock() = s;
-    }
-}
-
-/// The current (or last) job. A std mutex: held only to swap or clone the `Arc`.
-#[derive(Default, Clone)]
-pub struct MigrationJobs {
-    current: Arc<Mutex<Option<Arc<Job>>>>,
-}
-
-impl MigrationJobs {
-    pub fn current(&self) -> Option<JobView> {
-        self.current.lock().as_ref().map(|j| j.view())
-    }
-}
+pub use crate::jobs::{Job, JobState, JobView, MigrationJobs};
 
 /// Starts a job over every tenant behind the latest version. 409 while one runs.
 pub async fn start(

@@ -7,9 +7,12 @@
 //! - [`http`]: the router, middleware and handlers.
 //! - [`auth`]: passwords, access tokens, and the [`auth::Principal`] extractor.
 //! - [`catalog`]: the control plane's own database.
+//! - [`streams`]: open libSQL streams, their batons and expiry.
 //! - [`state`]: [`state::AppState`], what every handler shares.
+//! - [`exports`]: exports under way, one per tenant.
 //! - [`error`]: [`error::ApiError`], the one error type of the API.
 //! - [`two_factor`]: TOTP and recovery codes.
+//! - [`jobs`]: the fleet migration job's record.
 //! - [`fleet`]: migrations across every tenant database.
 //! - [`audit`]: the audit log's hash chains and signed heads.
 //! - [`telemetry`]: Prometheus metrics.
@@ -30,10 +33,13 @@ pub mod cli;
 pub mod config;
 pub mod deletion;
 pub mod error;
+pub mod exports;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod logging;
 pub mod state;
+pub mod streams;
 pub mod telemetry;
 pub mod two_factor;

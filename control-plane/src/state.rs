@@ -42,15 +42,15 @@ pub struct Shared {
     pub max_body_bytes: usize,
     pub gates: TenantGates,
     /// The fleet migration job, if one was started.
-    pub jobs: crate::fleet::MigrationJobs,
+    pub jobs: crate::jobs::MigrationJobs,
     /// Tenants with an export under way (one at a time each).
-    pub exports: crate::http::export::ExportsInFlight,
+    pub exports: crate::exports::ExportsInFlight,
     /// Where exports are built before streaming (`<data-dir>/exports`).
     pub exports_dir: std::path::PathBuf,
     /// Grace period of a scheduled deletion.
     pub deletion_grace: std::time::Duration,
     /// Open libSQL (Hrana) streams.
-    pub streams: crate::http::hrana::Streams,
+    pub streams: crate::streams::Streams,
     /// API keys as the catalog last said, while nothing that could change them has been
     /// written since (sessions are kept with their access tokens, in `tokens`).
     pub credentials: Arc<crate::auth::CredentialCache>,
@@ -59,6 +59,10 @@ pub struct Shared {
     /// Log one line per request (`--access-log`).
     pub access_log: bool,
 }
+
+/// How long a query may run on an async thread before it is undone and sent to a blocking
+/// thread (see `AppState::try_tenant_now`). Point queries take tens of microseconds.
+pub(crate) const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Overruns of the inline budget within a second that bar a tenant from inline execution.
 /// More than one: on a busy machine a quick query is sometimes preempted past the budget,
@@ -253,7 +257,7 @@ impl AppState {
         let handle = self.store.get_open(tenant)?;
         let started = std::time::Instant::now();
         let out = f(&handle);
-        if out.is_none() && started.elapsed() >= crate::http::data::INLINE_BUDGET {
+        if out.is_none() && started.elapsed() >= INLINE_BUDGET {
             self.gates.strike_inline(tenant);
         }
         out.map(|r| r.map_err(ApiError::from))
@@ -397,6 +401,15 @@ impl AppState {
         Ok(out)
     }
 
+    /// What authenticating a request reads, borrowed from this state.
+    pub fn authority(&self) -> crate::auth::Authority<'_> {
+        crate::auth::Authority {
+            tokens: &self.tokens,
+            catalog: &self.catalog,
+            credentials: &self.credentials,
+        }
+    }
+
     /// Appends an event to the audit log (its tenant's chain, or the platform's).
     pub async fn audit(&self, rec: crate::audit::AuditRecord) -> Result<(), ApiError> {
         let keyring = self.keyring.clone();
@@ -417,24 +430,6 @@ impl AppState {
             .blocking(move |c| c.append_audit_for_user(&keyring, &uid, &rec))
             .await?;
         Ok(())
-    }
-
-    /// Schedules the tenant's deletion after the grace period (the tenant is suspended at
-    /// once) and returns (delete_after, certificate token). The token fetches the signed
-    /// certificate once the deletion is complete; it is shown only here.
-    pub async fn schedule_deletion(
-        &self,
-        tenant: TenantId,
-    ) -> Result<(i64, secrecy::SecretString), ApiError> {
-        let token = silo_crypto::random_token(crate::deletion::CERTIFICATE_TOKEN_PREFIX);
-        let hash = silo_crypto::hash_token(secrecy::ExposeSecret::expose_secret(&token));
-        let after = crate::catalog::now_unix()
-            + i64::try_from(self.deletion_grace.as_secs()).unwrap_or(i64::MAX / 2);
-        self.catalog
-            .blocking(move |c| c.schedule_deletion(tenant, after, &hash))
-            .await?;
-        self.close_tenant(tenant).await;
-        Ok((after, token))
     }
 
     /// Closes the tenant's cached handle (after a suspension or deletion). Blocking work on

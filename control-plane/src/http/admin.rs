@@ -339,7 +339,7 @@ pub(crate) async fn handle_admin_tenant_delete(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let tenant = parse_tenant(&id)?;
-    let (after, token) = state.schedule_deletion(tenant).await?;
+    let (after, token) = crate::deletion::schedule(&state, tenant).await?;
     record(
         &state,
         &admin,

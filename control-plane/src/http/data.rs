@@ -11,11 +11,7 @@ use crate::audit::{AuditRecord, LazyMeta};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
-use crate::state::AppState;
-
-/// How long a query may run on an async thread before it is undone and sent to a blocking
-/// thread (see `AppState::try_tenant_now`). Point queries take tens of microseconds.
-pub(crate) const INLINE_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+use crate::state::{AppState, INLINE_BUDGET};
 
 /// Most statements in one batch.
 const MAX_BATCH_STATEMENTS: usize = 1_000;

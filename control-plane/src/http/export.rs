@@ -6,11 +6,7 @@
 //! streaming starts. Leftovers of a crash are removed at start-up.
 
 use silo_types::AuditAction;
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -22,34 +18,9 @@ use silo_tenant_runtime::{RuntimeError, TenantId, export};
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::{Principal, Role, Scope};
 use crate::error::{ApiError, ApiResult};
+use crate::exports::InFlight;
 use crate::http::extract::ApiQuery;
 use crate::state::AppState;
-
-/// Tenants with an export under way: one at a time per tenant.
-#[derive(Clone, Default)]
-pub struct ExportsInFlight(Arc<Mutex<HashSet<TenantId>>>);
-
-/// Removes the tenant from the in-flight set when the export (its stream) ends.
-struct InFlight {
-    set: ExportsInFlight,
-    tenant: TenantId,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.set.0.lock().remove(&self.tenant);
-    }
-}
-
-impl ExportsInFlight {
-    fn begin(&self, tenant: TenantId) -> Option<InFlight> {
-        let mut set = self.0.lock();
-        set.insert(tenant).then(|| InFlight {
-            set: self.clone(),
-            tenant,
-        })
-    }
-}
 
 #[derive(Deserialize)]
 pub(crate) struct ExportQuery {

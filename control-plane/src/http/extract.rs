@@ -3,10 +3,12 @@
 //! echoed back (a misplaced password must not come back in an error).
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -125,6 +127,15 @@ pub(crate) fn network_of(ip: std::net::IpAddr) -> String {
     ipnet::IpNet::new(ip, prefix)
         .map(|n| n.trunc().to_string())
         .unwrap_or_else(|_| ip.to_string())
+}
+
+/// Every route that needs a caller takes a [`Principal`]: the request's credential, checked.
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.authority().authenticate(parts).await
+    }
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ pub(crate) async fn handle_tenant_delete(
     principal.require_user()?;
     principal.require_step_up()?;
     let tenant = principal.tenant;
-    let (after, token) = state.schedule_deletion(tenant).await?;
+    let (after, token) = crate::deletion::schedule(&state, tenant).await?;
     let rec = AuditRecord::new(
         Some(tenant),
         principal.actor(),
