@@ -174,6 +174,15 @@ impl Application {
     /// Serves until ctrl-c or SIGTERM, then drains in-flight requests (bounded by
     /// [`DRAIN_TIMEOUT`]) and closes every tenant database cleanly.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes, then drains and closes as [`Self::run_until_stopped`]
+    /// does (for a server embedded in another program: the end-to-end tests).
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Application {
             listener,
             state,
@@ -229,7 +238,7 @@ impl Application {
             crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            stop.await;
             tracing::info!("shutting down: draining in-flight requests");
             let _ = stop_tx.send(());
         });

@@ -73,7 +73,7 @@ fn each_scope_opens_exactly_its_routes() {
 
 #[test]
 fn a_key_is_shown_once_stored_hashed_and_listed_without_its_secret() {
-    let mut app = TestApp::spawn();
+    let mut app = TestApp::spawn_process();
     let owner = app.signup("Keys");
     let created = app
         .post(

@@ -24,7 +24,7 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn no_secret_is_stored_or_logged_in_clear_and_tenant_files_are_encrypted() {
-    let mut app = TestApp::spawn();
+    let mut app = TestApp::spawn_process();
     let a = app.signup("Alpha");
     app.query(&a.access_token, "CREATE TABLE t (secret TEXT)")
         .expect(200);
@@ -140,7 +140,7 @@ fn no_secret_is_stored_or_logged_in_clear_and_tenant_files_are_encrypted() {
 
 #[test]
 fn an_envelope_copied_to_another_tenants_row_opens_nothing() {
-    let mut app = TestApp::spawn();
+    let mut app = TestApp::spawn_process();
     let a = app.signup("Alpha");
     let b = app.signup("Beta");
     app.query(&a.access_token, "CREATE TABLE t (v TEXT)")

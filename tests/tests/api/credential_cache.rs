@@ -17,7 +17,7 @@ fn misses(app: &TestApp, kind: &str) -> u64 {
 
 #[test]
 fn another_tenants_catalog_writes_leave_cached_credentials_in_place() {
-    let app = TestApp::spawn();
+    let app = TestApp::spawn_process();
     let a = app.signup("Steady");
     let b = app.signup("Busy");
     let (_, a_key) = app.create_key(&a, &["db:read"], json!({}));
@@ -109,7 +109,7 @@ fn another_tenants_catalog_writes_leave_cached_credentials_in_place() {
 /// the other, and a key revoked in one tenant stops at once while the other's stays cached.
 #[test]
 fn a_change_to_a_user_of_two_tenants_applies_at_once_in_both() {
-    let app = TestApp::spawn();
+    let app = TestApp::spawn_process();
     let a = app.signup("Home");
     let b = app.signup("Away");
     let invite = app

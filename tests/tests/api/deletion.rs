@@ -198,7 +198,7 @@ fn a_scheduled_deletion_can_be_restored_within_the_grace_period() {
 
 #[test]
 fn a_crash_in_the_middle_of_a_deletion_is_finished_at_the_next_start() {
-    let mut app = TestApp::spawn_with(&[
+    let mut app = TestApp::spawn_process_with(&[
         "--deletion-grace-secs",
         "1",
         "--reaper-interval-ms",

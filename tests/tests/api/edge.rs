@@ -14,7 +14,7 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
 
 #[test]
 fn every_answer_carries_a_request_id_and_the_security_headers() {
-    let app = TestApp::spawn();
+    let app = TestApp::spawn_process();
     let mut ids = Vec::new();
     for path in ["/health", "/healthz", "/no/such/route", "/v1/me"] {
         let resp = app
@@ -91,8 +91,8 @@ fn libsql_route_errors_have_sqlds_shape_and_the_usual_headers() {
 
 #[test]
 fn the_access_log_is_written_only_when_asked_for() {
-    let mut quiet = TestApp::spawn();
-    let mut logged = TestApp::spawn_with(&["--access-log"]);
+    let mut quiet = TestApp::spawn_process();
+    let mut logged = TestApp::spawn_process_with(&["--access-log"]);
     for app in [&quiet, &logged] {
         app.get("/healthz", None).expect(200);
         app.get("/no/such/route", None)

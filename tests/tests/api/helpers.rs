@@ -1,6 +1,12 @@
-//! The harness: the real `silo` binary on port 0 with a temporary data dir, and typed
-//! helpers. Server logs go to `<data-dir>/../silo.log` (scanned by the secret tests);
-//! `TEST_LOG=1` also echoes them at the end of a test.
+//! The harness: silo on port 0 with a temporary data dir, and typed helpers.
+//!
+//! Most tests run the server inside the test process (`Application::build` on a runtime of
+//! its own, serving a real socket): no process to start, and the same HTTP path. Tests that
+//! need what only a process has start the real `silo` binary instead (`spawn_process*`):
+//! a crash (`kill9`), an open-files limit, its log (scanned by the secret tests; `TEST_LOG=1`
+//! also echoes it at the end of a test), its metrics (the recorder is one per process, so
+//! in-process servers would count each other's requests) or its pid. Those helpers refuse
+//! to run on an in-process server rather than answer emptily.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,6 +44,10 @@ pub struct TestApp {
     /// to look for it where it must not be).
     pub master_key: String,
     child: Option<Child>,
+    /// The server running in this process, if it runs here.
+    embedded: Option<Embedded>,
+    /// Run the `silo` binary rather than an in-process server.
+    process: bool,
     extra_args: Vec<String>,
     /// Run under this open-files limit (soft and hard), with `prlimit`.
     open_files: Option<u64>,
@@ -92,15 +102,113 @@ impl Resp {
     }
 }
 
+/// A server inside the test process: its own runtime on a thread of its own, stopped
+/// gracefully (drain, close tenant databases) by `stop`.
+struct Embedded {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Embedded {
+    fn start(args: Vec<String>) -> (Self, String) {
+        use clap::Parser as _;
+        let cli = silo_control_plane::config::Cli::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("silo {args:?}: {e}"));
+        let silo_control_plane::config::Command::Serve(serve) = cli.command else {
+            panic!("not a serve command: {args:?}");
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let app = match silo_control_plane::app::Application::build(serve).await {
+                    Ok(app) => app,
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(format!("{e:#}")));
+                        return;
+                    }
+                };
+                let addr = app.local_addr().expect("address");
+                let _ = addr_tx.send(Ok(format!("http://{addr}")));
+                if let Err(e) = app
+                    .run_until(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                {
+                    eprintln!("in-process silo stopped with: {e:#}");
+                }
+            });
+        });
+        let base = match addr_rx.recv() {
+            Ok(Ok(base)) => base,
+            Ok(Err(e)) => panic!("silo did not start: {e}"),
+            Err(_) => panic!("silo did not start (its thread ended)"),
+        };
+        (
+            Embedded {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            },
+            base,
+        )
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl TestApp {
     pub fn spawn() -> Self {
         Self::spawn_with(&[])
     }
 
+    /// The real `silo` binary, for tests that need a process (see the module doc).
+    pub fn spawn_process() -> Self {
+        Self::spawn_process_with(&[])
+    }
+
+    /// The real `silo` binary with extra `serve` arguments.
+    pub fn spawn_process_with(extra_args: &[&str]) -> Self {
+        let mut app = Self::unstarted(extra_args);
+        app.process = true;
+        app.start();
+        app
+    }
+
+    #[track_caller]
+    fn require_process(&self, what: &str) {
+        assert!(
+            self.process,
+            "{what} needs the silo binary: start this test's server with TestApp::spawn_process*"
+        );
+    }
+
     /// Runs `silo init` on a fresh data dir, then starts the server. Returns the app and
     /// the admin token `init` printed (alone on its last line).
     pub fn spawn_initialized(extra_args: &[&str]) -> (Self, String) {
+        Self::initialized(extra_args, false)
+    }
+
+    /// As [`Self::spawn_initialized`], with the server as the real `silo` binary.
+    pub fn spawn_initialized_process(extra_args: &[&str]) -> (Self, String) {
+        Self::initialized(extra_args, true)
+    }
+
+    fn initialized(extra_args: &[&str], process: bool) -> (Self, String) {
         let mut app = Self::unstarted(extra_args);
+        app.process = process;
         let out = Command::new(silo_bin())
             .arg("init")
             .arg("--data-dir")
@@ -179,6 +287,7 @@ impl TestApp {
     /// Starts silo under an open-files limit of `limit` (soft and hard: silo cannot raise it).
     pub fn spawn_with_open_files_limit(limit: u64, extra_args: &[&str]) -> Self {
         let mut app = Self::unstarted(extra_args);
+        app.process = true;
         app.open_files = Some(limit);
         app.start();
         app
@@ -205,13 +314,17 @@ impl TestApp {
             dir,
             master_key,
             child: None,
+            embedded: None,
+            process: false,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             open_files: None,
         }
     }
 
     /// The server's process id (to count its open file descriptors).
+    #[track_caller]
     pub fn pid(&self) -> u32 {
+        self.require_process("pid()");
         self.child.as_ref().expect("server running").id()
     }
 
@@ -223,7 +336,9 @@ impl TestApp {
         self.dir.path().join("silo.log")
     }
 
+    #[track_caller]
     pub fn logs(&self) -> Vec<u8> {
+        self.require_process("logs()");
         std::fs::read(self.log_path()).unwrap_or_default()
     }
 
@@ -257,6 +372,20 @@ impl TestApp {
     }
 
     pub fn start_with(&mut self, args: &[String]) {
+        if !self.process {
+            let mut all: Vec<String> = ["silo", "serve", "--listen", "127.0.0.1:0", "--data-dir"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            all.push(self.data_dir().display().to_string());
+            all.push("--master-key".to_owned());
+            all.push(self.master_key.clone());
+            all.extend(args.iter().cloned());
+            let (embedded, base) = Embedded::start(all);
+            self.embedded = Some(embedded);
+            self.base = base;
+            return;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -302,7 +431,9 @@ impl TestApp {
     }
 
     /// SIGKILL: no chance to clean up, as in a crash or power loss of the process.
+    #[track_caller]
     pub fn kill9(&mut self) {
+        self.require_process("kill9()");
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -311,6 +442,9 @@ impl TestApp {
 
     /// SIGTERM and wait: a clean shutdown.
     pub fn stop(&mut self) {
+        if let Some(mut embedded) = self.embedded.take() {
+            embedded.stop();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
@@ -458,7 +592,9 @@ impl TestApp {
     }
 
     /// `GET /metrics`, as text (the server runs without a metrics token unless told).
+    #[track_caller]
     pub fn metrics(&self) -> String {
+        self.require_process("metrics()");
         self.client
             .get(format!("{}/metrics", self.base))
             .send()
@@ -494,8 +630,14 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        self.kill9();
-        if std::env::var_os("TEST_LOG").is_some() {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut embedded) = self.embedded.take() {
+            embedded.stop();
+        }
+        if self.process && std::env::var_os("TEST_LOG").is_some() {
             eprintln!("{}", String::from_utf8_lossy(&self.logs()));
         }
     }

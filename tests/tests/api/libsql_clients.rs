@@ -645,7 +645,7 @@ fn batons_are_bound_to_their_credential_and_expire() {
 fn five_hundred_tenants_through_a_cache_of_twenty_five_handles() {
     const TENANTS: usize = 500;
     const CACHE: usize = 25;
-    let app = TestApp::spawn_with(&["--max-open-tenants", &CACHE.to_string()]);
+    let app = TestApp::spawn_process_with(&["--max-open-tenants", &CACHE.to_string()]);
     let fds = |pid: u32| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("proc fd")
@@ -748,7 +748,7 @@ fn five_hundred_tenants_through_a_cache_of_twenty_five_handles() {
 
 #[test]
 fn sandbox_refusals_and_opens_are_counted_in_metrics() {
-    let app = TestApp::spawn();
+    let app = TestApp::spawn_process();
     let t = app.signup("Metrics");
     let r = pipeline(
         &app,
@@ -901,7 +901,7 @@ fn held_databases_count_against_the_descriptor_budget() {
 #[test]
 fn metrics_can_require_a_token() {
     let secret = "metrics-scraper-token-7c1e";
-    let app = TestApp::spawn_with(&["--metrics-token", secret]);
+    let app = TestApp::spawn_process_with(&["--metrics-token", secret]);
     let get = |auth: Option<&str>| {
         let mut req = app.client.get(format!("{}/metrics", app.base));
         if let Some(a) = auth {

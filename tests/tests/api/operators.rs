@@ -186,7 +186,7 @@ fn a_canary_failure_stops_the_migration_before_the_rest() {
 
 #[test]
 fn suspension_rotation_and_admin_only_routes() {
-    let (app, admin) = TestApp::spawn_initialized(&[]);
+    let (app, admin) = TestApp::spawn_initialized_process(&[]);
     let created = app.cli_json(
         &admin,
         &[

@@ -18,7 +18,7 @@ fn tenant_files(app: &TestApp) -> Vec<String> {
 fn a_kill_during_provisioning_leaves_no_orphan_and_the_signup_can_be_retried() {
     // Paused after the database file is published and before the tenant is active: the
     // moment with the most to clean up.
-    let mut app = TestApp::spawn_with(&["--test-pause-provisioning-ms", "600000"]);
+    let mut app = TestApp::spawn_process_with(&["--test-pause-provisioning-ms", "600000"]);
     let base = app.base.clone();
     let signup = std::thread::spawn(move || {
         let client = reqwest::blocking::Client::builder()
