@@ -383,32 +383,21 @@ impl Client {
     }
 }
 
-/// Prints rows as an aligned table.
+/// Prints rows as an aligned table: upper-case headers, columns two spaces apart, no
+/// borders (easy to read, and to cut with `awk`).
 fn table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_header(headers.iter().map(|h| h.to_uppercase()));
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+        t.add_row(row);
     }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        line(headers.iter().map(|h| h.to_uppercase()).collect())
-    );
-    for row in rows {
-        let _ = writeln!(out, "{}", line(row.clone()));
+    for line in t.lines() {
+        let _ = writeln!(out, "{}", line.trim_end());
     }
 }
 

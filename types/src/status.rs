@@ -67,6 +67,13 @@ impl TenantStatus {
     }
 }
 
+/// Written as its name (`"active"`), as the API and the catalog spell it.
+impl serde::Serialize for TenantStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for TenantStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

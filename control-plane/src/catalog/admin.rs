@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, params};
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 
-use super::{Catalog, CatalogError, Result, Touches, now_unix};
+use super::{Catalog, CatalogError, Result, Touches, now_unix, status_at};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AdminTokenRow {
@@ -19,7 +19,7 @@ pub struct AdminTokenRow {
 pub struct TenantSummary {
     pub id: String,
     pub name: String,
-    pub status: String,
+    pub status: TenantStatus,
     pub plan: String,
     pub placement: String,
     pub schema_version: i64,
@@ -38,7 +38,7 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<TenantSummary> {
     Ok(TenantSummary {
         id: r.get(0)?,
         name: r.get(1)?,
-        status: r.get(2)?,
+        status: status_at(r, 2)?,
         plan: r.get(3)?,
         placement: r.get(4)?,
         schema_version: r.get(5)?,

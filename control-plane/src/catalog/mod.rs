@@ -174,7 +174,7 @@ pub struct SessionRow {
 pub struct TenantRow {
     pub id: String,
     pub name: String,
-    pub status: String,
+    pub status: TenantStatus,
     pub plan: String,
     pub placement: String,
     pub schema_version: i64,
@@ -224,6 +224,15 @@ fn parse_tenant(s: String) -> Result<TenantId> {
 fn parse_status(s: String) -> Result<TenantStatus> {
     s.parse()
         .map_err(|_| CatalogError::Corrupt(format!("tenant status {s:?}")))
+}
+
+/// A tenant status read from its column: a name the lifecycle does not know is a corrupt
+/// row, reported as SQLite reports a value of the wrong type.
+pub(crate) fn status_at(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<TenantStatus> {
+    let text: String = row.get(idx)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 impl Catalog {
@@ -349,7 +358,7 @@ impl Catalog {
                     Ok(TenantRow {
                         id: r.get(0)?,
                         name: r.get(1)?,
-                        status: r.get(2)?,
+                        status: status_at(r, 2)?,
                         plan: r.get(3)?,
                         placement: r.get(4)?,
                         schema_version: r.get(5)?,

@@ -399,9 +399,9 @@ pub(crate) async fn handle_admin_tenant_rotate(
         .catalog
         .blocking(move |c| c.tenant_summary(tenant))
         .await?;
-    match summary.as_ref().map(|s| s.status.as_str()) {
+    match summary.as_ref().map(|s| s.status) {
         None => return Err(ApiError::NotFound("no such tenant".to_owned())),
-        Some("active" | "suspended") => {}
+        Some(TenantStatus::Active | TenantStatus::Suspended) => {}
         Some(other) => {
             return Err(ApiError::Conflict(format!(
                 "a {other} tenant's token cannot be rotated"
