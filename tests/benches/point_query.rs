@@ -25,7 +25,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 mod common;
-use common::{percentile, serve, stop};
+use common::{percentile, read_address, serve, stop};
 
 fn ensure_wrk() {
     if Command::new("wrk").arg("--version").output().is_ok() {
@@ -224,21 +224,12 @@ fn floor_server() {
 
 /// Starts the floor server (this binary, again) and returns it with its base URL.
 fn start_floor() -> (std::process::Child, String) {
-    use std::io::BufRead as _;
     let mut child = Command::new(std::env::current_exe().expect("bench binary"))
         .env("POINT_QUERY_FLOOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the floor server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read address");
-    let base = line
-        .trim()
-        .strip_prefix("silo listening on ")
-        .expect("address line")
-        .to_owned();
+    let base = read_address(&mut child);
     (child, base)
 }
 

@@ -146,69 +146,45 @@ fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Modules named after `crate::` in code (comments left out), including the groups of
-/// `use crate::{a::X, b};`.
+/// Modules named after `crate::` in code (comments left out), including the items of
+/// `use crate::{a::X, b};` groups, on one line or several.
 fn crate_references(text: &str) -> BTreeSet<String> {
+    let code: Vec<&str> = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect();
+    let code = code.join("\n");
     let mut names = BTreeSet::new();
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            let after = &rest[at + "crate::".len()..];
-            if let Some(group) = after.strip_prefix('{') {
-                // Top-level names of the group, up to its closing brace on this line (or the
-                // names on the following lines, read as their own lines below).
-                let mut depth = 0;
-                let mut current = String::new();
-                for c in group.chars() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => break,
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => {
-                            push_first_segment(&current, &mut names);
-                            current.clear();
-                        }
-                        _ if depth == 0 => current.push(c),
-                        _ => {}
-                    }
-                }
-                push_first_segment(&current, &mut names);
-            } else {
-                push_first_segment(after, &mut names);
-            }
-            rest = after;
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        let after = &rest[at + "crate::".len()..];
+        match after.strip_prefix('{') {
+            Some(group) => group_items(group, &mut names),
+            None => push_first_segment(after, &mut names),
         }
-    }
-    names.extend(multi_line_groups(text));
-    names
-}
-
-/// `use crate::{` groups spread over several lines: the first segment of each item.
-fn multi_line_groups(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("use crate::{") {
-        let after = &rest[at + "use crate::{".len()..];
-        let mut depth = 0;
-        let mut current = String::new();
-        for c in after.chars() {
-            match c {
-                '{' => depth += 1,
-                '}' if depth == 0 => break,
-                '}' => depth -= 1,
-                ',' if depth == 0 => {
-                    push_first_segment(&current, &mut names);
-                    current.clear();
-                }
-                _ if depth == 0 => current.push(c),
-                _ => {}
-            }
-        }
-        push_first_segment(&current, &mut names);
         rest = after;
     }
     names
+}
+
+/// The first segment of each top-level item of a `{…}` group, up to its closing brace.
+fn group_items(group: &str, names: &mut BTreeSet<String>) {
+    let mut depth = 0;
+    let mut current = String::new();
+    for c in group.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                push_first_segment(&current, names);
+                current.clear();
+            }
+            _ if depth == 0 => current.push(c),
+            _ => {}
+        }
+    }
+    push_first_segment(&current, names);
 }
 
 fn push_first_segment(path: &str, names: &mut BTreeSet<String>) {

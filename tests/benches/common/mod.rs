@@ -37,16 +37,20 @@ pub(crate) fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start silo");
+    let base = read_address(&mut child);
+    (child, base)
+}
+
+/// The base URL a server printed first on its stdout (`silo listening on http://…`).
+pub(crate) fn read_address(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read address");
-    let base = line
-        .trim()
+    line.trim()
         .strip_prefix("silo listening on ")
         .expect("address line")
-        .to_owned();
-    (child, base)
+        .to_owned()
 }
 
 pub(crate) fn stop(mut child: Child) {
