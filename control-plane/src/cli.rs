@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
+use silo_api as api;
 
 use crate::catalog::Catalog;
 
@@ -173,36 +174,30 @@ pub fn audit(args: &ClientArgs, cmd: &AuditCommand) -> CliResult {
         Some(t) => format!("/audit/verify?tenant={t}"),
         None => "/audit/verify".to_owned(),
     };
-    let out = c.call(reqwest::Method::GET, &path, None)?;
+    let (raw, out): (Value, api::AuditVerification) =
+        c.call_as(reqwest::Method::GET, &path, None)?;
     if args.json {
-        print_json(&out);
+        print_json(&raw);
     } else {
-        let rows: Vec<Vec<String>> = out["chains"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|r| {
-                        vec![
-                            text(&r["chain"]),
-                            if r["ok"] == json!(true) {
-                                "ok".to_owned()
-                            } else {
-                                "TAMPERED".to_owned()
-                            },
-                            text(&r["checked"]),
-                            text(&r["first_bad_id"]),
-                            text(&r["reason"]),
-                        ]
-                    })
-                    .collect()
+        let rows: Vec<Vec<String>> = out
+            .chains
+            .iter()
+            .map(|r| {
+                vec![
+                    r.chain.clone(),
+                    if r.ok { "ok" } else { "TAMPERED" }.to_owned(),
+                    r.checked.to_string(),
+                    opt(r.first_bad_id),
+                    opt(r.reason.as_ref()),
+                ]
             })
-            .unwrap_or_default();
+            .collect();
         table(
             &["chain", "result", "events", "first_bad_id", "reason"],
             &rows,
         );
     }
-    if out["ok"] == json!(true) {
+    if out.ok {
         Ok(())
     } else {
         Err(CliError("the audit log failed verification".to_owned()))
@@ -356,6 +351,23 @@ impl Client {
             .map_err(|e| CliError(format!("download interrupted: {e}")))
     }
 
+    /// The answer as the server sent it (printed as is by `--json`) and read as its API type
+    /// (for tables and exit codes).
+    fn call_as<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> CliResult<(Value, T)> {
+        let raw = self.call(method, path, body)?;
+        let typed = serde_json::from_value(raw.clone()).map_err(|e| {
+            CliError(format!(
+                "the server's answer to {path} is not what this CLI reads ({e}); are the server and the CLI the same version?"
+            ))
+        })?;
+        Ok((raw, typed))
+    }
+
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> CliResult<Value> {
         let url = format!("{}/admin/v1{path}", self.server);
         let mut req = self
@@ -413,20 +425,31 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn tenant_rows(tenants: &[Value]) -> Vec<Vec<String>> {
+/// An optional value as a table cell: `-` when absent.
+fn opt(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn tenant_row(t: &api::TenantView) -> Vec<String> {
+    vec![
+        t.id.clone(),
+        t.name.clone(),
+        t.status.to_string(),
+        t.plan.clone(),
+        t.db.schema_version.to_string(),
+    ]
+}
+
+fn tenant_list_rows(tenants: &[api::TenantListItem]) -> Vec<Vec<String>> {
     tenants
         .iter()
         .map(|t| {
             vec![
-                text(&t["id"]),
-                text(&t["name"]),
-                text(&t["status"]),
-                text(&t["plan"]),
-                text(if t["schema_version"].is_null() {
-                    &t["db"]["schema_version"]
-                } else {
-                    &t["schema_version"]
-                }),
+                t.id.clone(),
+                t.name.clone(),
+                t.status.to_string(),
+                t.plan.clone(),
+                t.schema_version.to_string(),
             ]
         })
         .collect()
@@ -438,35 +461,29 @@ pub fn admin_token(args: &ClientArgs, cmd: &AdminTokenCommand) -> CliResult {
     let c = Client::new(args)?;
     match cmd {
         AdminTokenCommand::Create { name } => {
-            let out = c.call(
+            let (raw, out): (Value, api::AdminTokenCreated) = c.call_as(
                 reqwest::Method::POST,
                 "/admin-tokens",
                 Some(json!({ "name": name })),
             )?;
             if args.json {
-                print_json(&out);
+                print_json(&raw);
             } else {
-                println!(
-                    "admin token {} ({}) — shown once:",
-                    text(&out["id"]),
-                    text(&out["name"])
-                );
-                println!("{}", text(&out["token"]));
+                println!("admin token {} ({}) — shown once:", out.id, out.name);
+                println!("{}", out.token);
             }
         }
         AdminTokenCommand::List => {
-            let out = c.call(reqwest::Method::GET, "/admin-tokens", None)?;
+            let (raw, out): (Value, api::AdminTokenList) =
+                c.call_as(reqwest::Method::GET, "/admin-tokens", None)?;
             if args.json {
-                print_json(&out);
+                print_json(&raw);
             } else {
-                let rows: Vec<Vec<String>> = out["admin_tokens"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|t| vec![text(&t["id"]), text(&t["name"]), text(&t["created_at"])])
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let rows: Vec<Vec<String>> = out
+                    .admin_tokens
+                    .iter()
+                    .map(|t| vec![t.id.clone(), t.name.clone(), t.created_at.clone()])
+                    .collect();
                 table(&["id", "name", "created"], &rows);
             }
         }
@@ -488,11 +505,11 @@ pub fn admin_token(args: &ClientArgs, cmd: &AdminTokenCommand) -> CliResult {
 
 pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
     let c = Client::new(args)?;
-    let show = |v: &Value| {
+    let show = |(raw, view): &(Value, api::TenantView)| {
         if args.json {
-            print_json(v);
+            print_json(raw);
         } else {
-            table(&TENANT_HEADERS, &tenant_rows(std::slice::from_ref(v)));
+            table(&TENANT_HEADERS, &[tenant_row(view)]);
         }
     };
     match cmd {
@@ -501,14 +518,14 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
             owner_email,
             plan,
         } => {
-            let out = c.call(
+            let out: (Value, api::TenantView) = c.call_as(
                 reqwest::Method::POST,
                 "/tenants",
                 Some(json!({ "name": name, "owner_email": owner_email, "plan": plan })),
             )?;
             show(&out);
             if !args.json
-                && let Some(t) = out["owner_invite_token"].as_str()
+                && let Some(t) = &out.1.owner_invite_token
             {
                 println!(
                     "owner invitation token (shown once; the owner accepts it at POST /v1/invites/accept):"
@@ -527,9 +544,10 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
                 if let Some(a) = &after {
                     path.push_str(&format!("&after={a}"));
                 }
-                let out = c.call(reqwest::Method::GET, &path, None)?;
-                tenants.extend(out["tenants"].as_array().cloned().unwrap_or_default());
-                after = out["next"].as_str().map(str::to_owned);
+                let (_, page): (Value, api::TenantList) =
+                    c.call_as(reqwest::Method::GET, &path, None)?;
+                tenants.extend(page.tenants);
+                after = page.next;
                 if !*all || after.is_none() {
                     break;
                 }
@@ -537,31 +555,32 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
             if args.json {
                 print_json(&json!({ "tenants": tenants, "next": after }));
             } else {
-                table(&TENANT_HEADERS, &tenant_rows(&tenants));
+                table(&TENANT_HEADERS, &tenant_list_rows(&tenants));
                 if let Some(a) = after {
                     println!("(more: --all, or the next page starts after {a})");
                 }
             }
         }
         TenantsCommand::Show { id } => {
-            let out = c.call(reqwest::Method::GET, &format!("/tenants/{id}"), None)?;
+            let (raw, out): (Value, api::TenantView) =
+                c.call_as(reqwest::Method::GET, &format!("/tenants/{id}"), None)?;
             if args.json {
-                print_json(&out);
+                print_json(&raw);
             } else {
                 let rows = [
-                    ("id", text(&out["id"])),
-                    ("name", text(&out["name"])),
-                    ("status", text(&out["status"])),
-                    ("plan", text(&out["plan"])),
-                    ("placement", text(&out["db"]["placement"])),
-                    ("size_bytes", text(&out["db"]["size_bytes"])),
-                    ("schema_version", text(&out["db"]["schema_version"])),
-                    ("members", text(&out["members"])),
-                    ("last_activity", text(&out["last_activity_at"])),
-                    ("created", text(&out["created_at"])),
+                    ("id", out.id.clone()),
+                    ("name", out.name.clone()),
+                    ("status", out.status.to_string()),
+                    ("plan", out.plan.clone()),
+                    ("placement", out.db.placement.clone()),
+                    ("size_bytes", opt(out.db.size_bytes)),
+                    ("schema_version", out.db.schema_version.to_string()),
+                    ("members", out.members.to_string()),
+                    ("last_activity", opt(out.last_activity_at.as_ref())),
+                    ("created", out.created_at.clone()),
                     (
                         "migration_failure",
-                        text(&out["migration_failure"]["error"]),
+                        opt(out.migration_failure.as_ref().map(|f| &f.error)),
                     ),
                 ];
                 table(
@@ -573,25 +592,26 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
                 );
             }
         }
-        TenantsCommand::Suspend { id } => show(&c.call(
+        TenantsCommand::Suspend { id } => show(&c.call_as(
             reqwest::Method::POST,
             &format!("/tenants/{id}/suspend"),
             None,
         )?),
-        TenantsCommand::Resume { id } => show(&c.call(
+        TenantsCommand::Resume { id } => show(&c.call_as(
             reqwest::Method::POST,
             &format!("/tenants/{id}/resume"),
             None,
         )?),
         TenantsCommand::Delete { id } => {
-            let out = c.call(reqwest::Method::DELETE, &format!("/tenants/{id}"), None)?;
+            let out: (Value, api::TenantView) =
+                c.call_as(reqwest::Method::DELETE, &format!("/tenants/{id}"), None)?;
             show(&out);
             if !args.json {
                 println!(
                     "scheduled for deletion after unix time {}; certificate token (shown once; POST /v1/deletion-certificate):",
-                    text(&out["delete_after"])
+                    opt(out.1.delete_after)
                 );
-                println!("{}", text(&out["certificate_token"]));
+                println!("{}", opt(out.1.certificate_token.as_ref()));
             }
         }
         TenantsCommand::Export {
@@ -614,7 +634,7 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
                 eprintln!("exported {written} bytes");
             }
         }
-        TenantsCommand::Restore { id } => show(&c.call(
+        TenantsCommand::Restore { id } => show(&c.call_as(
             reqwest::Method::POST,
             &format!("/tenants/{id}/restore"),
             None,
@@ -637,15 +657,14 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
     Ok(())
 }
 
-fn versions_rows(status: &Value) -> Vec<Vec<String>> {
-    status["versions"]
-        .as_object()
-        .map(|m| m.iter().map(|(v, n)| vec![v.clone(), text(n)]).collect())
-        .unwrap_or_default()
+fn versions_rows(versions: &std::collections::BTreeMap<String, i64>) -> Vec<Vec<String>> {
+    versions
+        .iter()
+        .map(|(v, n)| vec![v.clone(), n.to_string()])
+        .collect()
 }
 
-fn print_failures(status: &Value) {
-    let failures = status["failures"].as_array().cloned().unwrap_or_default();
+fn print_failures(failures: &[api::MigrationFailure]) {
     if !failures.is_empty() {
         println!();
         println!("failed tenants (left at their previous version):");
@@ -653,13 +672,7 @@ fn print_failures(status: &Value) {
             &["tenant", "version", "error"],
             &failures
                 .iter()
-                .map(|f| {
-                    vec![
-                        text(&f["tenant_id"]),
-                        text(&f["version"]),
-                        text(&f["error"]),
-                    ]
-                })
+                .map(|f| vec![f.tenant_id.clone(), f.version.to_string(), f.error.clone()])
                 .collect::<Vec<_>>(),
         );
     }
@@ -669,21 +682,17 @@ pub fn migrate(args: &ClientArgs, cmd: &MigrateCommand) -> CliResult {
     let c = Client::new(args)?;
     match cmd {
         MigrateCommand::Plan => {
-            let out = c.call(reqwest::Method::GET, "/migrations/plan", None)?;
+            let (raw, out): (Value, api::MigrationPlan) =
+                c.call_as(reqwest::Method::GET, "/migrations/plan", None)?;
             if args.json {
-                print_json(&out);
+                print_json(&raw);
             } else {
-                println!("latest tenant migration: {}", text(&out["latest_version"]));
-                let rows: Vec<Vec<String>> = out["pending"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|p| {
-                                vec![text(&p["version"]), text(&p["name"]), text(&p["tenants"])]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                println!("latest tenant migration: {}", out.latest_version);
+                let rows: Vec<Vec<String>> = out
+                    .pending
+                    .iter()
+                    .map(|p| vec![p.version.to_string(), p.name.clone(), p.tenants.to_string()])
+                    .collect();
                 if rows.is_empty() {
                     println!("every tenant is up to date");
                 } else {
@@ -692,15 +701,16 @@ pub fn migrate(args: &ClientArgs, cmd: &MigrateCommand) -> CliResult {
             }
         }
         MigrateCommand::Status => {
-            let out = c.call(reqwest::Method::GET, "/migrations/status", None)?;
+            let (raw, out): (Value, api::MigrationStatus) =
+                c.call_as(reqwest::Method::GET, "/migrations/status", None)?;
             if args.json {
-                print_json(&out);
+                print_json(&raw);
             } else {
-                println!("latest tenant migration: {}", text(&out["latest_version"]));
-                table(&["version", "tenants"], &versions_rows(&out));
-                print_failures(&out);
+                println!("latest tenant migration: {}", out.latest_version);
+                table(&["version", "tenants"], &versions_rows(&out.versions));
+                print_failures(&out.failures);
             }
-            if out["failures"].as_array().is_some_and(|f| !f.is_empty()) {
+            if !out.failures.is_empty() {
                 return Err(CliError(
                     "some tenants failed their last migration".to_owned(),
                 ));
@@ -711,25 +721,24 @@ pub fn migrate(args: &ClientArgs, cmd: &MigrateCommand) -> CliResult {
             canary,
             no_wait,
         } => {
-            let started = c.call(
+            let (raw, started): (Value, api::MigrationStarted) = c.call_as(
                 reqwest::Method::POST,
                 "/migrations/apply",
                 Some(json!({ "concurrency": concurrency, "canary": canary })),
             )?;
             if *no_wait {
                 if args.json {
-                    print_json(&started);
+                    print_json(&raw);
                 } else {
                     println!(
                         "migration job {} started for {} tenants",
-                        text(&started["job"]["id"]),
-                        text(&started["job"]["total"])
+                        started.job.id, started.job.total
                     );
                 }
                 return Ok(());
             }
-            let job_id = started["job"]["id"].clone();
-            let total = started["job"]["total"].as_u64().unwrap_or(0);
+            let job_id = started.job.id;
+            let total = u64::try_from(started.job.total).unwrap_or(u64::MAX);
             // A bar for people at a terminal; nothing for scripts and logs.
             let bar = if !args.json && std::io::stderr().is_terminal() {
                 indicatif::ProgressBar::new(total)
@@ -740,50 +749,40 @@ pub fn migrate(args: &ClientArgs, cmd: &MigrateCommand) -> CliResult {
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let status = loop {
-                let status = c.call(reqwest::Method::GET, "/migrations/status", None)?;
-                let job = &status["job"];
-                if job["id"] != job_id {
+            let (raw, status, job) = loop {
+                let (raw, status): (Value, api::MigrationStatus) =
+                    c.call_as(reqwest::Method::GET, "/migrations/status", None)?;
+                let Some(job) = status.job.clone().filter(|j| j.id == job_id) else {
                     return Err(CliError(
                         "another migration job replaced this one".to_owned(),
                     ));
-                }
-                let (done, failed) = (
-                    job["done"].as_u64().unwrap_or(0),
-                    job["failed"].as_u64().unwrap_or(0),
-                );
-                bar.set_position(done + failed);
+                };
+                bar.set_position(u64::try_from(job.done + job.failed).unwrap_or(u64::MAX));
                 bar.set_message(format!(
-                    "done {done}, failed {failed}, remaining {}",
-                    text(&job["remaining"])
+                    "done {}, failed {}, remaining {}",
+                    job.done, job.failed, job.remaining
                 ));
-                if job["state"] != json!("running") {
-                    break status;
+                if job.state != "running" {
+                    break (raw, status, job);
                 }
                 std::thread::sleep(Duration::from_millis(200));
             };
             bar.finish_and_clear();
-            let job = &status["job"];
             if args.json {
-                print_json(&status);
+                print_json(&raw);
             } else {
                 println!(
                     "migration {}: {} tenants, {} done, {} failed, {} not attempted (target version {})",
-                    text(&job["state"]),
-                    text(&job["total"]),
-                    text(&job["done"]),
-                    text(&job["failed"]),
-                    text(&job["remaining"]),
-                    text(&job["target_version"]),
+                    job.state, job.total, job.done, job.failed, job.remaining, job.target_version,
                 );
-                print_failures(&status);
+                print_failures(&status.failures);
             }
-            if job["state"] == json!("canary_failed") {
+            if job.state == "canary_failed" {
                 return Err(CliError(
                     "a canary tenant failed; nothing else was migrated".to_owned(),
                 ));
             }
-            if job["failed"].as_u64().unwrap_or(0) > 0 {
+            if job.failed > 0 {
                 return Err(CliError(
                     "some tenants failed; fix them and run `silo migrate apply` again".to_owned(),
                 ));

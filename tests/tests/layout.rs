@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 /// silo's crates, lowest layer first. A crate may depend on crates before it, never after.
 const LAYERS: &[(&str, &str)] = &[
     ("silo-types", "types"),
+    ("silo-api", "api"),
     ("silo-crypto", "crypto"),
     ("silo-tenant-runtime", "tenant-runtime"),
     ("silo-provisioner", "provisioner"),

@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use silo_api as api;
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 use silo_types::AuditAction;
@@ -102,7 +103,7 @@ async fn record(state: &AppState, admin: &Admin, rec: AuditRecord) -> ApiResult<
     state.audit(rec).await
 }
 
-async fn tenant_view(state: &AppState, tenant: TenantId) -> ApiResult<Value> {
+async fn tenant_view(state: &AppState, tenant: TenantId) -> ApiResult<api::TenantView> {
     let placement = state.provisioner.placement().clone();
     let (summary, (members, last_activity), failures, size) = state
         .catalog
@@ -117,17 +118,29 @@ async fn tenant_view(state: &AppState, tenant: TenantId) -> ApiResult<Value> {
         .await?;
     let summary = summary.ok_or_else(|| ApiError::NotFound("no such tenant".to_owned()))?;
     let failure = failures.into_iter().find(|f| f.tenant_id == summary.id);
-    Ok(json!({
-        "id": summary.id,
-        "name": summary.name,
-        "status": summary.status,
-        "plan": summary.plan,
-        "created_at": summary.created_at,
-        "db": { "placement": summary.placement, "size_bytes": size, "schema_version": summary.schema_version },
-        "members": members,
-        "last_activity_at": last_activity,
-        "migration_failure": failure,
-    }))
+    Ok(api::TenantView {
+        id: summary.id,
+        name: summary.name,
+        status: summary.status,
+        plan: summary.plan,
+        created_at: summary.created_at,
+        db: api::DbView {
+            placement: summary.placement,
+            size_bytes: Some(size),
+            schema_version: summary.schema_version,
+        },
+        members,
+        last_activity_at: last_activity,
+        migration_failure: failure.map(|f| api::MigrationFailure {
+            tenant_id: f.tenant_id,
+            version: f.version,
+            error: f.error,
+            at: f.at,
+        }),
+        owner_invite_token: None,
+        delete_after: None,
+        certificate_token: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -142,7 +155,7 @@ pub(crate) async fn handle_admin_tenants_list(
     State(state): State<AppState>,
     _admin: Admin,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::TenantList>> {
     let status = q
         .status
         .as_deref()
@@ -167,7 +180,21 @@ pub(crate) async fn handle_admin_tenants_list(
     let next = (tenants.len() == usize::try_from(limit).unwrap_or(usize::MAX))
         .then(|| tenants.last().map(|t| t.id.clone()))
         .flatten();
-    Ok(Json(json!({ "tenants": tenants, "next": next })))
+    Ok(Json(api::TenantList {
+        tenants: tenants
+            .into_iter()
+            .map(|t| api::TenantListItem {
+                id: t.id,
+                name: t.name,
+                status: t.status,
+                plan: t.plan,
+                placement: t.placement,
+                schema_version: t.schema_version,
+                created_at: t.created_at,
+            })
+            .collect(),
+        next,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -185,7 +212,7 @@ pub(crate) async fn handle_admin_tenant_create(
     admin: Admin,
     meta: RequestMeta,
     ApiJson(req): ApiJson<CreateTenant>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<api::TenantView>)> {
     let name = validate_org(&req.name)?;
     let plan = req.plan.unwrap_or_else(|| "free".to_owned());
     if plan.is_empty()
@@ -228,7 +255,7 @@ pub(crate) async fn handle_admin_tenant_create(
                 )
             })
             .await?;
-        body["owner_invite_token"] = Value::from(token.expose_secret());
+        body.owner_invite_token = Some(token.expose_secret().to_owned());
     }
     record(
         &state,
@@ -251,7 +278,7 @@ pub(crate) async fn handle_admin_tenant_show(
     State(state): State<AppState>,
     _admin: Admin,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::TenantView>> {
     Ok(Json(tenant_view(&state, parse_tenant(&id)?).await?))
 }
 
@@ -262,7 +289,7 @@ async fn change_status(
     id: &str,
     to: TenantStatus,
     action: AuditAction,
-) -> ApiResult<Value> {
+) -> ApiResult<api::TenantView> {
     let tenant = parse_tenant(id)?;
     let from = state
         .catalog
@@ -296,7 +323,7 @@ pub(crate) async fn handle_admin_tenant_suspend(
     admin: Admin,
     meta: RequestMeta,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::TenantView>> {
     Ok(Json(
         change_status(
             &state,
@@ -316,7 +343,7 @@ pub(crate) async fn handle_admin_tenant_resume(
     admin: Admin,
     meta: RequestMeta,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::TenantView>> {
     Ok(Json(
         change_status(
             &state,
@@ -337,7 +364,7 @@ pub(crate) async fn handle_admin_tenant_delete(
     admin: Admin,
     meta: RequestMeta,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<api::TenantView>)> {
     let tenant = parse_tenant(&id)?;
     let (after, token) = crate::deletion::schedule(&state, tenant).await?;
     record(
@@ -354,8 +381,8 @@ pub(crate) async fn handle_admin_tenant_delete(
     )
     .await?;
     let mut body = tenant_view(&state, tenant).await?;
-    body["delete_after"] = Value::from(after);
-    body["certificate_token"] = Value::from(token.expose_secret());
+    body.delete_after = Some(after);
+    body.certificate_token = Some(token.expose_secret().to_owned());
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
@@ -365,7 +392,7 @@ pub(crate) async fn handle_admin_tenant_restore(
     admin: Admin,
     meta: RequestMeta,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::TenantView>> {
     let tenant = parse_tenant(&id)?;
     state
         .catalog
@@ -436,7 +463,7 @@ pub(crate) async fn handle_admin_token_create(
     admin: Admin,
     meta: RequestMeta,
     ApiJson(req): ApiJson<NewAdminToken>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<api::AdminTokenCreated>)> {
     let name = validate_org(&req.name)?;
     let n = name.clone();
     let (id, token) = state
@@ -458,7 +485,11 @@ pub(crate) async fn handle_admin_token_create(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id, "name": name, "token": token.expose_secret() })),
+        Json(api::AdminTokenCreated {
+            id,
+            name,
+            token: token.expose_secret().to_owned(),
+        }),
     ))
 }
 
@@ -466,9 +497,19 @@ pub(crate) async fn handle_admin_token_create(
 pub(crate) async fn handle_admin_token_list(
     State(state): State<AppState>,
     _admin: Admin,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::AdminTokenList>> {
     let tokens = state.catalog.blocking(|c| c.admin_tokens()).await?;
-    Ok(Json(json!({ "admin_tokens": tokens })))
+    Ok(Json(api::AdminTokenList {
+        admin_tokens: tokens
+            .into_iter()
+            .map(|t| api::AdminToken {
+                id: t.id,
+                name: t.name,
+                created_at: t.created_at,
+                last_used_at: t.last_used_at,
+            })
+            .collect(),
+    }))
 }
 
 /// `DELETE /admin/v1/admin-tokens/{id}`: refused for the last live token.

@@ -485,3 +485,110 @@ fn a_rotation_interrupted_after_the_rekey_is_finished_at_the_next_open() {
         .expect("row");
     assert!(pending.is_none());
 }
+
+/// Every answer of the admin API reads as its type in `silo-api` (what the CLI reads), with
+/// the values the request implies: the server and its typed contract agree.
+#[test]
+fn admin_answers_read_as_their_api_types() {
+    use silo_api as api;
+    use silo_types::TenantStatus;
+    fn typed<T: serde::de::DeserializeOwned>(body: Value) -> T {
+        serde_json::from_value(body.clone()).unwrap_or_else(|e| {
+            panic!(
+                "{} does not read as its type: {e}\n{body}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+    let (app, admin) = TestApp::spawn_initialized(&[]);
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        app.request(
+            method,
+            &format!("/admin/v1{path}"),
+            Some(&admin),
+            body.as_ref(),
+        )
+    };
+    let created: api::TenantView = typed(
+        call(
+            reqwest::Method::POST,
+            "/tenants",
+            Some(json!({ "name": "Typed", "owner_email": "typed@example.com" })),
+        )
+        .expect(201),
+    );
+    assert_eq!(
+        (created.name.as_str(), created.status),
+        ("Typed", TenantStatus::Active)
+    );
+    assert!(created.owner_invite_token.is_some());
+    assert_eq!(created.db.placement, "local");
+    let id = created.id.clone();
+    let shown: api::TenantView =
+        typed(call(reqwest::Method::GET, &format!("/tenants/{id}"), None).expect(200));
+    assert!(
+        shown.owner_invite_token.is_none(),
+        "an invitation is shown once"
+    );
+    assert_eq!(shown.members, 0);
+    let list: api::TenantList = typed(call(reqwest::Method::GET, "/tenants", None).expect(200));
+    assert!(list.tenants.iter().any(|t| t.id == id));
+    let suspended: api::TenantView = typed(
+        call(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/suspend"),
+            None,
+        )
+        .expect(200),
+    );
+    assert_eq!(suspended.status, TenantStatus::Suspended);
+    let resumed: api::TenantView = typed(
+        call(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/resume"),
+            None,
+        )
+        .expect(200),
+    );
+    assert_eq!(resumed.status, TenantStatus::Active);
+    let deleting: api::TenantView =
+        typed(call(reqwest::Method::DELETE, &format!("/tenants/{id}"), None).expect(202));
+    assert_eq!(deleting.status, TenantStatus::Deleting);
+    assert!(deleting.delete_after.is_some() && deleting.certificate_token.is_some());
+    let restored: api::TenantView = typed(
+        call(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/restore"),
+            None,
+        )
+        .expect(200),
+    );
+    assert_eq!(restored.status, TenantStatus::Active);
+
+    let token: api::AdminTokenCreated = typed(
+        call(
+            reqwest::Method::POST,
+            "/admin-tokens",
+            Some(json!({ "name": "typed" })),
+        )
+        .expect(201),
+    );
+    assert!(token.token.starts_with("silo_admin_"));
+    let tokens: api::AdminTokenList =
+        typed(call(reqwest::Method::GET, "/admin-tokens", None).expect(200));
+    assert!(tokens.admin_tokens.iter().any(|t| t.id == token.id));
+
+    let plan: api::MigrationPlan =
+        typed(call(reqwest::Method::GET, "/migrations/plan", None).expect(200));
+    assert!(plan.pending.is_empty() && plan.latest_version >= 1);
+    let started: api::MigrationStarted =
+        typed(call(reqwest::Method::POST, "/migrations/apply", Some(json!({}))).expect(202));
+    assert_eq!(started.job.total, 0, "every tenant is up to date");
+    let status: api::MigrationStatus =
+        typed(call(reqwest::Method::GET, "/migrations/status", None).expect(200));
+    assert!(status.failures.is_empty());
+    assert_eq!(status.job.map(|j| j.id), Some(started.job.id));
+    let verified: api::AuditVerification =
+        typed(call(reqwest::Method::GET, "/audit/verify", None).expect(200));
+    assert!(verified.ok && verified.chains.iter().any(|c| c.chain == id));
+}
