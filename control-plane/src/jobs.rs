@@ -77,3 +77,30 @@ impl MigrationJobs {
         self.current.lock().as_ref().map(|j| j.view())
     }
 }
+
+impl JobState {
+    /// The state as the API names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::CanaryFailed => "canary_failed",
+        }
+    }
+}
+
+impl From<JobView> for silo_api::JobView {
+    fn from(v: JobView) -> Self {
+        silo_api::JobView {
+            id: v.id,
+            state: v.state.as_str().to_owned(),
+            target_version: v.target_version,
+            total: v.total,
+            done: v.done,
+            failed: v.failed,
+            remaining: v.remaining,
+            canary: v.canary,
+            concurrency: v.concurrency,
+        }
+    }
+}

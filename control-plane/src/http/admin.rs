@@ -543,44 +543,40 @@ pub(crate) async fn handle_admin_token_revoke(
 pub(crate) async fn handle_admin_migrations_plan(
     State(state): State<AppState>,
     _admin: Admin,
-) -> ApiResult<Json<Value>> {
-    let migrations: Vec<Value> = state
-        .provisioner
-        .migrations()
-        .iter()
-        .map(|m| json!({ "version": m.version, "name": m.name, "checksum": m.checksum }))
-        .collect();
-    let latest = state.provisioner.migrations().latest_version();
+) -> ApiResult<Json<api::MigrationPlan>> {
+    let set = state.provisioner.migrations();
     let versions = state.catalog.blocking(|c| c.schema_versions()).await?;
-    let pending: Vec<Value> = state
-        .provisioner
-        .migrations()
+    let pending = set
         .iter()
-        .map(|m| {
-            let tenants: i64 = versions
+        .map(|m| api::PendingMigration {
+            version: m.version,
+            name: m.name.clone(),
+            tenants: versions
                 .iter()
                 .filter(|(v, _)| *v < i64::from(m.version))
                 .map(|(_, n)| n)
-                .sum();
-            json!({ "version": m.version, "name": m.name, "tenants": tenants })
+                .sum(),
         })
-        .filter(|p| p["tenants"].as_i64().unwrap_or(0) > 0)
+        .filter(|p| p.tenants > 0)
         .collect();
-    Ok(Json(json!({
-        "latest_version": latest,
-        "migrations": migrations,
-        "versions": versions_map(&versions),
-        "pending": pending,
-    })))
+    Ok(Json(api::MigrationPlan {
+        latest_version: set.latest_version(),
+        migrations: set
+            .iter()
+            .map(|m| api::Migration {
+                version: m.version,
+                name: m.name.clone(),
+                checksum: m.checksum.clone(),
+            })
+            .collect(),
+        versions: versions_map(&versions),
+        pending,
+    }))
 }
 
-fn versions_map(versions: &[(i64, i64)]) -> Value {
-    Value::Object(
-        versions
-            .iter()
-            .map(|(v, n)| (v.to_string(), Value::from(*n)))
-            .collect(),
-    )
+/// Tenants per schema version, the version as text (a JSON object's keys).
+fn versions_map(versions: &[(i64, i64)]) -> std::collections::BTreeMap<String, i64> {
+    versions.iter().map(|(v, n)| (v.to_string(), *n)).collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -596,7 +592,7 @@ pub(crate) async fn handle_admin_migrations_apply(
     admin: Admin,
     meta: RequestMeta,
     ApiJson(req): ApiJson<ApplyRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<api::MigrationStarted>)> {
     let concurrency = req.concurrency.unwrap_or(8);
     if !(1..=64).contains(&concurrency) {
         return Err(ApiError::InvalidInput(
@@ -606,23 +602,34 @@ pub(crate) async fn handle_admin_migrations_apply(
     let job = crate::fleet::start(&state, concurrency, req.canary.unwrap_or(0)).await?;
     record(&state, &admin, admin_event(&admin, &meta, None, AuditAction::AdminMigrationsStarted, format!("job:{}", job.id)).after(json!({ "target_version": job.target_version, "tenants": job.total, "concurrency": concurrency, "canary": job.canary })))
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "job": job }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(api::MigrationStarted { job: job.into() }),
+    ))
 }
 
 /// `GET /admin/v1/migrations/status`: tenants per schema version, the job, and failures.
 pub(crate) async fn handle_admin_migrations_status(
     State(state): State<AppState>,
     _admin: Admin,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::MigrationStatus>> {
     let latest = state.provisioner.migrations().latest_version();
     let (versions, failures) = state
         .catalog
         .blocking(|c| Ok((c.schema_versions()?, c.migration_failures()?)))
         .await?;
-    Ok(Json(json!({
-        "latest_version": latest,
-        "versions": versions_map(&versions),
-        "job": state.jobs.current(),
-        "failures": failures,
-    })))
+    Ok(Json(api::MigrationStatus {
+        latest_version: latest,
+        versions: versions_map(&versions),
+        job: state.jobs.current().map(Into::into),
+        failures: failures
+            .into_iter()
+            .map(|f| api::MigrationFailure {
+                tenant_id: f.tenant_id,
+                version: f.version,
+                error: f.error,
+                at: f.at,
+            })
+            .collect(),
+    }))
 }

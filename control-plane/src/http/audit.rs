@@ -193,7 +193,7 @@ pub(crate) async fn handle_admin_audit_verify(
     State(state): State<AppState>,
     _admin: Admin,
     ApiQuery(q): ApiQuery<AdminVerifyQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<silo_api::AuditVerification>> {
     let only: Option<TenantId> = q
         .tenant
         .as_deref()
@@ -250,15 +250,19 @@ pub(crate) async fn handle_admin_audit_verify(
         .await?;
     let ok = chains.iter().all(|(_, r)| r.ok);
     let checked: usize = chains.iter().map(|(_, r)| r.checked).sum();
-    let reports: Vec<Value> = chains
+    let chains = chains
         .into_iter()
-        .map(|(chain, r)| {
-            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            v["chain"] = Value::from(chain);
-            v
+        .map(|(chain, r)| silo_api::ChainReport {
+            chain,
+            ok: r.ok,
+            checked: r.checked,
+            first_bad_id: r.first_bad_id,
+            reason: r.reason,
         })
         .collect();
-    Ok(Json(
-        json!({ "ok": ok, "checked": checked, "chains": reports }),
-    ))
+    Ok(Json(silo_api::AuditVerification {
+        ok,
+        checked,
+        chains,
+    }))
 }
