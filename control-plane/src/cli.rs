@@ -294,7 +294,7 @@ pub fn init(args: &InitArgs) -> CliResult {
             "this data directory is already initialised; create more tokens with `silo admin-token create`".to_owned(),
         ));
     }
-    let (id, token) = crate::http::admin::create_admin_token(&catalog, &args.name)?;
+    let (id, token) = crate::service::admin_tokens::mint(&catalog, &args.name)?;
     println!("silo initialised {}", args.data_dir.display());
     println!(
         "admin token {id} ({}) — shown once, keep it in a secret manager:",

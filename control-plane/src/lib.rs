@@ -8,6 +8,7 @@
 //! - [`auth`]: passwords, access tokens, and the [`auth::Principal`] extractor.
 //! - [`catalog`]: the control plane's own database.
 //! - [`streams`]: open libSQL streams, their batons and expiry.
+//! - [`service`]: what silo does, with no HTTP in it (handlers and the CLI call it).
 //! - [`state`]: [`state::AppState`], what every handler shares.
 //! - [`exports`]: exports under way, one per tenant.
 //! - [`error`]: [`error::ApiError`], the one error type of the API.
@@ -39,6 +40,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod logging;
+pub mod service;
 pub mod state;
 pub mod streams;
 pub mod telemetry;

@@ -321,7 +321,7 @@ const CONTROL_PLANE_LAYERS: &[&[&str]] = &[
     // The API's error, credentials and the shared state.
     &["error", "audit", "auth", "state"],
     // Operations over the state.
-    &["deletion", "fleet"],
+    &["deletion", "fleet", "service"],
     // The edges: HTTP, the command line, start-up.
     &["http", "config", "cli", "app"],
 ];

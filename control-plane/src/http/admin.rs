@@ -9,20 +9,20 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use silo_api as api;
+
+use crate::service::admin_tokens;
 use silo_provisioner::TenantStatus;
 use silo_tenant_runtime::TenantId;
 use silo_types::AuditAction;
 
 use crate::audit::{AuditRecord, RequestMeta};
 use crate::auth::Role;
-use crate::catalog::Catalog;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::sessions::{normalize_email, validate_org};
 use crate::state::AppState;
 
 /// Prefix of platform admin tokens.
-pub const ADMIN_TOKEN_PREFIX: &str = "silo_admin_";
 const OWNER_INVITE_TTL_SECS: i64 = 7 * 24 * 60 * 60;
 
 /// A request made with a live platform admin token. Every admin action is attributed to it.
@@ -56,7 +56,10 @@ impl FromRequestParts<AppState> for Admin {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| secrecy::SecretString::from(t.trim().to_owned()))
             .ok_or_else(refused)?;
-        if !token.expose_secret().starts_with(ADMIN_TOKEN_PREFIX) {
+        if !token
+            .expose_secret()
+            .starts_with(admin_tokens::ADMIN_TOKEN_PREFIX)
+        {
             return Err(refused());
         }
         let hash = silo_crypto::hash_token(token.expose_secret());
@@ -68,17 +71,6 @@ impl FromRequestParts<AppState> for Admin {
         tracing::Span::current().record("admin", tracing::field::display(&token_id));
         Ok(Admin { token_id, name })
     }
-}
-
-/// Creates an admin token in the catalog and returns (id, token). The token is shown once.
-pub fn create_admin_token(
-    catalog: &Catalog,
-    name: &str,
-) -> crate::catalog::Result<(String, secrecy::SecretString)> {
-    let id = hex::encode(silo_crypto::random_bytes::<8>());
-    let token = silo_crypto::random_token(ADMIN_TOKEN_PREFIX);
-    catalog.create_admin_token(&id, name, &silo_crypto::hash_token(token.expose_secret()))?;
-    Ok((id, token))
 }
 
 fn parse_tenant(id: &str) -> ApiResult<TenantId> {
@@ -99,8 +91,15 @@ fn admin_event(
 
 /// Records an admin action in the audit log: the tenant's chain, or the platform's.
 async fn record(state: &AppState, admin: &Admin, rec: AuditRecord) -> ApiResult<()> {
-    tracing::info!(admin = %admin.token_id, admin_name = %admin.name, action = %rec.action, "admin action");
+    admin.log_action(rec.action);
     state.audit(rec).await
+}
+
+impl Admin {
+    /// The log line of every admin action (the audit log has the event).
+    fn log_action(&self, action: AuditAction) {
+        tracing::info!(admin = %self.token_id, admin_name = %self.name, %action, "admin action");
+    }
 }
 
 async fn tenant_view(state: &AppState, tenant: TenantId) -> ApiResult<api::TenantView> {
@@ -465,32 +464,9 @@ pub(crate) async fn handle_admin_token_create(
     ApiJson(req): ApiJson<NewAdminToken>,
 ) -> ApiResult<(StatusCode, Json<api::AdminTokenCreated>)> {
     let name = validate_org(&req.name)?;
-    let n = name.clone();
-    let (id, token) = state
-        .catalog
-        .blocking(move |c| create_admin_token(c, &n))
-        .await?;
-    record(
-        &state,
-        &admin,
-        admin_event(
-            &admin,
-            &meta,
-            None,
-            AuditAction::AdminTokenCreated,
-            format!("admin:{id}"),
-        )
-        .after(json!({ "name": name })),
-    )
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(api::AdminTokenCreated {
-            id,
-            name,
-            token: token.expose_secret().to_owned(),
-        }),
-    ))
+    let created = admin_tokens::create(&state, &admin.actor(), &meta, name).await?;
+    admin.log_action(AuditAction::AdminTokenCreated);
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// `GET /admin/v1/admin-tokens`.
@@ -498,18 +474,7 @@ pub(crate) async fn handle_admin_token_list(
     State(state): State<AppState>,
     _admin: Admin,
 ) -> ApiResult<Json<api::AdminTokenList>> {
-    let tokens = state.catalog.blocking(|c| c.admin_tokens()).await?;
-    Ok(Json(api::AdminTokenList {
-        admin_tokens: tokens
-            .into_iter()
-            .map(|t| api::AdminToken {
-                id: t.id,
-                name: t.name,
-                created_at: t.created_at,
-                last_used_at: t.last_used_at,
-            })
-            .collect(),
-    }))
+    Ok(Json(admin_tokens::list(&state).await?))
 }
 
 /// `DELETE /admin/v1/admin-tokens/{id}`: refused for the last live token.
@@ -519,23 +484,8 @@ pub(crate) async fn handle_admin_token_revoke(
     meta: RequestMeta,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let target = id.clone();
-    state
-        .catalog
-        .blocking(move |c| c.revoke_admin_token(&target))
-        .await?;
-    record(
-        &state,
-        &admin,
-        admin_event(
-            &admin,
-            &meta,
-            None,
-            AuditAction::AdminTokenRevoked,
-            format!("admin:{id}"),
-        ),
-    )
-    .await?;
+    admin_tokens::revoke(&state, &admin.actor(), &meta, id).await?;
+    admin.log_action(AuditAction::AdminTokenRevoked);
     Ok(StatusCode::NO_CONTENT)
 }
 
