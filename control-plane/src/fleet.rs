@@ -24,14 +24,14 @@ use crate::audit::{AuditRecord, Outcome, RequestMeta};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub use crate::jobs::{Job, JobState, JobView, MigrationJobs};
+pub use crate::jobs::{Job, JobState, MigrationJobs};
 
 /// Starts a job over every tenant behind the latest version. 409 while one runs.
 pub async fn start(
     state: &AppState,
     concurrency: usize,
     canary: usize,
-) -> Result<JobView, ApiError> {
+) -> Result<silo_api::JobView, ApiError> {
     let latest = state.provisioner.migrations().latest_version();
     let targets = state
         .catalog
@@ -51,7 +51,7 @@ pub async fn start(
         let mut current = state.jobs.current.lock();
         if current
             .as_ref()
-            .is_some_and(|j| j.view().state == JobState::Running)
+            .is_some_and(|j| j.state() == JobState::Running)
         {
             return Err(ApiError::Conflict(
                 "a migration job is already running; watch it with GET /admin/v1/migrations/status"

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Named in the API by [`JobState::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
     Running,
     Done,
@@ -29,28 +28,16 @@ pub struct Job {
     pub(crate) state: Mutex<JobState>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct JobView {
-    pub id: String,
-    pub state: JobState,
-    pub target_version: u32,
-    pub total: usize,
-    pub done: usize,
-    pub failed: usize,
-    pub remaining: usize,
-    pub canary: usize,
-    pub concurrency: usize,
-}
-
 impl Job {
-    pub fn view(&self) -> JobView {
+    /// The job as the API shows it.
+    pub fn view(&self) -> silo_api::JobView {
         let (done, failed) = (
             self.done.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         );
-        JobView {
+        silo_api::JobView {
             id: self.id.clone(),
-            state: *self.state.lock(),
+            state: self.state().as_str().to_owned(),
             target_version: self.target_version,
             total: self.total,
             done,
@@ -59,6 +46,10 @@ impl Job {
             canary: self.canary,
             concurrency: self.concurrency,
         }
+    }
+
+    pub fn state(&self) -> JobState {
+        *self.state.lock()
     }
 
     pub(crate) fn set_state(&self, s: JobState) {
@@ -73,7 +64,7 @@ pub struct MigrationJobs {
 }
 
 impl MigrationJobs {
-    pub fn current(&self) -> Option<JobView> {
+    pub fn current(&self) -> Option<silo_api::JobView> {
         self.current.lock().as_ref().map(|j| j.view())
     }
 }
@@ -85,22 +76,6 @@ impl JobState {
             JobState::Running => "running",
             JobState::Done => "done",
             JobState::CanaryFailed => "canary_failed",
-        }
-    }
-}
-
-impl From<JobView> for silo_api::JobView {
-    fn from(v: JobView) -> Self {
-        silo_api::JobView {
-            id: v.id,
-            state: v.state.as_str().to_owned(),
-            target_version: v.target_version,
-            total: v.total,
-            done: v.done,
-            failed: v.failed,
-            remaining: v.remaining,
-            canary: v.canary,
-            concurrency: v.concurrency,
         }
     }
 }

@@ -552,10 +552,7 @@ pub(crate) async fn handle_admin_migrations_apply(
     let job = crate::fleet::start(&state, concurrency, req.canary.unwrap_or(0)).await?;
     record(&state, &admin, admin_event(&admin, &meta, None, AuditAction::AdminMigrationsStarted, format!("job:{}", job.id)).after(json!({ "target_version": job.target_version, "tenants": job.total, "concurrency": concurrency, "canary": job.canary })))
     .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(api::MigrationStarted { job: job.into() }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(api::MigrationStarted { job })))
 }
 
 /// `GET /admin/v1/migrations/status`: tenants per schema version, the job, and failures.
@@ -571,7 +568,7 @@ pub(crate) async fn handle_admin_migrations_status(
     Ok(Json(api::MigrationStatus {
         latest_version: latest,
         versions: versions_map(&versions),
-        job: state.jobs.current().map(Into::into),
+        job: state.jobs.current(),
         failures: failures
             .into_iter()
             .map(|f| api::MigrationFailure {
