@@ -457,13 +457,13 @@ impl Authority<'_> {
 }
 
 async fn principal_from_access_token(
-    state: Authority<'_>,
+    auth: Authority<'_>,
     token: &str,
     route: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    let verified = state.tokens.verify(token)?;
+    let verified = auth.tokens.verify(token)?;
     let (claims, tenant) = (&verified.claims, verified.tenant);
-    let row = match verified.current_session(state.catalog) {
+    let row = match verified.current_session(auth.catalog) {
         Some(row) => row,
         None => {
             metrics::counter!("silo_credential_cache_misses_total", "kind" => "session")
@@ -472,7 +472,7 @@ async fn principal_from_access_token(
             // Boxed: the catalog's way is rare, and every request's future would otherwise
             // be as large as it.
             let row = Box::pin(
-                state
+                auth
                     .catalog
                     .blocking(move |c| c.session(&sid, &sub, tenant)),
             )
@@ -613,14 +613,14 @@ impl CredentialCache {
 const API_KEY_TOUCH_INTERVAL_SECS: i64 = 60;
 
 async fn principal_from_api_key(
-    state: Authority<'_>,
+    auth: Authority<'_>,
     key: &str,
     ip: Option<std::net::IpAddr>,
 ) -> Result<Principal, ApiError> {
     let invalid =
         || ApiError::Unauthenticated("the API key is not valid, was revoked or has expired");
     let prefix = api_key_prefix(key).ok_or_else(invalid)?;
-    let cached = state.credentials.api_key(state.catalog, prefix).await?;
+    let cached = auth.credentials.api_key(auth.catalog, prefix).await?;
     // Hash and compare even when no row matched, so timing does not tell prefixes apart.
     let presented = silo_crypto::hash_token(key);
     let stored = cached
@@ -658,7 +658,7 @@ async fn principal_from_api_key(
         .collect();
     if let Some(last) = cached.touched.claim(now) {
         let id = row.id.clone();
-        if let Err(e) = Box::pin(state.catalog.blocking(move |c| c.touch_api_key(&id, now))).await {
+        if let Err(e) = Box::pin(auth.catalog.blocking(move |c| c.touch_api_key(&id, now))).await {
             cached.touched.unclaim(last);
             return Err(ApiError::internal(e));
         }

@@ -125,8 +125,8 @@ pub struct ServeArgs {
 
     /// Log one INFO line per request (target `silo::access`: method, route, status,
     /// latency, request id, tenant). Off by default: the request span already puts the
-    /// request id and tenant on every line a request logs, and a line per request is the
-    /// largest cost a quick request would otherwise pay. Logs are written by a background
+    /// request id and tenant on every line a request logs, and a line per request costs
+    /// formatting on the request's thread. Logs are written by a background
     /// thread either way, never on the request's path.
     #[arg(long, env = "SILO_ACCESS_LOG")]
     pub access_log: bool,

@@ -57,7 +57,7 @@ impl Job {
     }
 }
 
-/// The current (or last) job. A std mutex: held only to swap or clone the `Arc`.
+/// The current (or last) job. The lock is held only to swap or clone the `Arc`.
 #[derive(Default, Clone)]
 pub struct MigrationJobs {
     pub(crate) current: Arc<Mutex<Option<Arc<Job>>>>,

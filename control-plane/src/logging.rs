@@ -6,7 +6,10 @@
 //! then the tenant), and the subscriber writes its fields out when it opens. The default
 //! writer passes every name through an ANSI painter, colours or not, and every value
 //! through the formatting machinery; that was a fifth of the instructions of a request
-//! that does nothing (callgrind, docs/benchmarks.md). Text values are copied as they are.
+//! that does nothing (callgrind, docs/benchmarks.md). Plain text values (ids, route
+//! templates, names of things) are copied as they are; any other text is quoted and
+//! escaped, so a value a client chose (a request id, a path) cannot pose as another field
+//! or another line.
 
 use std::fmt;
 
@@ -80,7 +83,13 @@ impl PlainVisitor<'_> {
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| self.writer.write_str(value));
+            self.result = self.name(field).and_then(|()| {
+                if is_plain(value) {
+                    self.writer.write_str(value)
+                } else {
+                    write!(self.writer, "{value:?}")
+                }
+            });
         }
     }
 
@@ -91,6 +100,15 @@ impl Visit for PlainVisitor<'_> {
                 .and_then(|()| write!(self.writer, "{value:?}"));
         }
     }
+}
+
+/// Text that reads back as one value without quotes: no spaces, quotes, `=` or control
+/// characters (a request id, a route template, a tenant id).
+fn is_plain(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@+,{}".contains(&b))
 }
 
 impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
@@ -130,11 +148,17 @@ mod tests {
         use tracing_subscriber::layer::SubscriberExt as _;
         let subscriber = subscriber.with(Capture(out.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(route = "/v1/db/query", status = 200, id = %"ab12", "request done");
+            tracing::info!(route = "/admin/v1/tenants/{id}", status = 200, id = %"ab12", "request done");
         });
         assert_eq!(
             *out.lock(),
-            "request done route=/v1/db/query status=200 id=ab12"
+            "request done route=/admin/v1/tenants/{id} status=200 id=ab12"
         );
+        // Text a client could have chosen is quoted and escaped: it cannot forge a field.
+        tracing::subscriber::with_default(
+            tracing_subscriber::registry().with(Capture(out.clone())),
+            || tracing::info!(request_id = "x tenant_id=other\nforged", "m"),
+        );
+        assert_eq!(*out.lock(), r#"m request_id="x tenant_id=other\nforged""#);
     }
 }

@@ -138,7 +138,7 @@ pub struct SandboxState {
     /// The [`AccessLevel`] of the request running now, as its discriminant. Starts at the
     /// lowest: a statement compiled outside a request may not write.
     level: std::sync::atomic::AtomicU8,
-    /// Why the authorizer refused the last statement, for the 403 message. A std mutex: it is
+    /// Why the authorizer refused the last statement, for the 403 message. A plain mutex: it is
     /// touched only from the thread that is preparing a statement on this connection.
     denial: Mutex<Option<String>>,
     /// Transaction statements (`BEGIN`, `COMMIT`, `SAVEPOINT`, …) are the tenant's to send:

@@ -4,7 +4,7 @@
 //! users (email, argon2id hash, session version), memberships with roles, sessions, and
 //! refresh tokens as SHA-256 hashes. Never a tenant's rows, never a secret in clear.
 //!
-//! One connection behind a std mutex: every call runs on a blocking thread
+//! One connection behind a mutex: every call runs on a blocking thread
 //! ([`Catalog::blocking`]), holds the lock for one short statement or transaction, and
 //! never across an `.await`. WAL and `synchronous = FULL`: a committed change survives a
 //! crash of the process or the machine.

@@ -1,7 +1,8 @@
 //! The edge: what silo does around every request, in one layer and one future.
 //!
-//! For each request, in order: a request id (the client's `x-request-id` if it sent one,
-//! else a new one, put on the request for the handlers and on the response); a trace span
+//! For each request, in order: a request id (the client's `x-request-id` if it sent a
+//! short plain one, else a new one, put on the request for the handlers and on the
+//! response); a trace span
 //! (request id, method, route, and the tenant once the credential names it) entered
 //! whenever the handler runs; the handler polled once in place and, if it has to wait,
 //! moved to a task of its own so that it runs to completion even if the client hangs up; a
@@ -81,8 +82,11 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         let started = Instant::now();
         let request_id = match req.headers().get(REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+            Some(id) if is_usable_request_id(id) => id.clone(),
+            // None, or one that could not sit in every log line of the request: too long,
+            // or more than letters, digits and `-_.:`. Replaced, so handlers and the
+            // audit log see the one the answer carries.
+            _ => {
                 let id = new_request_id();
                 req.headers_mut().insert(REQUEST_ID, id.clone());
                 id
@@ -122,6 +126,18 @@ fn request_span(req: &Request, request_id: &HeaderValue, route: Option<&MatchedP
         tenant_id = tracing::field::Empty,
         admin = tracing::field::Empty,
     )
+}
+
+/// Longest client-chosen request id kept (a UUID is 36).
+const MAX_CLIENT_REQUEST_ID: usize = 64;
+
+fn is_usable_request_id(id: &HeaderValue) -> bool {
+    let id = id.as_bytes();
+    !id.is_empty()
+        && id.len() <= MAX_CLIENT_REQUEST_ID
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
 /// A random prefix drawn once per process, then a counter, in hex: unique and unguessable
@@ -293,5 +309,16 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
         assert_eq!(a[..16], b[..16]);
+    }
+
+    #[test]
+    fn only_short_plain_client_request_ids_are_kept() {
+        let ok = |s: &str| is_usable_request_id(&HeaderValue::from_str(s).expect("header"));
+        assert!(ok("client-chosen-42"));
+        assert!(ok("3f2b8c1e-5d4a-4e7b-9c1d-0a2b3c4d5e6f"));
+        assert!(!ok(""));
+        assert!(!ok("has space"));
+        assert!(!ok("a=b"));
+        assert!(!ok(&"x".repeat(MAX_CLIENT_REQUEST_ID + 1)));
     }
 }

@@ -57,6 +57,22 @@ fn every_answer_carries_a_request_id_and_the_security_headers() {
             .and_then(|v| v.to_str().ok()),
         Some("client-chosen-42")
     );
+    // One that could not sit in every log line (too long, or more than an id) is replaced.
+    for sent in ["x".repeat(65), "a tenant_id=forged".to_owned()] {
+        let resp = app
+            .client
+            .get(format!("{}/health", app.base))
+            .header("x-request-id", &sent)
+            .send()
+            .expect("request");
+        let answered = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(answered.len() == 32 && answered != sent, "{answered}");
+    }
     // Routed requests are timed under their route template.
     let metrics = app.metrics();
     assert!(
