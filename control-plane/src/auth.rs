@@ -456,6 +456,66 @@ impl Authority<'_> {
     }
 }
 
+/// A request made with a live platform admin token. Every admin action is attributed to it.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub token_id: String,
+    pub name: String,
+}
+
+impl Admin {
+    /// The actor name admin actions are recorded under.
+    pub fn actor(&self) -> String {
+        format!("admin:{}", self.token_id)
+    }
+
+    /// The log line of every admin action (the audit log has the event).
+    pub fn log_action(&self, action: silo_types::AuditAction) {
+        tracing::info!(admin = %self.token_id, admin_name = %self.name, %action, "admin action");
+    }
+}
+
+/// Every admin token starts so: told apart from tenant credentials at a glance.
+pub const ADMIN_TOKEN_PREFIX: &str = "silo_admin_";
+
+/// The platform admin a request's bearer token proves, or 401. Only `silo_admin_` tokens
+/// are looked up; the catalog holds their hashes.
+pub async fn authenticate_admin(catalog: &Catalog, parts: &Parts) -> Result<Admin, ApiError> {
+    let refused = || {
+        ApiError::Unauthenticated(
+            "the admin API needs a platform admin token (silo init, silo admin-token create)",
+        )
+    };
+    let token = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| t.starts_with(ADMIN_TOKEN_PREFIX))
+        .ok_or_else(refused)?;
+    let hash = silo_crypto::hash_token(token);
+    let (token_id, name) = catalog
+        .blocking(move |c| c.admin_token_by_hash(&hash))
+        .await?
+        .ok_or_else(refused)?;
+    tracing::Span::current().record("admin", tracing::field::display(&token_id));
+    Ok(Admin { token_id, name })
+}
+
+/// Whether a request may read `/metrics`: always without a configured token, else only its
+/// bearer (compared in constant time).
+pub fn metrics_allowed(expected: Option<&SecretString>, headers: &axum::http::HeaderMap) -> bool {
+    match expected {
+        None => true,
+        Some(expected) => {
+            let presented = bearer(headers).unwrap_or("");
+            silo_crypto::constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes())
+        }
+    }
+}
+
 async fn principal_from_access_token(
     auth: Authority<'_>,
     token: &str,
@@ -472,8 +532,7 @@ async fn principal_from_access_token(
             // Boxed: the catalog's way is rare, and every request's future would otherwise
             // be as large as it.
             let row = Box::pin(
-                auth
-                    .catalog
+                auth.catalog
                     .blocking(move |c| c.session(&sid, &sub, tenant)),
             )
             .await

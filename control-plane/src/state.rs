@@ -432,6 +432,11 @@ impl AppState {
         Ok(())
     }
 
+    /// Whether this instance can serve requests: the catalog answers.
+    pub async fn ready(&self) -> crate::catalog::Result<()> {
+        self.catalog.blocking(|c| c.ping()).await
+    }
+
     /// Closes the tenant's cached handle (after a suspension or deletion). Blocking work on
     /// a blocking thread.
     pub async fn close_tenant(&self, tenant: TenantId) {

@@ -357,3 +357,47 @@ fn control_plane_modules_only_reach_down() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// What a handler must not hold (issue 16: "handlers hold no SQL, no crypto and no catalog
+/// calls"): the work is in `service/`, which the CLI's offline commands share.
+const NOT_IN_HANDLERS: &[(&str, &str)] = &[
+    ("crate::catalog", "the catalog's types"),
+    (".blocking(", "a catalog call"),
+    ("rusqlite", "SQL"),
+    ("hash_token", "credential hashing"),
+    ("random_token", "credential minting"),
+    ("hash_password", "password hashing"),
+    ("verify_password", "password checks"),
+    ("Keyring", "sealing keys"),
+    ("seal", "sealing"),
+    ("constant_time_eq", "secret comparison"),
+];
+
+#[test]
+fn handlers_hold_no_sql_crypto_or_catalog_calls() {
+    let http = workspace().join("control-plane").join("src").join("http");
+    let mut files = Vec::new();
+    collect_rs(&http, &mut files);
+    assert!(
+        files.len() > 5,
+        "found no handlers under {}",
+        http.display()
+    );
+    let mut problems = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read handler file");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for (needle, what) in NOT_IN_HANDLERS {
+                if code.contains(needle) {
+                    problems.push(format!(
+                        "{}:{}: {what} ({needle}) in a handler file; move it to service/",
+                        file.display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -120,15 +120,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
     }
 }
 
-/// The network an address belongs to, for "new network" detection: /24 for IPv4, /64 for
-/// IPv6.
-pub(crate) fn network_of(ip: std::net::IpAddr) -> String {
-    let prefix = if ip.is_ipv4() { 24 } else { 64 };
-    ipnet::IpNet::new(ip, prefix)
-        .map(|n| n.trunc().to_string())
-        .unwrap_or_else(|_| ip.to_string())
-}
-
 /// Every route that needs a caller takes a [`Principal`]: the request's credential, checked.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
@@ -141,18 +132,6 @@ impl FromRequestParts<AppState> for Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn networks_are_slash_24_and_slash_64() {
-        assert_eq!(
-            network_of("203.0.113.77".parse().expect("ip")),
-            "203.0.113.0/24"
-        );
-        assert_eq!(
-            network_of("2001:db8:1:2:3::4".parse().expect("ip")),
-            "2001:db8:1:2::/64"
-        );
-    }
 
     #[test]
     fn type_errors_do_not_echo_the_value() {

@@ -15,8 +15,7 @@ pub(crate) async fn handle_healthz() -> Json<Value> {
 /// The catalog answers: this instance can serve requests.
 pub(crate) async fn handle_readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     state
-        .catalog
-        .blocking(|c| c.ping())
+        .ready()
         .await
         .map_err(|e| ApiError::internal(anyhow::anyhow!("catalog not reachable: {e}")))?;
     Ok(Json(json!({ "status": "ready" })))
@@ -29,16 +28,11 @@ pub(crate) async fn handle_metrics(
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    use secrecy::ExposeSecret as _;
-    if let Some(expected) = &state.metrics_token {
-        let presented = crate::auth::bearer(&headers).unwrap_or("");
-        if !silo_crypto::constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes())
-        {
-            return crate::error::ApiError::Unauthenticated(
-                "GET /metrics needs the metrics token (SILO_METRICS_TOKEN) as a bearer token",
-            )
-            .into_response();
-        }
+    if !crate::auth::metrics_allowed(state.metrics_token.as_ref(), &headers) {
+        return crate::error::ApiError::Unauthenticated(
+            "GET /metrics needs the metrics token (SILO_METRICS_TOKEN) as a bearer token",
+        )
+        .into_response();
     }
     (
         [(

@@ -1,615 +1,69 @@
-//! Signup and sessions: `/v1/signup`, `/v1/auth/login`, `/v1/auth/refresh`, `/v1/me`.
+//! Signup and sessions: `/v1/signup`, `/v1/auth/login`, `/v1/auth/refresh`, `/v1/me`, …
+//! Thin: the work is in [`crate::service::accounts`].
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
-use silo_crypto::{hash_token, random_token};
-use silo_provisioner::TenantStatus;
-use silo_tenant_runtime::TenantId;
-use silo_types::AuditAction;
+use silo_api as api;
 
-use crate::audit::{AuditRecord, Outcome, RequestMeta};
-use crate::auth::{
-    ACCESS_TOKEN_TTL_SECS, Principal, REFRESH_TOKEN_PREFIX, REFRESH_TOKEN_TTL_SECS, Role,
-    hash_password, verify_password,
-};
-use crate::catalog::{CatalogError, NewSignup, RefreshOutcome};
-use crate::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, ClientIp, network_of};
+use crate::audit::RequestMeta;
+use crate::auth::Principal;
+use crate::error::ApiResult;
+use crate::http::extract::{ApiJson, ClientIp};
+use crate::service::accounts;
 use crate::state::AppState;
-
-const MIN_PASSWORD_CHARS: usize = 8;
-/// Long passphrases are welcome; the cap only bounds the work of hashing one.
-const MAX_PASSWORD_CHARS: usize = 1024;
-const MAX_ORG_CHARS: usize = 100;
-/// RFC 5321's limit on a forward path.
-const MAX_EMAIL_CHARS: usize = 254;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SignupRequest {
-    org: String,
-    email: String,
-    password: SecretString,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LoginRequest {
-    email: String,
-    password: SecretString,
-    /// Accepted now so clients can send it; checked once 2FA lands.
-    #[serde(default)]
-    #[allow(dead_code)]
-    totp: Option<SecretString>,
-    /// Which tenant to sign in to, for people who belong to several; default: the first
-    /// they joined.
-    #[serde(default)]
-    tenant: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RefreshRequest {
-    refresh_token: SecretString,
-}
-
-/// A token pair. The only responses that ever carry these secrets.
-#[derive(Serialize)]
-pub(crate) struct Tokens {
-    access_token: String,
-    refresh_token: String,
-    expires_in: i64,
-}
-
-#[derive(Serialize)]
-pub(crate) struct SignupResponse {
-    tenant: TenantView,
-    user: UserView,
-    #[serde(flatten)]
-    tokens: Tokens,
-}
-
-#[derive(Serialize)]
-pub(crate) struct TenantView {
-    id: String,
-    name: String,
-    status: String,
-}
-
-#[derive(Serialize)]
-pub(crate) struct UserView {
-    id: String,
-    email: String,
-    role: Role,
-}
-
-/// Trims and checks an organisation name.
-pub(crate) fn validate_org(org: &str) -> ApiResult<String> {
-    let org = org.trim();
-    if org.is_empty() {
-        return Err(ApiError::InvalidInput("org must not be empty".to_owned()));
-    }
-    if org.chars().count() > MAX_ORG_CHARS {
-        return Err(ApiError::InvalidInput(format!(
-            "org is longer than {MAX_ORG_CHARS} characters"
-        )));
-    }
-    if org.chars().any(char::is_control) {
-        return Err(ApiError::InvalidInput(
-            "org must not contain control characters".to_owned(),
-        ));
-    }
-    Ok(org.to_owned())
-}
-
-/// Normalises (trim, lower case) and checks an email address: one `@`, a non-empty local
-/// part, a dotted domain, no spaces or control characters. Deliverability is the mail
-/// system's business; this catches typos and garbage.
-pub(crate) fn normalize_email(email: &str) -> ApiResult<String> {
-    let email = email.trim().to_lowercase();
-    let bad = || {
-        ApiError::InvalidInput(
-            "email is not a valid address (expected something like name@example.com)".to_owned(),
-        )
-    };
-    if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS {
-        return Err(bad());
-    }
-    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-    let domain_ok = domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains("..")
-        && !domain.contains('@');
-    if local.is_empty()
-        || !domain_ok
-        || email
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
-    {
-        return Err(bad());
-    }
-    Ok(email)
-}
-
-pub(crate) fn validate_password(password: &SecretString) -> ApiResult<()> {
-    let n = password.expose_secret().chars().count();
-    if n < MIN_PASSWORD_CHARS {
-        return Err(ApiError::InvalidInput(format!(
-            "password must be at least {MIN_PASSWORD_CHARS} characters"
-        )));
-    }
-    if n > MAX_PASSWORD_CHARS {
-        return Err(ApiError::InvalidInput(format!(
-            "password must be at most {MAX_PASSWORD_CHARS} characters"
-        )));
-    }
-    Ok(())
-}
-
-async fn hash_on_blocking_thread(password: SecretString) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
-}
-
-/// Starts a session and returns its tokens. `second_factor` says whether the sign-in
-/// proved the second factor (it opens the step-up window).
-pub(crate) async fn start_session(
-    state: &AppState,
-    user_id: String,
-    tenant: TenantId,
-    second_factor: bool,
-) -> ApiResult<Tokens> {
-    let refresh = random_token(REFRESH_TOKEN_PREFIX);
-    let refresh_hash = hash_token(refresh.expose_secret());
-    let uid = user_id.clone();
-    let start = state
-        .catalog
-        .blocking(move |c| {
-            c.create_session(
-                &uid,
-                tenant,
-                &refresh_hash,
-                REFRESH_TOKEN_TTL_SECS,
-                second_factor,
-            )
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    let access = state
-        .tokens
-        .issue(
-            &user_id,
-            tenant,
-            &start.session_id,
-            start.session_version,
-            start.role,
-        )
-        .map_err(ApiError::internal)?;
-    Ok(Tokens {
-        access_token: access.expose_secret().to_owned(),
-        refresh_token: refresh.expose_secret().to_owned(),
-        expires_in: ACCESS_TOKEN_TTL_SECS,
-    })
-}
 
 /// `POST /v1/signup`: a new tenant, its owner, and its own database, ready on return.
 pub(crate) async fn handle_signup(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     meta: RequestMeta,
-    ApiJson(req): ApiJson<SignupRequest>,
-) -> ApiResult<(StatusCode, Json<SignupResponse>)> {
-    let org = validate_org(&req.org)?;
-    let email = normalize_email(&req.email)?;
-    validate_password(&req.password)?;
-    let password_hash = hash_on_blocking_thread(req.password).await?;
-
-    let user_id = hex::encode(silo_crypto::random_bytes::<16>());
-    let (uid, org_name, owner_email) = (user_id.clone(), org.clone(), email.clone());
-    // The intent: tenant, owner account and membership in one catalog transaction.
-    let tenant = state
-        .provision_tenant(move |catalog, tenant, db_id, sealed| {
-            let signup = NewSignup {
-                tenant,
-                tenant_name: org_name,
-                sealed_db_token: sealed.to_vec(),
-                db_id: db_id.to_owned(),
-                user_id: uid,
-                email: owner_email,
-                password_hash,
-            };
-            catalog.insert_signup(&signup).map_err(|e| match e {
-                CatalogError::EmailTaken => ApiError::Conflict(
-                    "that email address already has an account; sign in instead".to_owned(),
-                ),
-                other => ApiError::internal(other),
-            })
-        })
-        .await?;
-    tracing::info!(tenant_id = %tenant, "tenant signed up and provisioned");
-    let rec = AuditRecord::new(
-        Some(tenant),
-        format!("user:{user_id}"),
-        AuditAction::Signup,
-        &meta,
-    )
-    .target(format!("tenant:{tenant}"))
-    .after(serde_json::json!({ "name": org, "owner": user_id, "email": email }));
-    state.audit(rec).await?;
-
-    if let Some(ip) = ip {
-        let (uid, net) = (user_id.clone(), network_of(ip));
-        state
-            .catalog
-            .blocking(move |c| c.note_network(&uid, &net))
-            .await?;
-    }
-    let tokens = start_session(&state, user_id.clone(), tenant, false).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(SignupResponse {
-            tenant: TenantView {
-                id: tenant.to_string(),
-                name: org,
-                // provision() returned Ok only after marking the tenant active.
-                status: TenantStatus::Active.as_str().to_owned(),
-            },
-            user: UserView {
-                id: user_id,
-                email,
-                role: Role::Owner,
-            },
-            tokens,
-        }),
-    ))
+    ApiJson(req): ApiJson<api::SignupRequest>,
+) -> ApiResult<(StatusCode, Json<api::SignupAnswer>)> {
+    let answer = accounts::signup(&state, ip, &meta, req).await?;
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
-/// Failed logins tolerated per account and per client address within the window.
-const LOCKOUT_MAX_FAILURES: i64 = 10;
-const LOCKOUT_WINDOW_SECS: i64 = 15 * 60;
-
 /// `POST /v1/auth/login`.
-///
-/// Order matters: the lockout is checked before the password (a locked account is no
-/// password oracle), and an unknown email costs the same argon2 work as a known one.
 pub(crate) async fn handle_login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     meta: RequestMeta,
-    ApiJson(req): ApiJson<LoginRequest>,
-) -> ApiResult<Json<Tokens>> {
-    // A malformed email cannot have an account: same answer as a wrong password.
-    let email = normalize_email(&req.email).unwrap_or_default();
-    let tenant = req
-        .tenant
-        .as_deref()
-        .map(|t| {
-            t.parse::<TenantId>()
-                .map_err(|_| ApiError::InvalidInput("tenant is not a tenant id".to_owned()))
-        })
-        .transpose()?;
-    let ip_text = ip.map(|i| i.to_string());
-    let mut keys = vec![format!("email:{email}")];
-    if let Some(i) = &ip_text {
-        keys.push(format!("ip:{i}"));
-    }
-
-    let (lookup_email, k) = (email.clone(), keys.clone());
-    let (row, attempt) = state
-        .catalog
-        .blocking(move |c| {
-            let row = c.find_login(&lookup_email, tenant)?;
-            let attempt = c.begin_attempt(&k, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)?;
-            Ok((row, attempt))
-        })
-        .await?;
-    let attempt_rows = match attempt {
-        Ok(rows) => rows,
-        Err(wait) => {
-            if let Some(r) = &row {
-                let rec = AuditRecord::new(
-                    None,
-                    format!("user:{}", r.user_id),
-                    AuditAction::Lockout,
-                    &meta,
-                )
-                .target(format!("user:{}", r.user_id))
-                .outcome(Outcome::Denied);
-                state.audit_for_user(&r.user_id, rec).await?;
-            }
-            tracing::warn!("login refused: too many failures for this account or address");
-            return Err(ApiError::RateLimited(std::time::Duration::from_secs(
-                u64::try_from(wait).unwrap_or(1),
-            )));
-        }
-    };
-
-    let stored = row.as_ref().map(|r| r.password_hash.clone());
-    let password = req.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(stored.as_deref(), &password))
-        .await
-        .map_err(ApiError::internal)?;
-    let Some(row) = row.filter(|_| ok) else {
-        login_failed(&state, keys, None, &meta).await?;
-        return Err(ApiError::InvalidCredentials);
-    };
-
-    if row.totp_enabled {
-        let Some(code) = req.totp else {
-            // The password was right: asking for the code next is no failed login.
-            let rows = attempt_rows.clone();
-            state
-                .catalog
-                .blocking(move |c| c.forget_attempt(&rows))
-                .await?;
-            return Err(ApiError::TotpRequired(
-                "two-factor authentication is on: send the current code from your authenticator app as totp (or a recovery code)",
-            ));
-        };
-        if !second_factor_ok(&state, &row.user_id, &email, code.expose_secret()).await? {
-            login_failed(&state, keys, Some(row.user_id.clone()), &meta).await?;
-            return Err(ApiError::TotpRequired(
-                "that code is not valid (or was already used); send a current one",
-            ));
-        }
-    }
-
-    tracing::Span::current().record("tenant_id", row.tenant.hex().as_str());
-    let (uid, email_key, net) = (row.user_id.clone(), keys[0].clone(), ip.map(network_of));
-    let new_network = state
-        .catalog
-        .blocking(move |c| {
-            c.forget_attempt(&attempt_rows)?;
-            c.clear_login_failures(&email_key)?;
-            match &net {
-                Some(net) if c.note_network(&uid, net)? => Ok(Some(net.clone())),
-                _ => Ok(None),
-            }
-        })
-        .await?;
-    let actor = format!("user:{}", row.user_id);
-    if let Some(net) = new_network {
-        let rec = AuditRecord::new(
-            Some(row.tenant),
-            actor.clone(),
-            AuditAction::NewNetwork,
-            &meta,
-        )
-        .target(actor.clone())
-        .after(serde_json::json!({ "network": net }));
-        state.audit(rec).await?;
-    }
-    state
-        .audit(
-            AuditRecord::new(Some(row.tenant), actor.clone(), AuditAction::Login, &meta)
-                .target(actor),
-        )
-        .await?;
-    let tokens = start_session(&state, row.user_id, row.tenant, row.totp_enabled).await?;
-    Ok(Json(tokens))
+    ApiJson(req): ApiJson<api::LoginRequest>,
+) -> ApiResult<Json<api::Tokens>> {
+    Ok(Json(accounts::login(&state, ip, &meta, req).await?))
 }
 
-/// Counts a failed login against the account and the address, and records it in the audit
-/// log of the account's tenants (if the account exists).
-async fn login_failed(
-    state: &AppState,
-    keys: Vec<String>,
-    user_id: Option<String>,
-    meta: &RequestMeta,
-) -> ApiResult<()> {
-    tracing::info!("login failed");
-    let email_key = keys[0].clone();
-    // The attempt was already counted as a failure by `begin_attempt`.
-    let _ = keys;
-    let uid = state
-        .catalog
-        .blocking(move |c| {
-            Ok(match user_id {
-                Some(u) => Some(u),
-                None => c
-                    .user_by_email(email_key.trim_start_matches("email:"))?
-                    .map(|(id, ..)| id),
-            })
-        })
-        .await?;
-    if let Some(uid) = uid {
-        let rec = AuditRecord::new(None, "anonymous", AuditAction::LoginFailed, meta)
-            .target(format!("user:{uid}"))
-            .outcome(Outcome::Failure);
-        state.audit_for_user(&uid, rec).await?;
-    }
-    Ok(())
-}
-
-/// Checks a TOTP code (once per time step) or spends a recovery code.
-pub(crate) async fn second_factor_ok(
-    state: &AppState,
-    user_id: &str,
-    account: &str,
-    code: &str,
-) -> ApiResult<bool> {
-    let (uid, keyring, account, code) = (
-        user_id.to_owned(),
-        state.keyring.clone(),
-        account.to_owned(),
-        code.to_owned(),
-    );
-    let key = vec![format!("totp:{uid}")];
-    // Codes are 6 digits: guesses are counted per user, and 10 wrong ones in 15 minutes
-    // lock the second factor (429), whatever the route.
-    let attempt = state
-        .catalog
-        .blocking({
-            let key = key.clone();
-            move |c| c.begin_attempt(&key, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)
-        })
-        .await?;
-    let attempt_rows = match attempt {
-        Ok(rows) => rows,
-        Err(wait) => {
-            tracing::warn!("second factor locked: too many wrong codes");
-            return Err(ApiError::RateLimited(std::time::Duration::from_secs(
-                u64::try_from(wait).unwrap_or(1),
-            )));
-        }
-    };
-    let ok = state
-        .catalog
-        .blocking(move |c| {
-            if crate::two_factor::is_recovery_code(&code) {
-                return c.use_recovery_code(&uid, &crate::two_factor::recovery_code_hash(&code));
-            }
-            let st = c.totp_state(&uid)?;
-            let Some(sealed) = st.sealed_secret else {
-                return Ok(false);
-            };
-            let step = crate::two_factor::open_secret(&keyring, &uid, &sealed)
-                .and_then(|secret| crate::two_factor::totp(&secret, &account))
-                .map(|totp| crate::two_factor::check_code(&totp, &code))
-                .map_err(|e| crate::catalog::CatalogError::Corrupt(format!("TOTP secret: {e}")))?;
-            match step {
-                Some(step) => c.accept_totp_step(&uid, step),
-                None => Ok(false),
-            }
-        })
-        .await
-        .map_err(ApiError::from)?;
-    if ok {
-        state
-            .catalog
-            .blocking(move |c| c.forget_attempt(&attempt_rows))
-            .await?;
-    } else {
-        tracing::warn!("wrong second-factor code");
-    }
-    Ok(ok)
-}
-
-/// `POST /v1/auth/refresh`: spends the refresh token and returns a new pair. A spent token
-/// presented again revokes the whole session.
+/// `POST /v1/auth/refresh`: spends the refresh token and returns a new pair.
 pub(crate) async fn handle_refresh(
     State(state): State<AppState>,
     meta: RequestMeta,
-    ApiJson(req): ApiJson<RefreshRequest>,
-) -> ApiResult<Json<Tokens>> {
-    let presented = hash_token(req.refresh_token.expose_secret());
-    let next = random_token(REFRESH_TOKEN_PREFIX);
-    let next_hash = hash_token(next.expose_secret());
-    let outcome = state
-        .catalog
-        .blocking(move |c| c.rotate_refresh(&presented, &next_hash, REFRESH_TOKEN_TTL_SECS))
-        .await
-        .map_err(ApiError::internal)?;
-    match outcome {
-        RefreshOutcome::Rotated {
-            session_id,
-            user_id,
-            tenant,
-            role,
-            session_version,
-        } => {
-            let access = state
-                .tokens
-                .issue(&user_id, tenant, &session_id, session_version, role)
-                .map_err(ApiError::internal)?;
-            Ok(Json(Tokens {
-                access_token: access.expose_secret().to_owned(),
-                refresh_token: next.expose_secret().to_owned(),
-                expires_in: ACCESS_TOKEN_TTL_SECS,
-            }))
-        }
-        RefreshOutcome::Reused {
-            session_id,
-            user_id,
-            tenant,
-        } => {
-            tracing::warn!("a spent refresh token was presented again; its session is revoked");
-            let rec = AuditRecord::new(Some(tenant), "anonymous", AuditAction::RefreshReuse, &meta)
-                .target(format!("session:{session_id}"))
-                .outcome(Outcome::Denied)
-                .after(serde_json::json!({ "user": user_id, "session_revoked": true }));
-            state.audit(rec).await?;
-            Err(ApiError::Unauthenticated(
-                "this refresh token was already used; the session has been ended, sign in again",
-            ))
-        }
-        RefreshOutcome::Invalid => Err(ApiError::Unauthenticated(
-            "the refresh token is not valid or has expired; sign in again",
-        )),
-    }
+    ApiJson(req): ApiJson<api::RefreshRequest>,
+) -> ApiResult<Json<api::Tokens>> {
+    Ok(Json(accounts::refresh(&state, &meta, req).await?))
 }
 
-/// `POST /v1/auth/logout`: ends the caller's session. Its access token and refresh token
-/// stop working at once (the session is checked on every request).
+/// `POST /v1/auth/logout`: ends the caller's session.
 pub(crate) async fn handle_logout(
     State(state): State<AppState>,
     principal: Principal,
     meta: RequestMeta,
 ) -> ApiResult<StatusCode> {
     let session = principal.require_user()?.to_owned();
-    let sid = session.clone();
-    state
-        .catalog
-        .blocking(move |c| c.revoke_session(&sid, "logout"))
-        .await?;
-    let rec = AuditRecord::new(
-        Some(principal.tenant),
-        principal.actor(),
-        AuditAction::Logout,
-        &meta,
-    )
-    .target(format!("session:{session}"));
-    state.audit(rec).await?;
+    accounts::logout(&state, &principal, &session, &meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PasswordChange {
-    current_password: SecretString,
-    new_password: SecretString,
-}
-
-/// `POST /v1/auth/password`: every session of the user ends (session version bump); the
-/// answer is a fresh session, so the caller stays signed in.
+/// `POST /v1/auth/password`: every session of the user ends; the answer is a fresh one.
 pub(crate) async fn handle_password_change(
     State(state): State<AppState>,
     principal: Principal,
     meta: RequestMeta,
-    ApiJson(req): ApiJson<PasswordChange>,
-) -> ApiResult<Json<Tokens>> {
+    ApiJson(req): ApiJson<api::PasswordChange>,
+) -> ApiResult<Json<api::Tokens>> {
     principal.require_user()?;
-    validate_password(&req.new_password)?;
-    let uid = principal.user_id.clone();
-    let stored = state
-        .catalog
-        .blocking(move |c| c.password_hash(&uid))
-        .await?;
-    let current = req.current_password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(stored.as_deref(), &current))
-        .await
-        .map_err(ApiError::internal)?;
-    if !ok {
-        return Err(ApiError::InvalidCredentials);
-    }
-    let new_hash = hash_on_blocking_thread(req.new_password).await?;
-    let uid = principal.user_id.clone();
-    state
-        .catalog
-        .blocking(move |c| c.set_password(&uid, &new_hash))
-        .await?;
-    tracing::info!(user = %principal.user_id, "password changed; every session of the user ended");
-    let rec = AuditRecord::new(None, principal.actor(), AuditAction::PasswordChanged, &meta)
-        .target(format!("user:{}", principal.user_id));
-    state.audit_for_user(&principal.user_id, rec).await?;
     Ok(Json(
-        start_session(&state, principal.user_id, principal.tenant, false).await?,
+        accounts::change_password(&state, &principal, &meta, req).await?,
     ))
 }
 
@@ -620,19 +74,7 @@ pub(crate) async fn handle_sign_out_everywhere(
     meta: RequestMeta,
 ) -> ApiResult<StatusCode> {
     principal.require_user()?;
-    let uid = principal.user_id.clone();
-    state
-        .catalog
-        .blocking(move |c| c.bump_session_version(&uid))
-        .await?;
-    let rec = AuditRecord::new(
-        None,
-        principal.actor(),
-        AuditAction::SignedOutEverywhere,
-        &meta,
-    )
-    .target(format!("user:{}", principal.user_id));
-    state.audit_for_user(&principal.user_id, rec).await?;
+    accounts::sign_out_everywhere(&state, &principal, &meta).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -640,58 +82,6 @@ pub(crate) async fn handle_sign_out_everywhere(
 pub(crate) async fn handle_me(
     State(state): State<AppState>,
     principal: Principal,
-) -> ApiResult<Json<serde_json::Value>> {
-    let tenant = principal.tenant;
-    let row = state
-        .catalog
-        .blocking(move |c| c.tenant(tenant))
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound("tenant not found".to_owned()))?;
-    Ok(Json(serde_json::json!({
-        "user": { "id": principal.user_id, "email": principal.email },
-        "tenant": { "id": row.id, "name": row.name, "status": row.status, "plan": row.plan },
-        "role": principal.role,
-    })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emails_are_normalised_and_checked() {
-        assert_eq!(
-            normalize_email(" Ada@Example.COM ").ok().as_deref(),
-            Some("ada@example.com")
-        );
-        for bad in [
-            "",
-            "ada",
-            "ada@",
-            "@example.com",
-            "ada@example",
-            "a b@example.com",
-            "ada@@example.com",
-            "ada@.com",
-            "ada@example..com",
-        ] {
-            assert!(normalize_email(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn passwords_are_counted_in_characters() {
-        assert!(validate_password(&SecretString::from("ééééééé".to_owned())).is_err());
-        assert!(validate_password(&SecretString::from("éééééééé".to_owned())).is_ok());
-        assert!(validate_password(&SecretString::from("x".repeat(1025))).is_err());
-    }
-
-    #[test]
-    fn org_names_are_trimmed_and_bounded() {
-        assert_eq!(validate_org("  Acme  ").ok().as_deref(), Some("Acme"));
-        assert!(validate_org("   ").is_err());
-        assert!(validate_org(&"a".repeat(101)).is_err());
-        assert!(validate_org("a\u{0}b").is_err());
-    }
+) -> ApiResult<Json<api::Me>> {
+    Ok(Json(accounts::me(&state, &principal).await?))
 }

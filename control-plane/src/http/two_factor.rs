@@ -1,196 +1,52 @@
-//! Two-factor authentication: `/v1/auth/2fa/*`.
+//! Two-factor authentication: `/v1/auth/2fa/*`. Thin: the work is in
+//! [`crate::service::two_factor`].
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use silo_types::AuditAction;
+use silo_api as api;
 
-use crate::audit::{AuditRecord, RequestMeta};
+use crate::audit::RequestMeta;
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::http::extract::ApiJson;
-use crate::http::sessions::second_factor_ok;
+use crate::service::two_factor;
 use crate::state::AppState;
-use crate::two_factor;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CodeRequest {
-    code: SecretString,
-}
-
-/// A current TOTP code (or a recovery code) of the caller, or 401 `totp_required`.
-async fn require_code(
-    state: &AppState,
-    principal: &Principal,
-    code: &SecretString,
-) -> ApiResult<()> {
-    if second_factor_ok(
-        state,
-        &principal.user_id,
-        &principal.email,
-        code.expose_secret(),
-    )
-    .await?
-    {
-        Ok(())
-    } else {
-        Err(ApiError::TotpRequired(
-            "that code is not valid (or was already used)",
-        ))
-    }
-}
-
-/// `POST /v1/auth/2fa/enroll`: a new secret (pending until confirmed). The secret is in
-/// this response only; the catalog keeps it sealed.
+/// `POST /v1/auth/2fa/enroll`: a new secret (pending until confirmed), shown once.
 pub(crate) async fn handle_2fa_enroll(
     State(state): State<AppState>,
     principal: Principal,
     meta: RequestMeta,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<api::TwoFactorEnrollment>> {
     principal.require_user()?;
-    let (secret, sealed) = two_factor::new_secret(&state.keyring, &principal.user_id);
-    let totp = two_factor::totp(&secret, &principal.email).map_err(ApiError::internal)?;
-    let uid = principal.user_id.clone();
-    let stored = state
-        .catalog
-        .blocking(move |c| c.set_pending_totp(&uid, &sealed))
-        .await?;
-    if !stored {
-        return Err(ApiError::Conflict(
-            "two-factor authentication is already on; remove it first to enroll a new device"
-                .to_owned(),
-        ));
-    }
-    let rec = AuditRecord::new(
-        None,
-        principal.actor(),
-        AuditAction::TwoFactorEnrolled,
-        &meta,
-    )
-    .target(format!("user:{}", principal.user_id));
-    state.audit_for_user(&principal.user_id, rec).await?;
-    Ok(Json(json!({
-        "secret": totp.secret().to_base32(),
-        "otpauth_uri": totp.to_url().map_err(|e| ApiError::internal(anyhow::anyhow!("{e:?}")))?,
-    })))
+    Ok(Json(two_factor::enroll(&state, &principal, &meta).await?))
 }
 
-/// `POST /v1/auth/2fa/confirm`: a code from the new device turns 2FA on and returns ten
-/// single-use recovery codes (shown once).
+/// `POST /v1/auth/2fa/confirm`: turns 2FA on; ten recovery codes, shown once.
 pub(crate) async fn handle_2fa_confirm(
     State(state): State<AppState>,
     principal: Principal,
     meta: RequestMeta,
-    ApiJson(req): ApiJson<CodeRequest>,
-) -> ApiResult<Json<Value>> {
+    ApiJson(req): ApiJson<api::CodeRequest>,
+) -> ApiResult<Json<api::RecoveryCodes>> {
     let session = principal.require_user()?.to_owned();
-    let uid = principal.user_id.clone();
-    let st = state.catalog.blocking(move |c| c.totp_state(&uid)).await?;
-    if st.enabled {
-        return Err(ApiError::Conflict(
-            "two-factor authentication is already on".to_owned(),
-        ));
-    }
-    if st.sealed_secret.is_none() {
-        return Err(ApiError::Conflict(
-            "enroll first: POST /v1/auth/2fa/enroll".to_owned(),
-        ));
-    }
-    if two_factor::is_recovery_code(req.code.expose_secret())
-        || !second_factor_ok(
-            &state,
-            &principal.user_id,
-            &principal.email,
-            req.code.expose_secret(),
-        )
-        .await?
-    {
-        return Err(ApiError::InvalidInput(
-            "that code is not valid; check the authenticator app and the device clock".to_owned(),
-        ));
-    }
-    let codes = two_factor::new_recovery_codes();
-    let hashes: Vec<[u8; 32]> = codes
-        .iter()
-        .map(|c| two_factor::recovery_code_hash(c))
-        .collect();
-    let uid = principal.user_id.clone();
-    state
-        .catalog
-        .blocking(move |c| {
-            c.enable_totp(&uid, &hashes)?;
-            c.mark_session_verified(&session)
-        })
-        .await?;
-    let rec = AuditRecord::new(
-        None,
-        principal.actor(),
-        AuditAction::TwoFactorEnabled,
-        &meta,
-    )
-    .target(format!("user:{}", principal.user_id));
-    state.audit_for_user(&principal.user_id, rec).await?;
-    Ok(Json(json!({ "recovery_codes": codes })))
+    Ok(Json(
+        two_factor::confirm(&state, &principal, &session, &meta, req).await?,
+    ))
 }
 
-/// `POST /v1/auth/2fa/verify`: proves the second factor again; sensitive routes accept the
-/// session for five minutes. Returns a fresh access token for the same session.
+/// `POST /v1/auth/2fa/verify`: step-up for five minutes; a fresh access token.
 pub(crate) async fn handle_2fa_verify(
     State(state): State<AppState>,
     principal: Principal,
     meta: RequestMeta,
-    ApiJson(req): ApiJson<CodeRequest>,
-) -> ApiResult<Json<Value>> {
+    ApiJson(req): ApiJson<api::CodeRequest>,
+) -> ApiResult<Json<api::SteppedUp>> {
     let session = principal.require_user()?.to_owned();
-    let uid = principal.user_id.clone();
-    if !state
-        .catalog
-        .blocking(move |c| c.totp_state(&uid))
-        .await?
-        .enabled
-    {
-        return Err(ApiError::Conflict(
-            "two-factor authentication is not on for this account".to_owned(),
-        ));
-    }
-    require_code(&state, &principal, &req.code).await?;
-    let (uid, sid, tenant) = (principal.user_id.clone(), session.clone(), principal.tenant);
-    state
-        .audit(
-            AuditRecord::new(Some(tenant), principal.actor(), AuditAction::StepUp, &meta)
-                .target(format!("session:{session}")),
-        )
-        .await?;
-    let sv = state
-        .catalog
-        .blocking(move |c| {
-            c.mark_session_verified(&sid)?;
-            c.session(&sid, &uid, tenant)
-        })
-        .await?
-        .map(|row| row.session_session_version)
-        .ok_or(ApiError::Unauthenticated(
-            "this session has ended; sign in again",
-        ))?;
-    let access = state
-        .tokens
-        .issue(
-            &principal.user_id,
-            principal.tenant,
-            &session,
-            sv,
-            principal.role,
-        )
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "access_token": access.expose_secret(),
-        "expires_in": crate::auth::ACCESS_TOKEN_TTL_SECS,
-        "step_up_expires_in": two_factor::STEP_UP_WINDOW_SECS,
-    })))
+    Ok(Json(
+        two_factor::step_up(&state, &principal, &session, &meta, req).await?,
+    ))
 }
 
 /// `DELETE /v1/auth/2fa`: turns 2FA off (step-up and a current code needed).
@@ -198,23 +54,10 @@ pub(crate) async fn handle_2fa_remove(
     State(state): State<AppState>,
     principal: Principal,
     meta: RequestMeta,
-    ApiJson(req): ApiJson<CodeRequest>,
+    ApiJson(req): ApiJson<api::CodeRequest>,
 ) -> ApiResult<StatusCode> {
     principal.require_user()?;
     principal.require_step_up()?;
-    require_code(&state, &principal, &req.code).await?;
-    let uid = principal.user_id.clone();
-    state
-        .catalog
-        .blocking(move |c| c.disable_totp(&uid))
-        .await?;
-    let rec = AuditRecord::new(
-        None,
-        principal.actor(),
-        AuditAction::TwoFactorDisabled,
-        &meta,
-    )
-    .target(format!("user:{}", principal.user_id));
-    state.audit_for_user(&principal.user_id, rec).await?;
+    two_factor::remove(&state, &principal, &meta, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }

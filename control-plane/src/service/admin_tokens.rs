@@ -11,8 +11,7 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Every admin token starts so: told apart from tenant credentials at a glance.
-pub const ADMIN_TOKEN_PREFIX: &str = "silo_admin_";
+pub use crate::auth::ADMIN_TOKEN_PREFIX;
 
 /// Mints a token into the catalog and returns (id, token); only its hash is stored. Used
 /// online (`create`) and offline (`silo init`). Blocking.

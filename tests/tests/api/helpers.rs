@@ -521,19 +521,16 @@ impl TestApp {
         );
         let password = format!("pw-{}", hex::encode(silo_crypto::random_bytes::<8>()));
         let body = self.try_signup(org, &email, &password).expect(201);
+        // Read as the API's type: a renamed or retyped field fails here.
+        let answer: silo_api::SignupAnswer =
+            serde_json::from_value(body).expect("signup answers a SignupAnswer");
         Tenant {
-            id: body["tenant"]["id"].as_str().expect("tenant.id").to_owned(),
-            user_id: body["user"]["id"].as_str().expect("user.id").to_owned(),
+            id: answer.tenant.id,
+            user_id: answer.user.id,
             email,
             password,
-            access_token: body["access_token"]
-                .as_str()
-                .expect("access_token")
-                .to_owned(),
-            refresh_token: body["refresh_token"]
-                .as_str()
-                .expect("refresh_token")
-                .to_owned(),
+            access_token: answer.tokens.access_token,
+            refresh_token: answer.tokens.refresh_token,
         }
     }
 

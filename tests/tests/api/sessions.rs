@@ -225,3 +225,70 @@ fn sign_out_everywhere_ends_every_session_including_this_one() {
     )
     .expect(200);
 }
+
+/// The tenant API's answers read as the `silo-api` types the server writes them with.
+#[test]
+fn tenant_answers_read_as_their_api_types() {
+    use silo_api as api;
+    fn typed<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> T {
+        serde_json::from_value(body.clone()).unwrap_or_else(|e| {
+            panic!(
+                "{} does not read as its type: {e}\n{body}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+    let app = TestApp::spawn();
+    let a = app.signup("Typed");
+    let me: api::Me = typed(app.get("/v1/me", Some(&a.access_token)).expect(200));
+    assert_eq!(
+        (me.user.id.as_str(), me.tenant.id.as_str()),
+        (a.user_id.as_str(), a.id.as_str())
+    );
+    assert_eq!(me.role, silo_types::Role::Owner);
+    let tenant: api::Tenant = typed(app.get("/v1/tenant", Some(&a.access_token)).expect(200));
+    assert_eq!(tenant.db.placement, "local");
+    assert!(!tenant.settings.require_2fa);
+    let members: api::MemberList = typed(app.get("/v1/members", Some(&a.access_token)).expect(200));
+    assert_eq!(members.members.len(), 1);
+    let invite: api::InviteCreated = typed(
+        app.post(
+            "/v1/invites",
+            Some(&a.access_token),
+            json!({ "email": "typed-member@example.com", "role": "viewer" }),
+        )
+        .expect(201),
+    );
+    assert!(invite.invite_token.starts_with("silo_inv_"));
+    let key: api::ApiKeyCreated = typed(
+        app.post(
+            "/v1/api-keys",
+            Some(&a.access_token),
+            json!({ "name": "ci", "scopes": ["db:read"] }),
+        )
+        .expect(201),
+    );
+    let keys: api::ApiKeyList = typed(app.get("/v1/api-keys", Some(&a.access_token)).expect(200));
+    assert_eq!(keys.api_keys.len(), 1);
+    assert_eq!(keys.api_keys[0].id, key.id);
+    let events: api::AuditEvents = typed(app.get("/v1/audit", Some(&a.access_token)).expect(200));
+    assert!(events.events.iter().any(|e| e.action == "tenant.signup"));
+    let check: api::ChainCheck = typed(
+        app.get("/v1/audit/verify", Some(&a.access_token))
+            .expect(200),
+    );
+    assert!(check.ok);
+    let _: api::SecurityEvents = typed(
+        app.get("/v1/security-events", Some(&a.access_token))
+            .expect(200),
+    );
+    let refreshed: api::Tokens = typed(
+        app.post(
+            "/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": a.refresh_token }),
+        )
+        .expect(200),
+    );
+    assert_eq!(refreshed.expires_in, 900);
+}
