@@ -25,6 +25,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 /// reconciled.
 pub struct Application {
     listener: TcpListener,
+    connections: crate::http::listener::ConnectionLimits,
     state: AppState,
     reaper_interval: Duration,
     deletion_pause: Option<Duration>,
@@ -105,7 +106,26 @@ impl Application {
         })
         .await??;
 
-        let (max_handles, max_live) = handle_budget(args.max_open_tenants, args.tenant_readers);
+        let open_files = raise_open_files_limit();
+        let max_connections = args
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(open_files))
+            .max(1);
+        let (max_handles, max_live) = handle_budget(
+            open_files,
+            max_connections as u64,
+            args.max_open_tenants,
+            args.tenant_readers,
+        );
+        let connections = crate::http::listener::ConnectionLimits {
+            max_connections,
+            max_per_address: args.max_connections_per_address.max(1),
+            header_read: Duration::from_secs(args.header_read_timeout_secs),
+            idle: Duration::from_secs(args.idle_timeout_secs),
+            request: Duration::from_secs(args.request_timeout_secs),
+            long_request: Duration::from_secs(args.export_timeout_secs),
+            trusted_proxies: args.trusted_proxies.clone(),
+        };
         let store = TenantStore::new(StoreConfig {
             max_handles,
             max_live,
@@ -153,6 +173,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         Ok(Application {
             listener,
+            connections,
             state,
             reaper_interval: Duration::from_millis(args.reaper_interval_ms.max(100)),
             deletion_pause: args.deletion_pause(),
@@ -185,6 +206,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application {
             listener,
+            connections,
             state,
             reaper_interval,
             deletion_pause,
@@ -233,19 +255,20 @@ impl Application {
             }
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(
+        let server = crate::http::listener::serve(
             listener,
-            crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            stop.await;
-            tracing::info!("shutting down: draining in-flight requests");
-            let _ = stop_tx.send(());
-        });
-        let server = tokio::spawn(async move { server.await });
+            crate::http::router(state),
+            connections,
+            async move {
+                stop.await;
+                tracing::info!("shutting down: draining in-flight requests");
+                let _ = stop_tx.send(());
+            },
+        );
+        let server = tokio::spawn(server);
         // Drain with a time limit: once the signal came, give requests DRAIN_TIMEOUT.
         let result = tokio::select! {
-            r = server => r.context("server task")?.map_err(anyhow::Error::from),
+            r = server => r.context("server task"),
             () = async {
                 let _ = stop_rx.await;
                 tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -269,26 +292,25 @@ fn fds_per_handle(readers: usize) -> u64 {
     3 + 2 * readers as u64
 }
 
-/// Descriptors kept for everything but tenant databases: sockets, the catalog, exports.
-const FD_RESERVE: u64 = 512;
+/// Descriptors kept for everything but tenant databases and client connections: the
+/// catalog, exports, logs, the listener.
+const FD_RESERVE: u64 = 256;
 /// The default cache never grows past this, however high the limit.
 const DEFAULT_MAX_HANDLES: u64 = 10_000;
 
-/// Raises the open-files soft limit to the hard limit and sizes the handle cache from what
-/// it allows; `configured` (SILO_MAX_OPEN_TENANTS) is honoured up to that. Answers the
+/// Sizes the handle cache from the open-files limit `soft`, less what `connections` client
+/// connections and the reserve need; `configured` (SILO_MAX_OPEN_TENANTS) is honoured up to that. Answers the
 /// cache size and the most handles alive at once (the cache's plus those evicted while in
 /// use): that one is what the descriptors allow, and the cache keeps a tenth of it free
 /// for handles held by requests and libSQL transactions.
-fn handle_budget(configured: Option<u64>, readers: usize) -> (u64, u64) {
-    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => limit,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not raise the open-files limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
-        }
-    };
+fn handle_budget(
+    soft: u64,
+    connections: u64,
+    configured: Option<u64>,
+    readers: usize,
+) -> (u64, u64) {
     let per = fds_per_handle(readers);
-    let live = (soft.saturating_sub(FD_RESERVE) / per).max(1);
+    let live = (soft.saturating_sub(FD_RESERVE + connections) / per).max(1);
     let fits = (live - live / 10).max(1);
     let budget = match configured {
         Some(n) if n > fits => {
@@ -311,6 +333,23 @@ fn handle_budget(configured: Option<u64>, readers: usize) -> (u64, u64) {
         "tenant handle cache sized"
     );
     (budget, live.max(budget))
+}
+
+/// Raises the open-files soft limit to the hard limit and answers it.
+fn raise_open_files_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
+}
+
+/// A quarter of the descriptors for client connections, at most 10,000: the rest is for
+/// tenant databases and the catalog.
+fn default_max_connections(open_files: u64) -> usize {
+    usize::try_from((open_files / 4).clamp(16, 10_000)).unwrap_or(10_000)
 }
 
 async fn shutdown_signal() {

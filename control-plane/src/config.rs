@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server (the embedded local default: catalog and tenant databases in the
     /// data directory).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Initialise a data directory offline and print its first platform admin token.
     Init(crate::cli::InitArgs),
     /// Manage platform admin tokens (over the admin API).
@@ -123,6 +123,40 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_METRICS_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub metrics_token: Option<SecretString>,
 
+    /// Most client connections open at once (default: a quarter of the open-files limit,
+    /// at most 10,000). At the cap the longest-idle connection is closed to make room; a
+    /// new one is refused (503) only when all are busy.
+    #[arg(long, env = "SILO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections open at once from one client address (trusted proxies exempt).
+    #[arg(long, env = "SILO_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
+
+    /// Seconds a client has to send a request's head (request line and headers).
+    #[arg(long, env = "SILO_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a connection may sit with no request in flight and no byte moved before it
+    /// is closed (idle keep-alive, or a client that never sends).
+    #[arg(long, env = "SILO_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds within which a request must be answered (upload included); past it, 408.
+    #[arg(long, env = "SILO_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+
+    /// The same for exports, which build a file before answering.
+    #[arg(long, env = "SILO_EXPORT_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub export_timeout_secs: u64,
+
+    /// Reverse proxies in front of silo, as comma-separated CIDRs or addresses (e.g.
+    /// `10.0.0.0/8,127.0.0.1`). A request from one of them is attributed to the client
+    /// address in its `X-Forwarded-For` (the last one the proxy added); from anyone else
+    /// that header is ignored. Proxies are exempt from the per-address connection cap.
+    #[arg(long, env = "SILO_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Log one INFO line per request (target `silo::access`: method, route, status,
     /// latency, request id, tenant). Off by default: the request span already puts the
     /// request id and tenant on every line a request logs, and a line per request costs
@@ -196,4 +230,13 @@ impl ServeArgs {
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_owned()))
+}
+
+/// A CIDR, or a bare address meaning that one host.
+fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
 }

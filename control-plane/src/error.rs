@@ -39,6 +39,9 @@ pub enum ApiError {
     RateLimited(Duration),
     #[error("the request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// The request was not answered in time (a slow upload, or work past the limit).
+    #[error("the request did not complete within {} seconds", .0.as_secs())]
+    RequestTimeout(Duration),
     /// The tenant's own SQL failed (syntax, constraint, …).
     #[error("{0}")]
     Sql(String),
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Sql(_) => (StatusCode::UNPROCESSABLE_ENTITY, "sql_error"),
             ApiError::SqlForbidden(_) => (StatusCode::FORBIDDEN, "sql_forbidden"),
             ApiError::QueryTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_timeout"),

@@ -57,7 +57,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let app = Application::build(args).await?;
+        let app = Application::build(*args).await?;
         let addr = app.local_addr()?;
         tracing::info!(%addr, "listening");
         println!("silo listening on http://{addr}");

@@ -12,6 +12,7 @@ pub(crate) mod edge;
 pub mod export;
 pub(crate) mod extract;
 pub(crate) mod hrana;
+pub mod listener;
 pub(crate) mod members;
 pub(crate) mod ops;
 pub(crate) mod sessions;

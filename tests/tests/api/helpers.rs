@@ -126,7 +126,7 @@ impl Embedded {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let app = match silo_control_plane::app::Application::build(serve).await {
+                let app = match silo_control_plane::app::Application::build(*serve).await {
                     Ok(app) => app,
                     Err(e) => {
                         let _ = addr_tx.send(Err(format!("{e:#}")));

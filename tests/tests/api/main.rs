@@ -9,6 +9,7 @@ mod helpers;
 mod api_keys;
 mod at_rest;
 mod audit;
+mod connections;
 mod credential_cache;
 mod deletion;
 mod edge;

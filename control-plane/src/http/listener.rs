@@ -1,0 +1,555 @@
+//! The listener: accepts TCP connections and serves HTTP/1.1 on them, with the limits that
+//! keep one client (or many idle ones) from taking the node from everyone else.
+//!
+//! - **Header-read timeout:** a request's head must arrive within `header_read` (hyper's
+//!   timer), so a slowloris trickling header bytes is cut.
+//! - **Idle timeout:** a connection with no request in flight and no byte read or written
+//!   for `idle` is closed, whether it never sent anything, sent half a request line, or is a
+//!   keep-alive connection nobody uses.
+//! - **Request timeout:** a request that has not answered within `request` (`long_request`
+//!   for exports) gets 408 `request_timeout`. A slow upload ends there; a handler keeps
+//!   running to completion (the edge layer's promise), only its answer is not waited for.
+//! - **Connection caps:** at most `max_connections` in total and `max_per_address` from one
+//!   client address (trusted proxies are exempt from the latter). At a cap, the
+//!   longest-idle connection (of that address, for the per-address cap) is closed to make
+//!   room; only when every connection is busy is the new one refused, with a 503 JSON
+//!   answer written without waiting. Descriptors never run out, so the accept loop, the
+//!   catalog and tenant databases keep theirs.
+//!
+//! On shutdown, accepting stops, idle connections close, and busy ones finish their
+//! request first (graceful shutdown); the caller bounds the wait.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt as _;
+
+use crate::error::ApiError;
+
+/// The limits of the listener; `silo serve`'s flags set them (see `config.rs`).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub request: Duration,
+    pub long_request: Duration,
+    /// Addresses of reverse proxies: many clients share their address, so the per-address
+    /// cap does not apply to them.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A connection idle for less than this is not closed to make room: it may be between two
+/// requests of a client that is being served.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// The answer to a connection refused at a cap, written without waiting.
+const REFUSED: &[u8] = concat!(
+    "HTTP/1.1 503 Service Unavailable\r\n",
+    "content-type: application/json\r\n",
+    "retry-after: 1\r\n",
+    "connection: close\r\n",
+    "content-length: 101\r\n",
+    "\r\n",
+    r#"{"error":{"code":"busy","message":"the server has too many connections open; try again in a moment"}}"#,
+)
+.as_bytes();
+
+/// A clock for activity stamps, in milliseconds: since the process's first connection,
+/// plus a day so that "idle for N seconds" never needs a time before the start.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + 86_400_000
+}
+
+/// What one connection shares with the registry and its requests.
+struct Activity {
+    /// Last byte read or written (`now_ms`).
+    last_ms: AtomicU64,
+    /// Requests whose answer has not been produced yet.
+    in_flight: AtomicU32,
+    /// Told to close (to make room at a cap).
+    close: Notify,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+}
+
+struct Entry {
+    ip: IpAddr,
+    activity: Arc<Activity>,
+    /// Told to close; no longer counted against the caps.
+    closing: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    open: HashMap<u64, Entry>,
+    per_address: HashMap<IpAddr, usize>,
+    /// Connections counted against the total cap (open and not closing).
+    counted: usize,
+}
+
+/// Every open connection, for the caps and for draining.
+struct Registry {
+    limits: ConnectionLimits,
+    inner: Mutex<Inner>,
+    empty: Notify,
+}
+
+impl Registry {
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.limits.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Admits a connection from `ip`, closing an idle one to make room at a cap; `None`
+    /// when every connection that would have to make room is busy.
+    fn admit(&self, ip: IpAddr) -> Option<(u64, Arc<Activity>)> {
+        let per_address_cap = !self.trusted(ip);
+        let mut inner = self.inner.lock();
+        if per_address_cap
+            && inner.per_address.get(&ip).copied().unwrap_or(0) >= self.limits.max_per_address
+            && !Self::evict(&mut inner, |e| e.ip == ip)
+        {
+            return None;
+        }
+        if inner.counted >= self.limits.max_connections && !Self::evict(&mut inner, |_| true) {
+            return None;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let activity = Arc::new(Activity {
+            last_ms: AtomicU64::new(now_ms()),
+            in_flight: AtomicU32::new(0),
+            close: Notify::new(),
+        });
+        inner.open.insert(
+            id,
+            Entry {
+                ip,
+                activity: activity.clone(),
+                closing: false,
+            },
+        );
+        *inner.per_address.entry(ip).or_default() += 1;
+        inner.counted += 1;
+        Some((id, activity))
+    }
+
+    /// Tells the longest-idle connection matching `which` to close; false if none is idle.
+    fn evict(inner: &mut Inner, which: impl Fn(&Entry) -> bool) -> bool {
+        let victim = inner
+            .open
+            .iter()
+            .filter(|(_, e)| !e.closing && !e.activity.busy() && which(e))
+            .map(|(id, e)| (*id, e.activity.idle_for()))
+            .filter(|(_, idle)| *idle >= EVICTABLE_AFTER)
+            .max_by_key(|(_, idle)| *idle)
+            .map(|(id, _)| id);
+        let Some(id) = victim else {
+            return false;
+        };
+        let Some(entry) = inner.open.get_mut(&id) else {
+            return false;
+        };
+        entry.closing = true;
+        entry.activity.close.notify_one();
+        let ip = entry.ip;
+        Self::uncount(inner, ip);
+        metrics::counter!("silo_connections_closed_total", "cause" => "make_room").increment(1);
+        true
+    }
+
+    fn uncount(inner: &mut Inner, ip: IpAddr) {
+        inner.counted = inner.counted.saturating_sub(1);
+        if let Some(n) = inner.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_address.remove(&ip);
+            }
+        }
+    }
+
+    fn release(&self, id: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(entry) = inner.open.remove(&id)
+            && !entry.closing
+        {
+            Self::uncount(&mut inner, entry.ip);
+        }
+        if inner.open.is_empty() {
+            self.empty.notify_waiters();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inner.lock().open.is_empty()
+    }
+}
+
+/// Serves `router` on `listener` until `stop` completes, then drains: returns once every
+/// connection has closed (idle ones at once, busy ones after their request).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let registry = Arc::new(Registry {
+        limits,
+        inner: Mutex::new(Inner::default()),
+        empty: Notify::new(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::pin!(stop);
+    let mut last_accept_warning: Option<Instant> = None;
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors (or a connection reset before accept): wait a
+                    // little instead of spinning; say so at most every 10 s.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        last_accept_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some((id, activity)) = registry.admit(addr.ip()) else {
+            metrics::counter!("silo_connections_refused_total").increment(1);
+            // Best effort, never waiting: a client that cannot take 300 bytes now gets none.
+            let _ = stream.try_write(REFUSED);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let registry = registry.clone();
+        let router = router.clone();
+        let shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            connection(stream, addr, router, &registry, activity, shutdown).await;
+            registry.release(id);
+        });
+    }
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    loop {
+        let empty = registry.empty.notified();
+        if registry.is_empty() {
+            return;
+        }
+        empty.await;
+    }
+}
+
+/// Serves one connection until the client closes it, it idles out, it is told to make
+/// room, or the server drains.
+async fn connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    router: Router,
+    registry: &Registry,
+    activity: Arc<Activity>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = &registry.limits;
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = Connection {
+        router,
+        addr,
+        activity: activity.clone(),
+        request: limits.request,
+        long_request: limits.long_request,
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        // Busy connections are not idle, whatever their last byte.
+        let wait = if activity.busy() {
+            limits.idle
+        } else {
+            limits.idle.saturating_sub(activity.idle_for())
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.close.notified() => {
+                if !activity.busy() {
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+            }
+            changed = shutdown.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = tokio::time::sleep(wait) => {
+                if !activity.busy() && activity.idle_for() >= limits.idle {
+                    metrics::counter!("silo_connections_closed_total", "cause" => "idle").increment(1);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The per-connection service: the client's address for extractors, the request count for
+/// the idle check, and the request timeout.
+#[derive(Clone)]
+struct Connection {
+    router: Router,
+    addr: SocketAddr,
+    activity: Arc<Activity>,
+    request: Duration,
+    long_request: Duration,
+}
+
+/// Counts a request in flight until its answer is produced (dropped with the future).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// Routes whose answer may take long to produce: they build a file first.
+fn is_long(path: &str) -> bool {
+    path.ends_with("/export")
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.addr));
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.activity.clone());
+        let limit = if is_long(req.uri().path()) {
+            self.long_request
+        } else {
+            self.request
+        };
+        let answer = self.router.clone().oneshot(req.map(axum::body::Body::new));
+        let activity = self.activity.clone();
+        Box::pin(async move {
+            let _guard = guard;
+            match tokio::time::timeout(limit, answer).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The rest of a slow upload is not worth waiting for: close after this.
+                    let mut response = ApiError::RequestTimeout(limit).into_response();
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                    // hyper would wait for the unread body; the connection closes once
+                    // this answer is out (its task sees the request done).
+                    activity.close.notify_one();
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// A socket that stamps its connection's activity on every byte moved.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(max_connections: usize, max_per_address: usize) -> Registry {
+        Registry {
+            limits: ConnectionLimits {
+                max_connections,
+                max_per_address,
+                header_read: Duration::from_secs(10),
+                idle: Duration::from_secs(60),
+                request: Duration::from_secs(60),
+                long_request: Duration::from_secs(600),
+                trusted_proxies: vec!["10.0.0.0/8".parse().expect("cidr")],
+            },
+            inner: Mutex::new(Inner::default()),
+            empty: Notify::new(),
+        }
+    }
+
+    fn age(a: &Activity, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).expect("ms");
+        a.last_ms
+            .store(now_ms().saturating_sub(ms), Ordering::Relaxed);
+    }
+
+    #[test]
+    fn the_refusal_is_well_formed_json() {
+        let text = std::str::from_utf8(REFUSED).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.parse().ok())
+            .expect("content-length");
+        assert_eq!(length, body.len());
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(v["error"]["code"], "busy");
+    }
+
+    #[test]
+    fn at_the_address_cap_the_longest_idle_connection_of_that_address_makes_room() {
+        let r = registry(100, 2);
+        let ip: IpAddr = "203.0.113.1".parse().expect("ip");
+        let (a, first) = r.admit(ip).expect("first");
+        let (_, second) = r.admit(ip).expect("second");
+        // Both fresh (could be mid-conversation): nobody makes room.
+        assert!(r.admit(ip).is_none());
+        age(&first, Duration::from_secs(30));
+        age(&second, Duration::from_secs(5));
+        let (_, _third) = r.admit(ip).expect("room made");
+        assert!(
+            r.inner.lock().open[&a].closing,
+            "the longest idle one closes"
+        );
+        // Another address is not affected by this one's cap.
+        assert!(r.admit("203.0.113.2".parse().expect("ip")).is_some());
+    }
+
+    #[test]
+    fn busy_connections_are_never_closed_to_make_room() {
+        let r = registry(2, 10);
+        let (_, a) = r.admit("203.0.113.1".parse().expect("ip")).expect("a");
+        let (_, b) = r.admit("203.0.113.2".parse().expect("ip")).expect("b");
+        for x in [&a, &b] {
+            age(x, Duration::from_secs(30));
+            x.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        assert!(r.admit("203.0.113.3".parse().expect("ip")).is_none());
+        b.in_flight.fetch_sub(1, Ordering::Relaxed);
+        assert!(r.admit("203.0.113.3".parse().expect("ip")).is_some());
+    }
+
+    #[test]
+    fn trusted_proxies_have_no_address_cap_and_counts_return_on_release() {
+        let r = registry(100, 1);
+        let proxy: IpAddr = "10.1.2.3".parse().expect("ip");
+        let ids: Vec<u64> = (0..5)
+            .map(|_| r.admit(proxy).expect("proxy connection").0)
+            .collect();
+        for id in ids {
+            r.release(id);
+        }
+        let inner = r.inner.lock();
+        assert_eq!((inner.counted, inner.open.len()), (0, 0));
+        assert!(inner.per_address.is_empty());
+    }
+}

@@ -1,0 +1,147 @@
+//! The listener's limits (issue 17, finding 1): idle, silent and slow connections are cut,
+//! and however many a stranger opens, a neighbour is still served.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::helpers::TestApp;
+
+fn address(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection (or `limit` passes: then panics). Answers
+/// what was read and how long it took.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).expect("read timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "the server kept the connection open past {limit:?} ({e}); read so far: {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn silent_idle_and_slow_head_connections_are_closed() {
+    let app = TestApp::spawn_with(&[
+        "--idle-timeout-secs",
+        "1",
+        "--header-read-timeout-secs",
+        "2",
+    ]);
+    // Connected, never a byte.
+    let mut silent = TcpStream::connect(address(&app)).expect("connect");
+    // A keep-alive connection after one answered request.
+    let mut idle = TcpStream::connect(address(&app)).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("send");
+    // Half a request line, then a byte every 400 ms: never idle, never done.
+    let mut slow = TcpStream::connect(address(&app)).expect("connect");
+    slow.write_all(b"GET /healthz HT").expect("send");
+    let trickle = {
+        let mut slow = slow.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for _ in 0..25 {
+                std::thread::sleep(Duration::from_millis(400));
+                if slow.write_all(b"X").is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let (_, took) = read_until_closed(&mut silent, Duration::from_secs(8));
+    assert!(
+        took < Duration::from_secs(4),
+        "silent connection lived {took:?}"
+    );
+    let (answer, took) = read_until_closed(&mut idle, Duration::from_secs(8));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        took < Duration::from_secs(4),
+        "idle connection lived {took:?}"
+    );
+    let (_, took) = read_until_closed(&mut slow, Duration::from_secs(8));
+    assert!(
+        took < Duration::from_secs(5),
+        "a head trickled byte by byte lived {took:?}"
+    );
+    let _ = trickle.join();
+    // The server is fine.
+    app.get("/healthz", None).expect(200);
+}
+
+#[test]
+fn a_slow_upload_gets_a_json_408() {
+    let app = TestApp::spawn_with(&["--request-timeout-secs", "1"]);
+    let mut s = TcpStream::connect(address(&app)).expect("connect");
+    s.write_all(
+        b"POST /v1/signup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 1000\r\n\r\n{\"org\": \"Sl",
+    )
+    .expect("send");
+    let (answer, took) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+/// Finding 1: under a 1,024 open-files limit, 1,100 silent, half-sent and idle
+/// connections made every other request time out for as long as they were held.
+#[test]
+fn held_connections_past_the_descriptor_limit_do_not_starve_a_neighbour() {
+    let app = TestApp::spawn_with_open_files_limit(1024, &[]);
+    let neighbour = app.signup("Neighbour");
+    app.query(&neighbour.access_token, "CREATE TABLE t(x)")
+        .expect(200);
+    let mut held = Vec::new();
+    for i in 0..1100 {
+        let Ok(mut s) = TcpStream::connect_timeout(
+            &address(&app).parse().expect("address"),
+            Duration::from_secs(2),
+        ) else {
+            continue;
+        };
+        let _ = match i % 3 {
+            0 => Ok(()),
+            1 => s.write_all(b"POST /v1/db/query HTTP/1.1\r\nhost: x\r\n"),
+            _ => s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"),
+        };
+        held.push(s);
+    }
+    // Old enough to be the first to make room.
+    std::thread::sleep(Duration::from_millis(1500));
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for i in 0..20 {
+        let r = client
+            .post(format!("{}/v1/db/query", app.base))
+            .bearer_auth(&neighbour.access_token)
+            .json(&serde_json::json!({ "sql": format!("INSERT INTO t VALUES ({i})") }))
+            .send()
+            .unwrap_or_else(|e| panic!("the neighbour was not served: {e}"));
+        assert_eq!(r.status(), 200);
+    }
+    let other = app.signup("Newcomer");
+    app.query(&other.access_token, "SELECT 1").expect(200);
+    let n = app
+        .query(&neighbour.access_token, "SELECT count(*) FROM t")
+        .expect(200);
+    assert_eq!(n["rows"], serde_json::json!([[20]]));
+    drop(held);
+}
