@@ -200,3 +200,18 @@ pub struct DbTokenRotated {
     pub id: String,
     pub rotated: bool,
 }
+
+/// `POST /admin/v1/accounts/unlock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockAccount {
+    pub email: String,
+}
+
+/// `POST /admin/v1/accounts/unlock`: the account's failed sign-ins are forgotten.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountUnlocked {
+    pub email: String,
+    /// Failed sign-ins forgotten (0: it was not locked).
+    pub cleared: usize,
+}

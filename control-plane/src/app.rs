@@ -159,6 +159,19 @@ impl Application {
             credentials: Arc::default(),
             metrics_token: args.metrics_token.clone(),
             access_log: args.access_log,
+            throttles: crate::throttle::Throttles::new(
+                args.auth_rate_limit,
+                args.signup_rate_limit,
+            ),
+            signup: crate::state::SignupPolicy {
+                mode: args.signup,
+                email_domains: args
+                    .signup_email_domains
+                    .iter()
+                    .map(|d| d.trim().trim_start_matches('@').to_lowercase())
+                    .filter(|d| !d.is_empty())
+                    .collect(),
+            },
         });
         // Exports interrupted by a crash: plaintext copies nobody will ever stream.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
@@ -243,6 +256,7 @@ impl Application {
         let store = state.store.clone();
         let maintenance = tokio::spawn({
             let store = store.clone();
+            let state = state.clone();
             async move {
                 let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
                 loop {
@@ -251,6 +265,7 @@ impl Application {
                     // Closing a database checkpoints its WAL: file I/O, so a blocking thread.
                     let _ = tokio::task::spawn_blocking(move || store.run_maintenance()).await;
                     crate::telemetry::upkeep();
+                    state.throttles.upkeep();
                 }
             }
         });

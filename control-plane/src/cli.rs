@@ -157,6 +157,38 @@ pub enum MigrateCommand {
 }
 
 #[derive(Subcommand)]
+pub enum AccountsCommand {
+    /// Forget an account's failed sign-ins, from every address: its owner can sign in at
+    /// once. Recorded in the audit log.
+    Unlock {
+        /// The account's email address.
+        email: String,
+    },
+}
+
+/// `silo accounts unlock <email>`.
+pub fn accounts(args: &ClientArgs, cmd: &AccountsCommand) -> CliResult {
+    let c = Client::new(args)?;
+    let AccountsCommand::Unlock { email } = cmd;
+    let (raw, out): (Value, api::AccountUnlocked) = c.call_as(
+        reqwest::Method::POST,
+        "/accounts/unlock",
+        Some(json!({ "email": email })),
+    )?;
+    if args.json {
+        print_json(&raw);
+    } else if out.cleared == 0 {
+        println!("{} had no failed sign-ins to forget", out.email);
+    } else {
+        println!(
+            "{}: {} failed sign-in(s) forgotten; it can sign in now",
+            out.email, out.cleared
+        );
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check the audit log's hash chains and signed heads: every chain, or one tenant's.
     Verify {

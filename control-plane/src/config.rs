@@ -43,6 +43,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::MigrateCommand,
     },
+    /// Help people sign in: clear an account's lockout (over the admin API).
+    Accounts {
+        #[command(flatten)]
+        client: crate::cli::ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli::AccountsCommand,
+    },
     /// Verify the audit log (over the admin API).
     Audit {
         #[command(flatten)]
@@ -156,6 +163,26 @@ pub struct ServeArgs {
     /// that header is ignored. Proxies are exempt from the per-address connection cap.
     #[arg(long, env = "SILO_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Sign-in attempts (and invitation acceptances, deletion-certificate fetches) allowed
+    /// per client address per minute; past it, 429 `rate_limited`. 0 switches it off.
+    #[arg(long, env = "SILO_AUTH_RATE_LIMIT", default_value_t = 10)]
+    pub auth_rate_limit: u32,
+
+    /// Signups allowed per client address per hour; past it, 429. 0 switches it off.
+    #[arg(long, env = "SILO_SIGNUP_RATE_LIMIT", default_value_t = 20)]
+    pub signup_rate_limit: u32,
+
+    /// Who may sign up: `open` (anyone), `invite-only` (`POST /v1/signup` is refused; people
+    /// join by invitation, tenants are made by operators), `closed` (no new accounts at all:
+    /// invitations only admit people who already have one).
+    #[arg(long, env = "SILO_SIGNUP", value_enum, default_value_t = crate::state::SignupMode::Open)]
+    pub signup: crate::state::SignupMode,
+
+    /// Email domains signups are limited to, comma-separated (e.g. `acme.com,acme.org`);
+    /// unset: any domain.
+    #[arg(long, env = "SILO_SIGNUP_EMAIL_DOMAINS", value_delimiter = ',')]
+    pub signup_email_domains: Vec<String>,
 
     /// Log one INFO line per request (target `silo::access`: method, route, status,
     /// latency, request id, tenant). Off by default: the request span already puts the

@@ -44,4 +44,5 @@ pub mod service;
 pub mod state;
 pub mod streams;
 pub mod telemetry;
+pub mod throttle;
 pub mod two_factor;

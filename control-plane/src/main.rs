@@ -25,6 +25,9 @@ fn main() -> std::process::ExitCode {
             Some(silo_control_plane::cli::tenants(client, command))
         }
         Command::Audit { client, command } => Some(silo_control_plane::cli::audit(client, command)),
+        Command::Accounts { client, command } => {
+            Some(silo_control_plane::cli::accounts(client, command))
+        }
         Command::Migrate { client, command } => {
             Some(silo_control_plane::cli::migrate(client, command))
         }

@@ -58,6 +58,38 @@ pub struct Shared {
     pub metrics_token: Option<secrecy::SecretString>,
     /// Log one line per request (`--access-log`).
     pub access_log: bool,
+    /// Per-address rate limits and the lockout audit bound.
+    pub throttles: crate::throttle::Throttles,
+    /// Who may create accounts.
+    pub signup: SignupPolicy,
+}
+
+/// Who may create accounts (`--signup`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignupMode {
+    /// Anyone.
+    #[default]
+    Open,
+    /// `POST /v1/signup` is refused; people join by invitation.
+    InviteOnly,
+    /// No new accounts: invitations admit only people who have one.
+    Closed,
+}
+
+/// Who may create accounts: `--signup` and `--signup-email-domains`.
+#[derive(Debug, Clone, Default)]
+pub struct SignupPolicy {
+    pub mode: SignupMode,
+    /// Lower-case domains a signup's email must be in; empty: any.
+    pub email_domains: Vec<String>,
+}
+
+impl SignupPolicy {
+    /// Whether a (normalised) email's domain may sign up.
+    pub fn allows(&self, email: &str) -> bool {
+        let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
+        self.email_domains.is_empty() || self.email_domains.iter().any(|d| d == domain)
+    }
 }
 
 /// How long a query may run on an async thread before it is undone and sent to a blocking

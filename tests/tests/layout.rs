@@ -317,6 +317,7 @@ const CONTROL_PLANE_LAYERS: &[&[&str]] = &[
         "streams",
         "two_factor",
         "logging",
+        "throttle",
     ],
     // The API's error, credentials and the shared state.
     &["error", "audit", "auth", "state"],

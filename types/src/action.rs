@@ -30,8 +30,11 @@ pub enum AuditAction {
     TwoFactorEnabled,
     /// `auth.2fa_enrolled`: a TOTP secret was issued, not yet confirmed.
     TwoFactorEnrolled,
-    /// `auth.lockout`: a sign-in was refused because the account or address is locked out.
+    /// `auth.lockout`: sign-ins were refused because the account or address is locked out
+    /// (at most one event a minute per account; `after.refused` counts them).
     Lockout,
+    /// `auth.unlocked`: an operator cleared an account's failed sign-ins.
+    Unlocked,
     /// `auth.login`: a sign-in succeeded.
     Login,
     /// `auth.login_failed`: a sign-in failed.
@@ -81,7 +84,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 34] = [
+    pub const ALL: [AuditAction; 35] = [
         AuditAction::AdminMigrationsStarted,
         AuditAction::AdminTenantCreated,
         AuditAction::AdminTenantExported,
@@ -93,6 +96,7 @@ impl AuditAction {
         AuditAction::TwoFactorEnabled,
         AuditAction::TwoFactorEnrolled,
         AuditAction::Lockout,
+        AuditAction::Unlocked,
         AuditAction::Login,
         AuditAction::LoginFailed,
         AuditAction::Logout,
@@ -131,6 +135,7 @@ impl AuditAction {
             AuditAction::TwoFactorEnabled => "auth.2fa_enabled",
             AuditAction::TwoFactorEnrolled => "auth.2fa_enrolled",
             AuditAction::Lockout => "auth.lockout",
+            AuditAction::Unlocked => "auth.unlocked",
             AuditAction::Login => "auth.login",
             AuditAction::LoginFailed => "auth.login_failed",
             AuditAction::Logout => "auth.logout",

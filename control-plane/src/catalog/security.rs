@@ -118,8 +118,7 @@ impl Catalog {
     /// succeeds, or the seconds to wait if locked.
     pub fn begin_attempt(
         &self,
-        keys: &[String],
-        max: i64,
+        keys: &[(String, i64)],
         window: i64,
     ) -> Result<std::result::Result<Vec<i64>, i64>> {
         let now = now_unix();
@@ -127,7 +126,8 @@ impl Catalog {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM login_failures WHERE at <= ?1", [now - window])?;
         let mut wait: Option<i64> = None;
-        for key in keys {
+        for (key, max) in keys {
+            let max = *max;
             let (count, oldest): (i64, Option<i64>) = tx.query_row(
                 "SELECT count(*), min(at) FROM login_failures WHERE key = ?1 AND at > ?2",
                 params![key, now - window],
@@ -143,7 +143,7 @@ impl Catalog {
             return Ok(Err(w));
         }
         let mut rows = Vec::with_capacity(keys.len());
-        for key in keys {
+        for (key, _) in keys {
             tx.execute(
                 "INSERT INTO login_failures (key, at) VALUES (?1, ?2)",
                 params![key, now],
@@ -167,6 +167,29 @@ impl Catalog {
         self.lock_touching(Touches::Nothing)
             .execute("DELETE FROM login_failures WHERE key = ?1", [key])?;
         Ok(())
+    }
+
+    /// Forgets every counted failure of an account (`email:` and `pair:` keys): an
+    /// operator's unlock. Answers how many were forgotten.
+    pub fn unlock_account(&self, email: &str) -> Result<usize> {
+        let pairs = format!("pair:{email}|");
+        Ok(self.lock_touching(Touches::Nothing).execute(
+            "DELETE FROM login_failures WHERE key = ?1 OR substr(key, 1, length(?2)) = ?2",
+            params![format!("email:{email}"), pairs],
+        )?)
+    }
+
+    /// Whether the user has signed in from `network` before.
+    pub fn network_known(&self, user_id: &str, network: &str) -> Result<bool> {
+        Ok(self
+            .lock_touching(Touches::Nothing)
+            .query_row(
+                "SELECT 1 FROM user_networks WHERE user_id = ?1 AND network = ?2",
+                params![user_id, network],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// Remembers that the user signed in from `network`. True when the network is new *and*

@@ -166,6 +166,18 @@ pub(crate) async fn handle_admin_token_revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /admin/v1/accounts/unlock`: forgets an account's failed sign-ins.
+pub(crate) async fn handle_admin_unlock(
+    State(state): State<AppState>,
+    admin: Admin,
+    meta: RequestMeta,
+    ApiJson(req): ApiJson<api::UnlockAccount>,
+) -> ApiResult<Json<api::AccountUnlocked>> {
+    Ok(Json(
+        crate::service::accounts::unlock(&state, &admin, &meta, req).await?,
+    ))
+}
+
 /// `GET /admin/v1/migrations/plan`: what `apply` would run, and where.
 pub(crate) async fn handle_admin_migrations_plan(
     State(state): State<AppState>,

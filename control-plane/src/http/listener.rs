@@ -293,6 +293,7 @@ async fn connection(
     let service = Connection {
         router,
         addr,
+        trusted_proxies: limits.trusted_proxies.clone().into(),
         activity: activity.clone(),
         request: limits.request,
         long_request: limits.long_request,
@@ -349,6 +350,7 @@ async fn connection(
 struct Connection {
     router: Router,
     addr: SocketAddr,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
     activity: Arc<Activity>,
     request: Duration,
     long_request: Duration,
@@ -364,6 +366,40 @@ impl Drop for InFlight {
     }
 }
 
+/// The client a request is from: the socket's peer, unless that is a trusted proxy: then
+/// the last address in `X-Forwarded-For` that is not itself a trusted proxy (each proxy
+/// appends the address it got the request from, so the entries right of the client's were
+/// written by proxies we trust, and those left of it by anyone). From an untrusted peer
+/// the header changes nothing. Axum's `ConnectInfo` carries the answer to every extractor
+/// (audit, sign-in throttles, API keys' allowed addresses).
+fn client_address(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> SocketAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer.ip()) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // Not an address: nothing left of it can be trusted either.
+            return peer;
+        };
+        if !is_trusted(&ip) {
+            return SocketAddr::new(ip, 0);
+        }
+    }
+    peer
+}
+
 /// Routes whose answer may take long to produce: they build a file first.
 fn is_long(path: &str) -> bool {
     path.ends_with("/export")
@@ -375,7 +411,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
     type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ConnectInfo(self.addr));
+        let client = client_address(self.addr, req.headers(), &self.trusted_proxies);
+        req.extensions_mut().insert(ConnectInfo(client));
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(self.activity.clone());
         let limit = if is_long(req.uri().path()) {
@@ -489,6 +526,55 @@ mod tests {
         let ms = u64::try_from(by.as_millis()).expect("ms");
         a.last_ms
             .store(now_ms().saturating_sub(ms), Ordering::Relaxed);
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let headers = |xff: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("x-forwarded-for", xff.parse().expect("header"));
+            h
+        };
+        let proxy: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
+        let stranger: SocketAddr = "203.0.113.9:4000".parse().expect("addr");
+        let ip = |a: SocketAddr| a.ip().to_string();
+        // A stranger's header is ignored.
+        assert_eq!(
+            ip(client_address(stranger, &headers("198.51.100.1"), &trusted)),
+            "203.0.113.9"
+        );
+        // Through a trusted proxy: the last untrusted hop, whatever the client prepended.
+        assert_eq!(
+            ip(client_address(
+                proxy,
+                &headers("1.1.1.1, 198.51.100.1, 10.0.0.7"),
+                &trusted
+            )),
+            "198.51.100.1"
+        );
+        // Garbage stops the walk at the proxy; no header: the proxy itself.
+        assert_eq!(
+            ip(client_address(
+                proxy,
+                &headers("198.51.100.1, junk"),
+                &trusted
+            )),
+            "10.0.0.5"
+        );
+        assert_eq!(
+            ip(client_address(
+                proxy,
+                &axum::http::HeaderMap::new(),
+                &trusted
+            )),
+            "10.0.0.5"
+        );
+        // Nobody trusted: the header never counts.
+        assert_eq!(
+            ip(client_address(proxy, &headers("198.51.100.1"), &[])),
+            "10.0.0.5"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use silo_api as api;
 use crate::audit::RequestMeta;
 use crate::auth::{Principal, Role};
 use crate::error::ApiResult;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ClientIp};
 use crate::service::members;
 use crate::state::AppState;
 
@@ -43,10 +43,11 @@ pub(crate) async fn handle_invite_create(
 /// `POST /v1/invites/accept`: joins the tenant and signs in.
 pub(crate) async fn handle_invite_accept(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     meta: RequestMeta,
     ApiJson(req): ApiJson<api::AcceptInvite>,
 ) -> ApiResult<(StatusCode, Json<api::Tokens>)> {
-    let tokens = members::accept(&state, &meta, req).await?;
+    let tokens = members::accept(&state, ip, &meta, req).await?;
     Ok((StatusCode::CREATED, Json(tokens)))
 }
 

@@ -107,6 +107,10 @@ pub fn router(state: AppState) -> Router {
             delete(admin::handle_admin_token_revoke),
         )
         .route(
+            "/admin/v1/accounts/unlock",
+            post(admin::handle_admin_unlock),
+        )
+        .route(
             "/admin/v1/migrations/plan",
             get(admin::handle_admin_migrations_plan),
         )

@@ -11,7 +11,7 @@ use silo_api as api;
 use crate::audit::RequestMeta;
 use crate::auth::{Principal, Role};
 use crate::error::ApiResult;
-use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::extract::{ApiJson, ApiQuery, ClientIp};
 use crate::service::tenant;
 use crate::state::AppState;
 
@@ -76,7 +76,8 @@ pub(crate) async fn handle_tenant_delete(
 /// holder of the token given when it was scheduled.
 pub(crate) async fn handle_deletion_certificate(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<api::CertificateRequest>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(tenant::deletion_certificate(&state, req).await?))
+    Ok(Json(tenant::deletion_certificate(&state, ip, req).await?))
 }

@@ -17,7 +17,7 @@ use crate::auth::{
 };
 use crate::catalog::{CatalogError, NewSignup, RefreshOutcome};
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::{AppState, SignupMode};
 
 const MIN_PASSWORD_CHARS: usize = 8;
 /// Long passphrases are welcome; the cap only bounds the work of hashing one.
@@ -169,9 +169,26 @@ pub(crate) async fn signup(
     meta: &RequestMeta,
     req: api::SignupRequest,
 ) -> ApiResult<api::SignupAnswer> {
+    if state.signup.mode != SignupMode::Open {
+        return Err(ApiError::Forbidden(
+            "signups are closed on this server: join a tenant with an invitation",
+        ));
+    }
     let org = validate_org(&req.org)?;
     let email = normalize_email(&req.email)?;
     validate_password(&req.password)?;
+    if !state.signup.allows(&email) {
+        return Err(ApiError::InvalidInput(format!(
+            "signups are limited to addresses at {}",
+            state.signup.email_domains.join(", ")
+        )));
+    }
+    // Counted only once the request is well-formed: a typo costs no budget.
+    state
+        .throttles
+        .signup
+        .check(ip)
+        .map_err(ApiError::RateLimited)?;
     let password_hash = hash_on_blocking_thread(req.password).await?;
 
     let user_id = hex::encode(silo_crypto::random_bytes::<16>());
@@ -241,6 +258,11 @@ pub(crate) async fn login(
     meta: &RequestMeta,
     req: api::LoginRequest,
 ) -> ApiResult<api::Tokens> {
+    state
+        .throttles
+        .auth
+        .check(ip)
+        .map_err(ApiError::RateLimited)?;
     // A malformed email cannot have an account: same answer as a wrong password.
     let email = normalize_email(&req.email).unwrap_or_default();
     let tenant = req
@@ -252,24 +274,33 @@ pub(crate) async fn login(
         })
         .transpose()?;
     let ip_text = ip.map(|i| i.to_string());
-    let mut keys = vec![format!("email:{email}")];
-    if let Some(i) = &ip_text {
-        keys.push(format!("ip:{i}"));
-    }
+    let net = ip.map(network_of);
 
-    let (lookup_email, k) = (email.clone(), keys.clone());
+    let (lookup_email, lookup_net) = (email.clone(), net.clone());
     let (row, attempt) = state
         .catalog
         .blocking(move |c| {
             let row = c.find_login(&lookup_email, tenant)?;
-            let attempt = c.begin_attempt(&k, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)?;
+            let known = match (&row, &lookup_net) {
+                (Some(r), Some(n)) => c.network_known(&r.user_id, n)?,
+                _ => false,
+            };
+            let keys = lockout_keys(&lookup_email, ip_text.as_deref(), known);
+            let attempt = c.begin_attempt(&keys, LOCKOUT_WINDOW_SECS)?;
             Ok((row, attempt))
         })
         .await?;
     let attempt_rows = match attempt {
         Ok(rows) => rows,
         Err(wait) => {
-            if let Some(r) = &row {
+            // Audited in bounded form: one event per account per minute, with the count.
+            if let Some(r) = &row
+                && let Some(refused) = state.throttles.lockouts.refused(&r.user_id)
+            {
+                tracing::warn!(
+                    refused,
+                    "login refused: too many failures for this account or address"
+                );
                 let rec = AuditRecord::new(
                     None,
                     format!("user:{}", r.user_id),
@@ -277,10 +308,10 @@ pub(crate) async fn login(
                     meta,
                 )
                 .target(format!("user:{}", r.user_id))
-                .outcome(Outcome::Denied);
+                .outcome(Outcome::Denied)
+                .after(serde_json::json!({ "refused": refused, "retry_after_secs": wait }));
                 state.audit_for_user(&r.user_id, rec).await?;
             }
-            tracing::warn!("login refused: too many failures for this account or address");
             return Err(ApiError::RateLimited(std::time::Duration::from_secs(
                 u64::try_from(wait).unwrap_or(1),
             )));
@@ -290,7 +321,7 @@ pub(crate) async fn login(
     let stored = row.as_ref().map(|r| r.password_hash.clone());
     let ok = password_matches(stored, req.password).await?;
     let Some(row) = row.filter(|_| ok) else {
-        login_failed(state, &keys[0], None, meta).await?;
+        login_failed(state, &email, None, meta).await?;
         return Err(ApiError::InvalidCredentials);
     };
 
@@ -307,7 +338,7 @@ pub(crate) async fn login(
             ));
         };
         if !second_factor_ok(state, &row.user_id, &email, code.expose_secret()).await? {
-            login_failed(state, &keys[0], Some(row.user_id.clone()), meta).await?;
+            login_failed(state, &email, Some(row.user_id.clone()), meta).await?;
             return Err(ApiError::TotpRequired(
                 "that code is not valid (or was already used); send a current one",
             ));
@@ -315,12 +346,19 @@ pub(crate) async fn login(
     }
 
     tracing::Span::current().record("tenant_id", row.tenant.hex().as_str());
-    let (uid, email_key, net) = (row.user_id.clone(), keys[0].clone(), ip.map(network_of));
+    let (uid, email_key, pair_key) = (
+        row.user_id.clone(),
+        format!("email:{email}"),
+        ip.map(|i| format!("pair:{email}|{i}")),
+    );
     let new_network = state
         .catalog
         .blocking(move |c| {
             c.forget_attempt(&attempt_rows)?;
             c.clear_login_failures(&email_key)?;
+            if let Some(pair) = &pair_key {
+                c.clear_login_failures(pair)?;
+            }
             match &net {
                 Some(net) if c.note_network(&uid, net)? => Ok(Some(net.clone())),
                 _ => Ok(None),
@@ -348,16 +386,32 @@ pub(crate) async fn login(
     start_session(state, row.user_id, row.tenant, row.totp_enabled).await
 }
 
+/// What failed sign-ins are counted under, each with the failures that lock it for the
+/// window: the account from this address, and the address. The account alone only from a
+/// network it never signed in from: a stranger can lock an account out of strangers'
+/// networks, never out of its owner's own.
+fn lockout_keys(email: &str, ip: Option<&str>, known_network: bool) -> Vec<(String, i64)> {
+    let mut keys = Vec::with_capacity(3);
+    if let Some(ip) = ip {
+        keys.push((format!("pair:{email}|{ip}"), LOCKOUT_MAX_FAILURES));
+        keys.push((format!("ip:{ip}"), LOCKOUT_MAX_FAILURES));
+    }
+    if !known_network || ip.is_none() {
+        keys.push((format!("email:{email}"), LOCKOUT_MAX_FAILURES));
+    }
+    keys
+}
+
 /// Records a failed login in the audit log of the account's tenants (if the account
 /// exists). The attempt was already counted as a failure by `begin_attempt`.
 async fn login_failed(
     state: &AppState,
-    email_key: &str,
+    email: &str,
     user_id: Option<String>,
     meta: &RequestMeta,
 ) -> ApiResult<()> {
     tracing::info!("login failed");
-    let email = email_key.trim_start_matches("email:").to_owned();
+    let email = email.to_owned();
     let uid = state
         .catalog
         .blocking(move |c| {
@@ -389,14 +443,14 @@ pub(crate) async fn second_factor_ok(
         account.to_owned(),
         code.to_owned(),
     );
-    let key = vec![format!("totp:{uid}")];
+    let key = vec![(format!("totp:{uid}"), LOCKOUT_MAX_FAILURES)];
     // Codes are 6 digits: guesses are counted per user, and 10 wrong ones in 15 minutes
     // lock the second factor (429), whatever the route.
     let attempt = state
         .catalog
         .blocking({
             let key = key.clone();
-            move |c| c.begin_attempt(&key, LOCKOUT_MAX_FAILURES, LOCKOUT_WINDOW_SECS)
+            move |c| c.begin_attempt(&key, LOCKOUT_WINDOW_SECS)
         })
         .await?;
     let attempt_rows = match attempt {
@@ -565,6 +619,37 @@ pub(crate) async fn sign_out_everywhere(
     )
     .target(format!("user:{}", principal.user_id));
     state.audit_for_user(&principal.user_id, rec).await
+}
+
+/// An operator's unlock: forgets the account's counted failures (from every address), so
+/// its owner can sign in at once. Audited in the account's tenants, or on the platform's
+/// chain when no account has that email.
+pub(crate) async fn unlock(
+    state: &AppState,
+    admin: &crate::auth::Admin,
+    meta: &RequestMeta,
+    req: api::UnlockAccount,
+) -> ApiResult<api::AccountUnlocked> {
+    let email = normalize_email(&req.email)?;
+    let e = email.clone();
+    let (cleared, user) = state
+        .catalog
+        .blocking(move |c| {
+            Ok((
+                c.unlock_account(&e)?,
+                c.user_by_email(&e)?.map(|(id, ..)| id),
+            ))
+        })
+        .await?;
+    admin.log_action(AuditAction::Unlocked);
+    let rec = AuditRecord::new(None, admin.actor(), AuditAction::Unlocked, meta)
+        .target(format!("email:{email}"))
+        .after(serde_json::json!({ "cleared": cleared }));
+    match user {
+        Some(uid) => state.audit_for_user(&uid, rec).await?,
+        None => state.audit(rec).await?,
+    }
+    Ok(api::AccountUnlocked { email, cleared })
 }
 
 /// Who the caller is, in which tenant, with which role.

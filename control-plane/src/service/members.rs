@@ -96,9 +96,15 @@ pub(crate) async fn invite_by_member(
 /// second factor, when on).
 pub(crate) async fn accept(
     state: &AppState,
+    ip: Option<std::net::IpAddr>,
     meta: &RequestMeta,
     req: api::AcceptInvite,
 ) -> ApiResult<api::Tokens> {
+    state
+        .throttles
+        .auth
+        .check(ip)
+        .map_err(ApiError::RateLimited)?;
     let hash = hash_token(req.invite_token.expose_secret());
     let invite = state
         .catalog
@@ -134,6 +140,11 @@ pub(crate) async fn accept(
             (user_id, None)
         }
         None => {
+            if state.signup.mode == crate::state::SignupMode::Closed {
+                return Err(ApiError::Forbidden(
+                    "this server admits no new accounts: the invitation can only be accepted by someone who already has one",
+                ));
+            }
             validate_password(&password)?;
             let hashed = tokio::task::spawn_blocking(move || hash_password(&password))
                 .await

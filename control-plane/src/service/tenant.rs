@@ -169,8 +169,14 @@ pub(crate) async fn schedule_deletion(
 /// it was scheduled (the tenant's accounts are gone by then).
 pub(crate) async fn deletion_certificate(
     state: &AppState,
+    ip: Option<std::net::IpAddr>,
     req: api::CertificateRequest,
 ) -> ApiResult<Value> {
+    state
+        .throttles
+        .auth
+        .check(ip)
+        .map_err(ApiError::RateLimited)?;
     let hash =
         silo_crypto::hash_token(secrecy::ExposeSecret::expose_secret(&req.certificate_token));
     let found = state

@@ -33,6 +33,9 @@ pub(crate) fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
             "SILO_MASTER_KEY",
             "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
         )
+        // Benchmarks sign up many tenants from one address.
+        .env("SILO_SIGNUP_RATE_LIMIT", "0")
+        .env("SILO_AUTH_RATE_LIMIT", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

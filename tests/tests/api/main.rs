@@ -23,5 +23,6 @@ mod provisioning;
 mod roles;
 mod sandbox;
 mod sessions;
+mod signup_policy;
 mod tokens;
 mod two_factor;
