@@ -469,9 +469,9 @@ fn open_conn(
         .map_err(|e| RuntimeError::Internal(e.to_string()))?;
     conn.set_prepared_statement_cache_capacity(64);
     // The sandbox starts at the lowest access level; so does the run-time guard.
-    // Temporary tables and sort spills go to (unlinked) temporary files bounded by the
-    // page cache, not to unbounded process memory.
-    conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = FILE;")
+    // Sorts, DISTINCT and index builds that spill do so in memory: a temporary file would
+    // hold the tenant's rows in plaintext (SQLCipher does not encrypt temporary files).
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = MEMORY;")
         .map_err(|e| RuntimeError::Internal(format!("connection settings: {e}")))?;
     let sandbox = sandbox::install(&mut conn, &limits.sandbox)
         .map_err(|e| RuntimeError::Internal(format!("install sandbox: {e}")))?;
@@ -559,7 +559,9 @@ impl Lease {
             sandbox.set_transactions_allowed(transactions);
         }
         sandbox.start_budget(left);
+        let watched = crate::watchdog::watch(sandbox, deadline);
         let out = f(conn, sandbox, limits);
+        drop(watched);
         sandbox.end_budget();
         out
     }

@@ -20,6 +20,7 @@ pub mod sandbox;
 pub mod store;
 mod tagged;
 pub mod value;
+pub mod watchdog;
 
 pub use error::{Result, RuntimeError};
 pub use handle::{ExecLimits, Lease, QueryResult, Statement, TenantHandle};

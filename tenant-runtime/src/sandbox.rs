@@ -10,7 +10,9 @@
 //! 2. connection hardening: defensive mode, `trusted_schema` off, extension loading never
 //!    enabled, and [`SandboxLimits`] (`sqlite3_limit`), including `ATTACHED = 0`;
 //! 3. a time budget per request, enforced by a progress handler that interrupts the
-//!    statement once the deadline set by [`SandboxState::start_budget`] has passed.
+//!    statement once the deadline set by [`SandboxState::start_budget`] has passed, and by
+//!    the [`crate::watchdog`], which interrupts it from outside when one virtual machine
+//!    step runs long (a `LIKE` over a megabyte string calls back into no handler).
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -153,14 +155,26 @@ pub struct SandboxState {
     /// statement: the rules those statements, some of them kept in the statement cache, need.
     compiled_level: std::sync::atomic::AtomicU8,
     compiled_transactions: AtomicBool,
+    /// Interrupts the connection's running statement from another thread (the watchdog).
+    interrupt: Interrupt,
     /// The statement runs inline (on an async thread, for a quick read): one that can write
     /// is refused before it starts (see `TenantHandle::run_now` for why).
     reads_only: AtomicBool,
 }
 
+/// The connection's interrupt handle (not `Debug` itself).
+struct Interrupt(Option<rusqlite::InterruptHandle>);
+
+impl std::fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interrupt")
+    }
+}
+
 impl SandboxState {
-    fn new() -> Self {
+    fn new(interrupt: Option<rusqlite::InterruptHandle>) -> Self {
         SandboxState {
+            interrupt: Interrupt(interrupt),
             epoch: Instant::now(),
             deadline_nanos: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
@@ -283,6 +297,16 @@ impl SandboxState {
         self.transaction_refused.swap(false, Ordering::Relaxed)
     }
 
+    /// The watchdog's stop: the request ran past its deadline inside one virtual machine
+    /// step, where the progress handler is not called. Interrupting a connection that runs
+    /// nothing is a no-op in SQLite, so a late call cannot touch a later statement.
+    pub(crate) fn interrupt_for_budget(&self) {
+        if let Some(handle) = &self.interrupt.0 {
+            self.timed_out.store(true, Ordering::Relaxed);
+            handle.interrupt();
+        }
+    }
+
     fn over_budget(&self) -> bool {
         let deadline = self.deadline_nanos.load(Ordering::Relaxed);
         if deadline != 0 && self.epoch.elapsed().as_nanos() >= u128::from(deadline) {
@@ -366,6 +390,19 @@ pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), Stri
             reserved(table_name)
         }
         A::DropVtable { module_name, .. } => vtab_module_allowed(module_name),
+        // A TEMP object lives on the connection, not in the database: on the tenant's shared
+        // writer it would outlive its request, stay hidden from sqlite_master, export and the
+        // audit log, and act on the next statements of every member (a TEMP trigger, or a
+        // TEMP table shadowing a real one).
+        A::CreateTempTable { .. }
+        | A::CreateTempIndex { .. }
+        | A::CreateTempTrigger { .. }
+        | A::CreateTempView { .. } => Err(
+            "TEMP tables, views, indexes and triggers are not allowed: they would outlive this \
+             request on a connection other requests share; create an ordinary table (and drop \
+             it), or use a WITH clause"
+                .to_owned(),
+        ),
         A::Transaction { .. } | A::Savepoint { .. } => Err(
             "transaction statements are not allowed here: send the statements together to \
              /v1/db/batch (atomic by default) or use an interactive libSQL stream"
@@ -380,9 +417,8 @@ pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), Stri
         | A::CreateIndex { table_name, .. }
         | A::DropIndex { table_name, .. }
         | A::CreateTrigger { table_name, .. }
-        | A::DropTrigger { table_name, .. }
-        | A::CreateTempTable { table_name } => reserved(table_name),
-        A::CreateView { view_name } | A::CreateTempView { view_name } => reserved(view_name),
+        | A::DropTrigger { table_name, .. } => reserved(table_name),
+        A::CreateView { view_name } => reserved(view_name),
         A::Unknown { code, .. } => Err(format!("statement kind {code} is not allowed")),
         _ => Ok(()),
     }
@@ -466,7 +502,7 @@ pub fn install(
         conn.set_limit(limit, value)?;
     }
 
-    let state = std::sync::Arc::new(SandboxState::new());
+    let state = std::sync::Arc::new(SandboxState::new(Some(conn.get_interrupt_handle())));
     let auth_state = state.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
         if auth_state.server_statement.load(Ordering::Relaxed) {

@@ -94,9 +94,11 @@ fn each_role_gets_exactly_its_rights_on_every_route() {
             if schema { 200 } else { 403 },
             app.query(t, &format!("DROP TABLE drop_me_{who}")).status,
         );
+        // TEMP objects are refused for every role (issue 17: they outlived their request on
+        // the shared writer); see sandbox::temp_objects_are_refused_…
         expect(
             "temp table",
-            if schema { 200 } else { 403 },
+            403,
             app.query(t, &format!("CREATE TEMP TABLE tmp_{who} (x)"))
                 .status,
         );

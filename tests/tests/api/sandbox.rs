@@ -133,3 +133,90 @@ fn a_result_past_the_size_cap_is_refused_not_truncated() {
     .expect_error(422, "result_too_large");
     app.query(&a.access_token, "SELECT 1").expect(200);
 }
+
+/// Finding 4: statements whose single steps are expensive ran 9× past the budget (the
+/// progress handler is called between steps, and one `LIKE` over a megabyte is one step).
+#[test]
+fn a_statement_of_long_single_steps_stops_within_twice_its_budget() {
+    let app = TestApp::spawn_with(&["--query-timeout-ms", "2000"]);
+    let t = app.signup("Heavy");
+    app.query(&t.access_token, "CREATE TABLE big(s TEXT)")
+        .expect(200);
+    for _ in 0..8 {
+        app.query(
+            &t.access_token,
+            "INSERT INTO big SELECT replace(hex(zeroblob(499000)), '0', 'a') \
+             FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+             UNION ALL SELECT 5)",
+        )
+        .expect(200);
+    }
+    // 40 rows of 998,000 characters; each comparison scans the string once per position.
+    let pattern = format!("%{}b", "a".repeat(48));
+    let started = std::time::Instant::now();
+    let r = app.query_with(
+        &t.access_token,
+        "SELECT count(*) FROM big WHERE s LIKE ?",
+        json!([pattern]),
+    );
+    let took = started.elapsed();
+    assert_eq!(r.status, 422, "{} after {took:?}", r.body);
+    assert_eq!(
+        r.body["error"]["code"],
+        json!("query_timeout"),
+        "{}",
+        r.body
+    );
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "stopped after {took:?} with a 2 s budget"
+    );
+    // The tenant's connection is usable at once.
+    app.query(&t.access_token, "SELECT count(*) FROM big")
+        .expect(200);
+}
+
+/// Finding 8: an admin's TEMP table or trigger lived on the tenant's shared writer, hidden
+/// from sqlite_master, export and audit, and acted on every later statement of every member.
+#[test]
+fn temp_objects_are_refused_and_cannot_shadow_a_members_table() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Temp");
+    let member = app.add_member(&owner, "member");
+    app.query(&owner.access_token, "CREATE TABLE payments(amount INTEGER)")
+        .expect(200);
+    for sql in [
+        "CREATE TEMP TABLE payments(amount INTEGER)",
+        "CREATE TEMPORARY TABLE t2(x)",
+        "CREATE TEMP VIEW v AS SELECT 1",
+        "CREATE TEMP TRIGGER steal AFTER INSERT ON payments BEGIN DELETE FROM payments; END",
+    ] {
+        let r = app.query(&owner.access_token, sql);
+        assert_eq!(r.status, 403, "{sql}: {}", r.body);
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("TEMP")),
+            "{sql}: {}",
+            r.body
+        );
+    }
+    // Not through a libSQL stream either (its connection is the same shared writer).
+    let r = app.post(
+        "/v2/pipeline",
+        Some(&owner.access_token),
+        json!({ "requests": [
+            { "type": "execute", "stmt": { "sql": "CREATE TEMP TABLE payments(amount)" } },
+            { "type": "close" }
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["results"][0]["type"], json!("error"), "{}", r.body);
+    // The member's rows go to the real table and stay there.
+    app.query(&member.access_token, "INSERT INTO payments VALUES (42)")
+        .expect(200);
+    let n = app
+        .query(&owner.access_token, "SELECT amount FROM main.payments")
+        .expect(200);
+    assert_eq!(n["rows"], json!([[42]]));
+}
