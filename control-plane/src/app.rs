@@ -117,6 +117,11 @@ impl Application {
             args.max_open_tenants,
             args.tenant_readers,
         );
+        // Half the databases that may be open can be held by libSQL transactions; the rest
+        // stay for tenants that just run a statement.
+        silo_tenant_runtime::hrana::set_max_pinned(
+            usize::try_from(max_live / 2).unwrap_or(usize::MAX),
+        );
         let connections = crate::http::listener::ConnectionLimits {
             max_connections,
             max_per_address: args.max_connections_per_address.max(1),
@@ -266,6 +271,7 @@ impl Application {
                     let _ = tokio::task::spawn_blocking(move || store.run_maintenance()).await;
                     crate::telemetry::upkeep();
                     state.throttles.upkeep();
+                    crate::telemetry::stream_gauges();
                 }
             }
         });

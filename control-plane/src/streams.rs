@@ -14,13 +14,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
 use parking_lot::Mutex;
 use silo_tenant_runtime::TenantId;
-use silo_tenant_runtime::hrana::Session;
+use silo_tenant_runtime::hrana::{Session, SqlBudget};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// Streams one tenant may have open at once, and all tenants together.
-const MAX_STREAMS_PER_TENANT: usize = 1_000;
-const MAX_STREAMS: usize = 100_000;
+/// Streams one tenant may have open at once, and all tenants together. Clients keep a few
+/// (one per transaction in flight); each costs memory until it expires.
+const MAX_STREAMS_PER_TENANT: usize = 128;
+const MAX_STREAMS: usize = 20_000;
 const STREAM_ID_LEN: usize = 16;
 const MAC_LEN: usize = 32;
 
@@ -68,13 +69,14 @@ struct StreamsInner {
 #[derive(Default)]
 struct Registry {
     streams: HashMap<StreamId, Arc<StreamEntry>>,
-    per_tenant: HashMap<TenantId, usize>,
+    /// Streams per tenant, and the stored-SQL account they share.
+    per_tenant: HashMap<TenantId, (usize, SqlBudget)>,
 }
 
 impl Registry {
     fn take(&mut self, id: &StreamId) -> Option<Arc<StreamEntry>> {
         let entry = self.streams.remove(id)?;
-        if let Some(n) = self.per_tenant.get_mut(&entry.tenant) {
+        if let Some((n, _)) = self.per_tenant.get_mut(&entry.tenant) {
             *n -= 1;
             if *n == 0 {
                 self.per_tenant.remove(&entry.tenant);
@@ -200,10 +202,15 @@ impl Streams {
         credential: String,
     ) -> Result<(StreamId, Arc<StreamEntry>, u64), TooManyStreams> {
         let mut registry = self.registry();
-        let of_tenant = registry.per_tenant.get(&tenant).copied().unwrap_or(0);
+        let of_tenant = registry.per_tenant.get(&tenant).map_or(0, |(n, _)| *n);
         if of_tenant >= MAX_STREAMS_PER_TENANT || registry.streams.len() >= MAX_STREAMS {
             return Err(TooManyStreams);
         }
+        let budget = {
+            let (n, budget) = registry.per_tenant.entry(tenant).or_default();
+            *n += 1;
+            budget.clone()
+        };
         let id: StreamId = silo_crypto::random_bytes();
         let seq = u64::from_be_bytes(silo_crypto::random_bytes());
         let entry = Arc::new(StreamEntry {
@@ -214,11 +221,10 @@ impl Streams {
             state: Mutex::new(StreamState {
                 seq,
                 last_used: Instant::now(),
-                session: Session::new(),
+                session: Session::new(budget),
             }),
         });
         registry.streams.insert(id, entry.clone());
-        *registry.per_tenant.entry(tenant).or_default() += 1;
         Ok((id, entry, seq))
     }
 

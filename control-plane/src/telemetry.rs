@@ -12,7 +12,10 @@
 //! - `silo_credential_cache_misses_total{kind}`: requests whose session (`kind="session"`)
 //!   or API key (`"api_key"`) had to be read from the catalog (first use, or a catalog write
 //!   since that may have changed it);
-//! - `silo_hrana_streams_open`;
+//! - `silo_hrana_streams_open`, `silo_hrana_streams_holding_database` (inside a transaction;
+//!   at most half the databases that may be open), `silo_hrana_stored_sql_bytes`;
+//! - `silo_connections_refused_total`, `silo_connections_closed_total{cause}` (`idle`,
+//!   `make_room`);
 //! - `silo_inline_overruns_total`: quick-looking queries that ran past the inline budget
 //!   and went to the blocking pool.
 //!
@@ -52,6 +55,13 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// Streams holding a tenant database in a transaction, and stored SQL bytes; on a timer.
+pub fn stream_gauges() {
+    use silo_tenant_runtime::hrana;
+    metrics::gauge!("silo_hrana_streams_holding_database").set(hrana::pinned_streams() as f64);
+    metrics::gauge!("silo_hrana_stored_sql_bytes").set(hrana::stored_sql_bytes() as f64);
 }
 
 /// Drains histogram samples into their buckets; called on a timer.

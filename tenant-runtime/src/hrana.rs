@@ -30,6 +30,99 @@ pub use json::{WriteJson, write_opt_str};
 /// Most SQL texts one stream may store with `store_sql`, and their total size.
 pub const MAX_STORED_SQL: usize = 1_000;
 pub const MAX_STORED_SQL_BYTES: usize = 1024 * 1024;
+/// Stored SQL text of all of one tenant's streams together, and of the whole server: a
+/// tenant that opens many streams fills its own share, never the server's memory.
+pub const MAX_STORED_SQL_BYTES_PER_TENANT: usize = 8 * 1024 * 1024;
+pub const MAX_STORED_SQL_BYTES_TOTAL: usize = 256 * 1024 * 1024;
+
+/// Bytes of stored SQL text held by every stream of the server.
+static STORED_SQL_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The stored-SQL account a session draws from: its tenant's (shared by the tenant's
+/// streams) and the server's.
+#[derive(Debug, Clone, Default)]
+pub struct SqlBudget {
+    tenant: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SqlBudget {
+    /// A tenant's account; give every stream of the tenant a clone of the same one.
+    pub fn new() -> Self {
+        SqlBudget::default()
+    }
+
+    /// Bytes the tenant's streams hold now.
+    pub fn used(&self) -> usize {
+        self.tenant.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self, n: usize) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.tenant.fetch_add(n, Relaxed) + n > MAX_STORED_SQL_BYTES_PER_TENANT {
+            self.tenant.fetch_sub(n, Relaxed);
+            return Err(RuntimeError::InvalidInput(format!(
+                "this tenant's streams store at most {MAX_STORED_SQL_BYTES_PER_TENANT} bytes of \
+                 SQL text together; close some stored SQL or streams first"
+            )));
+        }
+        if STORED_SQL_BYTES.fetch_add(n, Relaxed) + n > MAX_STORED_SQL_BYTES_TOTAL {
+            STORED_SQL_BYTES.fetch_sub(n, Relaxed);
+            self.tenant.fetch_sub(n, Relaxed);
+            return Err(RuntimeError::Exhausted);
+        }
+        Ok(())
+    }
+
+    fn give_back(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.tenant.fetch_sub(n, Relaxed);
+        STORED_SQL_BYTES.fetch_sub(n, Relaxed);
+    }
+}
+
+/// Streams holding a tenant database across calls (inside a transaction), and how many may.
+/// Each such stream keeps its tenant's handle alive; past the limit, new ones are refused so
+/// that handles stay for tenants that just want to run a statement. A tenant pins at most
+/// one handle (its own), so the limit is shared by at least that many tenants.
+static PINNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MAX_PINNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Sets how many streams may hold a tenant database inside a transaction at once (the
+/// server sets half the databases that may be open).
+pub fn set_max_pinned(n: usize) {
+    MAX_PINNED.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One stream's hold on its tenant's database across calls.
+#[derive(Debug)]
+struct Pin;
+
+impl Pin {
+    fn take() -> Option<Pin> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = MAX_PINNED.load(Relaxed);
+        PINNED
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Pin)
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        PINNED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Streams holding a tenant database inside a transaction now.
+pub fn pinned_streams() -> usize {
+    PINNED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Bytes of stored SQL text every stream of the server holds now (for metrics and tests).
+pub fn stored_sql_bytes() -> usize {
+    STORED_SQL_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
 /// Most steps in one batch.
 pub const MAX_BATCH_STEPS: usize = 1_000;
 
@@ -382,8 +475,18 @@ pub struct Session {
     /// When the running call must be done (one time budget per pipeline or cursor call).
     deadline: Option<Instant>,
     sqls: HashMap<i32, String>,
+    /// Where the bytes of `sqls` are accounted.
+    budget: SqlBudget,
+    /// Held while `lease` is kept across calls (a transaction is open).
+    pin: Option<Pin>,
     closed: bool,
     transaction_started: Option<Instant>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.forget_sqls();
+    }
 }
 
 /// What a pipeline or cursor call did, beyond its answers.
@@ -394,8 +497,17 @@ pub struct Outcome {
 }
 
 impl Session {
-    pub fn new() -> Self {
-        Session::default()
+    /// A session drawing stored SQL from `budget` (its tenant's account).
+    pub fn new(budget: SqlBudget) -> Self {
+        let mut session = Session::default();
+        session.budget = budget;
+        session
+    }
+
+    fn forget_sqls(&mut self) {
+        let held: usize = self.sqls.values().map(String::len).sum();
+        self.sqls.clear();
+        self.budget.give_back(held);
     }
 
     /// The client closed the stream.
@@ -417,8 +529,9 @@ impl Session {
     /// its handle.
     pub fn close(&mut self) {
         self.lease = None;
+        self.pin = None;
         self.transaction_started = None;
-        self.sqls.clear();
+        self.forget_sqls();
         self.closed = true;
     }
 
@@ -509,12 +622,30 @@ impl Session {
         match &self.lease {
             Some(lease) if lease.is_autocommit() => {
                 self.lease = None;
+                self.pin = None;
                 self.transaction_started = None;
             }
+            Some(_) if self.pin.is_none() => match Pin::take() {
+                Some(pin) => {
+                    self.pin = Some(pin);
+                    self.transaction_started.get_or_insert_with(Instant::now);
+                }
+                None => {
+                    // Every slot for held transactions is taken: roll back now (dropping the
+                    // lease does) and end the stream, as the transaction time limit does.
+                    tracing::warn!(
+                        "a libSQL transaction was rolled back: too many streams hold a database"
+                    );
+                    self.close();
+                }
+            },
             Some(_) => {
                 self.transaction_started.get_or_insert_with(Instant::now);
             }
-            None => self.transaction_started = None,
+            None => {
+                self.pin = None;
+                self.transaction_started = None;
+            }
         }
     }
 
@@ -620,11 +751,14 @@ impl Session {
                         "sql_id {sql_id} is already in use"
                     )));
                 }
+                self.budget.take(sql.len())?;
                 self.sqls.insert(sql_id, sql);
                 StreamResponse::StoreSql
             }
             StreamRequest::CloseSql { sql_id } => {
-                self.sqls.remove(&sql_id);
+                if let Some(sql) = self.sqls.remove(&sql_id) {
+                    self.budget.give_back(sql.len());
+                }
                 StreamResponse::CloseSql
             }
             StreamRequest::GetAutocommit => StreamResponse::GetAutocommit {

@@ -665,7 +665,10 @@ mod tests {
         refused(&conn, &state, "DROP TABLE t");
         state.set_level(AccessLevel::Schema);
         conn.execute_batch(ddl).unwrap();
-        conn.execute_batch(temp).unwrap();
+        // TEMP objects are refused at every level (they would outlive the request on a
+        // shared connection).
+        refused(&conn, &state, temp);
+        refused(&conn, &state, "CREATE TEMP TABLE tt(x)");
         // Silo's own statements pass whatever the level.
         state.set_level(AccessLevel::ReadOnly);
         state

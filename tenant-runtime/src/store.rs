@@ -164,15 +164,30 @@ impl TenantStore {
     }
 
     /// At the limit of handles alive: applies the evictions the cache has decided but not
-    /// yet carried out (it does so in batches), then gives requests finishing on evicted
-    /// handles a moment to let go. Handles held for long (libSQL transactions) stay, and
-    /// the open that needs room is refused.
+    /// yet carried out (it does so in batches), then closes a cached handle nobody is using
+    /// (the cache evicts only when it is full, which a cache of handles held by libSQL
+    /// transactions may never be), then gives requests finishing on evicted handles a
+    /// moment to let go. Only if every handle alive is in use is the open refused.
     fn make_room(&self, max_live: u64) {
         const PATIENCE: Duration = Duration::from_millis(200);
         let started = std::time::Instant::now();
         loop {
             self.inner.cache.run_pending_tasks();
-            if (self.live_handles() as u64) < max_live || started.elapsed() >= PATIENCE {
+            if (self.live_handles() as u64) < max_live {
+                return;
+            }
+            // The cache's reference and the iterator's clone: nobody else holds it.
+            let idle = self
+                .inner
+                .cache
+                .iter()
+                .find(|(_, handle)| Arc::strong_count(handle) <= 2)
+                .map(|(tenant, _)| *tenant);
+            if let Some(tenant) = idle {
+                self.inner.cache.invalidate(&tenant);
+                continue;
+            }
+            if started.elapsed() >= PATIENCE {
                 return;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -304,5 +319,29 @@ mod tests {
             assert_eq!(open(i).unwrap().tenant(), *t);
         }
         assert!(store.live_handles() <= 3, "{}", store.live_handles());
+    }
+
+    #[test]
+    fn an_idle_cached_handle_makes_room_when_held_ones_fill_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TenantStore::new(StoreConfig {
+            max_handles: 5,
+            max_live: 6,
+            ..StoreConfig::default()
+        });
+        let tenants = tenants(dir.path(), 8);
+        let open = |i: usize| open_in(&store, dir.path(), &tenants[i]);
+        // Three held (transactions), three opened and let go (idle in the cache).
+        let held: Vec<_> = (0..3).map(|i| open(i).unwrap()).collect();
+        for i in 3..6 {
+            drop(open(i).unwrap());
+        }
+        store.run_maintenance();
+        // Six alive (the cache of five evicted one; if a held one, it lives on): the limit.
+        // Each newcomer gets the room of an idle handle.
+        assert_eq!(open(6).unwrap().tenant(), tenants[6].0);
+        assert_eq!(open(7).unwrap().tenant(), tenants[7].0);
+        assert!(store.live_handles() <= 6, "{}", store.live_handles());
+        drop(held);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Resp, Tenant, TestApp, contains};
+use crate::helpers::{Resp, Tenant, TestApp};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -832,20 +832,22 @@ fn the_typescript_libsql_client_works_too() {
     assert_eq!(n["rows"], json!([[5]]));
 }
 
+/// Finding 2: tenants each holding a transaction open pinned every database handle the
+/// descriptors allow, and a neighbour got 503 until the transactions timed out. Held
+/// transactions may take half the handles; past that a new one is rolled back at once, and
+/// any tenant can still open its database.
 #[test]
-fn held_databases_count_against_the_descriptor_budget() {
+fn held_transactions_cannot_take_every_database_handle() {
     // 600 descriptors, 256 kept back and 260 for client connections: (600 - 516) / 7 = 12
-    // databases may be alive at once, 11 of them in the cache (nine tenths, the rest left
-    // for databases held past their eviction).
+    // databases may be alive at once, 11 of them in the cache; 6 may be held by
+    // transactions.
     let app = TestApp::spawn_with_open_files_limit(600, &["--max-connections", "260"]);
     let logs = app.wait_for_log("max_alive=");
     assert!(
         logs.contains("max_open_tenants=11") && logs.contains("max_alive=12"),
         "{logs}"
     );
-    let tenants: Vec<Tenant> = (0..13).map(|i| app.signup(&format!("Held{i}"))).collect();
-    // Twelve tenants each hold a transaction open: twelve databases alive, one of them
-    // evicted from the cache but still in use.
+    let tenants: Vec<Tenant> = (0..14).map(|i| app.signup(&format!("Held{i}"))).collect();
     let batons: Vec<String> = tenants[..12]
         .iter()
         .map(|t| {
@@ -860,72 +862,103 @@ fn held_databases_count_against_the_descriptor_budget() {
                 ]),
             )
             .expect(200);
-            r["baton"].as_str().expect("baton").to_owned()
+            r["baton"].as_str().unwrap_or_default().to_owned()
         })
         .collect();
-    // A thirteenth database would pass the budget: a clear 503, not a descriptor shortage.
-    let r = app.query(&tenants[12].access_token, "SELECT 1");
-    assert_eq!(r.status, 503, "{}", r.body);
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .expect("message")
-            .contains("too many tenant databases are open"),
-        "{}",
-        r.body
-    );
-    // Every holder is still served, and commits.
+    // Newcomers and quiet tenants open their databases while those are held.
+    for t in &tenants[12..] {
+        let r = app.query(&t.access_token, "SELECT 1");
+        assert_eq!(
+            r.status,
+            200,
+            "{}\n{}",
+            r.body,
+            String::from_utf8_lossy(&app.logs())
+                .lines()
+                .filter(|l| l.contains("rolled back") || l.contains("sized") || l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // Six transactions were kept and commit; the other six were rolled back at once.
+    let mut committed = 0;
     for (t, baton) in tenants.iter().zip(&batons) {
-        pipeline(
+        let r = pipeline(
             &app,
             &t.access_token,
             Some(baton),
             json!([exec("COMMIT"), {"type": "close"}]),
-        )
-        .expect(200);
-    }
-    // Released, the evicted one closes, and the thirteenth opens.
-    app.query(&tenants[12].access_token, "SELECT 1").expect(200);
-    for t in &tenants[..12] {
-        let r = app
+        );
+        if r.status == 200 && r.body["results"][0]["type"] == json!("ok") {
+            committed += 1;
+        }
+        let n = app
             .query(&t.access_token, "SELECT count(*) FROM t")
             .expect(200);
-        assert_eq!(r["rows"], json!([[1]]));
+        let rows = n["rows"][0][0].as_i64().expect("count");
+        assert!(rows <= 1, "{n}");
     }
+    assert_eq!(committed, 6);
     let metrics = app.metrics();
     assert!(
-        metrics.contains("silo_tenant_open_refusals_total 1"),
+        metrics.contains("silo_tenant_open_refusals_total 0")
+            || !metrics.contains("silo_tenant_open_refusals_total"),
         "{metrics}"
     );
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Finding 3: streams could each keep 1 MiB of stored SQL and a tenant could open 1,000 of
+/// them (RSS 130 MB to 1.6 GB in 15 s from two tenants).
 #[test]
-fn metrics_can_require_a_token() {
-    let secret = "metrics-scraper-token-7c1e";
-    let app = TestApp::spawn_process_with(&["--metrics-token", secret]);
-    let get = |auth: Option<&str>| {
-        let mut req = app.client.get(format!("{}/metrics", app.base));
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
+fn stored_sql_is_bounded_per_tenant_and_memory_stays_flat() {
+    let app = TestApp::spawn_process();
+    let tenants = [app.signup("Flood1"), app.signup("Flood2")];
+    let before = rss_kib(app.pid());
+    let text = format!("SELECT 1 -- {}", "x".repeat(900_000));
+    let mut kept = 0;
+    let mut refused = 0;
+    for t in &tenants {
+        for i in 0..40 {
+            let r = pipeline(
+                &app,
+                &t.access_token,
+                None,
+                json!([{ "type": "store_sql", "sql_id": i, "sql": text }]),
+            )
+            .expect(200);
+            match r["results"][0]["type"].as_str() {
+                Some("ok") => kept += 1,
+                _ => {
+                    let message = r["results"][0]["error"]["message"].as_str().unwrap_or("");
+                    assert!(message.contains("streams store at most"), "{r}");
+                    refused += 1;
+                }
+            }
         }
-        let resp = req.send().expect("metrics");
-        (resp.status().as_u16(), resp.text().expect("body"))
-    };
-    for auth in [None, Some("Bearer wrong"), Some(secret)] {
-        let (status, body) = get(auth);
-        assert_eq!(status, 401, "{auth:?}: {body}");
-        assert!(body.contains("metrics token"), "{body}");
-        assert!(!body.contains(secret));
     }
-    let (status, body) = get(Some(&format!("Bearer {secret}")));
-    assert_eq!(status, 200, "{body}");
+    // 8 MiB per tenant: nine 900 KB texts each, the rest refused.
+    assert_eq!((kept, refused), (18, 62));
+    let grown_mib = rss_kib(app.pid()).saturating_sub(before) / 1024;
     assert!(
-        body.contains("silo_http_request_duration_seconds"),
-        "{body}"
+        grown_mib < 50,
+        "RSS grew {grown_mib} MiB for 16 MiB of kept SQL"
     );
-    // The token never reaches the log. (Without the option the metrics stay open: the
-    // other tests read them so.) Stopped first, so every line is written.
-    let mut app = app;
-    app.stop();
-    assert!(!contains(&app.logs(), secret.as_bytes()));
+    // Stored SQL works as before within the share.
+    let r = pipeline(
+        &app,
+        &tenants[0].access_token,
+        None,
+        json!([{ "type": "close" }]),
+    )
+    .expect(200);
+    assert_eq!(r["results"][0]["type"], json!("ok"), "{r}");
 }
