@@ -215,3 +215,10 @@ pub struct AccountUnlocked {
     /// Failed sign-ins forgotten (0: it was not locked).
     pub cleared: usize,
 }
+
+/// `POST /admin/v1/tenants/{id}/plan`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChange {
+    pub plan: String,
+}

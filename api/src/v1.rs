@@ -253,8 +253,25 @@ pub struct Tenant {
     pub status: TenantStatus,
     pub plan: String,
     pub created_at: String,
+    /// Usage is in `db` (`size_bytes`).
     pub db: TenantDb,
     pub settings: TenantSettings,
+    /// What the plan allows.
+    pub limits: TenantLimits,
+}
+
+/// A tenant's plan limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantLimits {
+    /// The database's storage quota; `null`: none.
+    pub storage_bytes: Option<u64>,
+}
+
+/// `POST /v1/db/vacuum`: the database file's size before and after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vacuumed {
+    pub size_bytes_before: u64,
+    pub size_bytes_after: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

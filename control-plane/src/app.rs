@@ -168,6 +168,8 @@ impl Application {
                 args.auth_rate_limit,
                 args.signup_rate_limit,
             ),
+            plans: crate::plans::Plans::with_overrides(args.plans.as_deref())
+                .map_err(anyhow::Error::msg)?,
             signup: crate::state::SignupPolicy {
                 mode: args.signup,
                 email_domains: args

@@ -134,6 +134,14 @@ pub enum TenantsCommand {
         /// Tenant id.
         id: String,
     },
+    /// Put a tenant on another plan (`free`, `pro`, `enterprise`, or one of `--plans`); its
+    /// limits apply at once.
+    SetPlan {
+        /// Tenant id.
+        id: String,
+        /// The plan's name.
+        plan: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -666,6 +674,11 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
                 eprintln!("exported {written} bytes");
             }
         }
+        TenantsCommand::SetPlan { id, plan } => show(&c.call_as(
+            reqwest::Method::POST,
+            &format!("/tenants/{id}/plan"),
+            Some(json!({ "plan": plan })),
+        )?),
         TenantsCommand::Restore { id } => show(&c.call_as(
             reqwest::Method::POST,
             &format!("/tenants/{id}/restore"),

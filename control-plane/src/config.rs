@@ -164,6 +164,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Plans and their limits, as JSON laid over the built-in ones (`free` 1 GiB, `pro`
+    /// 10 GiB, `enterprise` 100 GiB of storage), e.g. `{"free": {"storage_mb": 200}}`;
+    /// `0` is no limit.
+    #[arg(long, env = "SILO_PLANS")]
+    pub plans: Option<String>,
+
     /// Sign-in attempts (and invitation acceptances, deletion-certificate fetches) allowed
     /// per client address per minute; past it, 429 `rate_limited`. 0 switches it off.
     #[arg(long, env = "SILO_AUTH_RATE_LIMIT", default_value_t = 10)]

@@ -39,6 +39,12 @@ pub enum ApiError {
     RateLimited(Duration),
     #[error("the request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// A write past the tenant's storage quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The server's disk is full.
+    #[error("{0}")]
+    StorageFull(String),
     /// The request was not answered in time (a slow upload, or work past the limit).
     #[error("the request did not complete within {} seconds", .0.as_secs())]
     RequestTimeout(Duration),
@@ -82,6 +88,8 @@ impl ApiError {
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            ApiError::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             ApiError::Sql(_) => (StatusCode::UNPROCESSABLE_ENTITY, "sql_error"),
             ApiError::SqlForbidden(_) => (StatusCode::FORBIDDEN, "sql_forbidden"),
             ApiError::QueryTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "query_timeout"),
@@ -135,6 +143,11 @@ impl From<RuntimeError> for ApiError {
             }
             RuntimeError::Timeout => ApiError::QueryTimeout(message),
             RuntimeError::ResultTooLarge => ApiError::ResultTooLarge(message),
+            RuntimeError::QuotaExceeded => ApiError::QuotaExceeded(message),
+            RuntimeError::Full => {
+                tracing::error!("a tenant write failed: the disk is full");
+                ApiError::StorageFull(message)
+            }
             RuntimeError::Busy | RuntimeError::Exhausted | RuntimeError::TooManyOpen => {
                 ApiError::Busy(message)
             }

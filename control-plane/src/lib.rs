@@ -40,6 +40,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod logging;
+pub mod plans;
 pub mod service;
 pub mod state;
 pub mod streams;

@@ -62,6 +62,8 @@ pub struct Shared {
     pub throttles: crate::throttle::Throttles,
     /// Who may create accounts.
     pub signup: SignupPolicy,
+    /// Plans and their limits.
+    pub plans: crate::plans::Plans,
 }
 
 /// Who may create accounts (`--signup`).
@@ -329,7 +331,14 @@ impl AppState {
             .map_err(|e| RuntimeError::Internal(e.to_string()))?
             .ok_or(RuntimeError::Missing)?;
         let path = self.provisioner.placement().path(tenant);
-        let limits = self.store.limits().clone();
+        let mut limits = self.store.limits().clone();
+        let plan = self
+            .catalog
+            .tenant(tenant)
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?
+            .map(|t| t.plan)
+            .unwrap_or_default();
+        limits.max_db_bytes = self.plans.limits(&plan).storage_bytes();
         let token = self.unseal(tenant, &db_id, &sealed)?;
         match TenantHandle::open_local(tenant, &path, &token, limits.clone()) {
             Err(RuntimeError::WrongKey) if next.is_some() => {

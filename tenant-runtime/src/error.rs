@@ -31,6 +31,14 @@ pub enum RuntimeError {
          requests and open transactions); retry shortly"
     )]
     TooManyOpen,
+    /// The write would grow the database past the tenant's storage quota.
+    #[error(
+        "the database has reached its plan's storage quota: delete data (then POST /v1/db/vacuum to give the space back) or move to a larger plan"
+    )]
+    QuotaExceeded,
+    /// The server's disk is full.
+    #[error("the server's disk is full; the operator has been alerted")]
+    Full,
     /// Memory or disk ran out while running the statement.
     #[error(
         "the statement needed more memory or disk than is available; simplify it or retry later"

@@ -30,6 +30,10 @@ pub struct ExecLimits {
     /// the writer too.
     pub readers: usize,
     pub sandbox: SandboxLimits,
+    /// The tenant's storage quota (its plan's): SQLite's `max_page_count`. A write that
+    /// would grow the database past it fails with [`RuntimeError::QuotaExceeded`]; reads and
+    /// deletes keep working. `None`: no quota.
+    pub max_db_bytes: Option<u64>,
 }
 
 impl Default for ExecLimits {
@@ -40,6 +44,7 @@ impl Default for ExecLimits {
             busy_timeout: Duration::from_secs(5),
             readers: 2,
             sandbox: SandboxLimits::default(),
+            max_db_bytes: None,
         }
     }
 }
@@ -372,6 +377,36 @@ impl TenantHandle {
     /// Takes a connection for a request at `level`: a reader for read-only callers, the
     /// writer for everyone else. Waits up to the busy timeout for one to come back, then
     /// answers [`RuntimeError::Busy`]. Blocking.
+    /// Rebuilds the database file without its free pages (`VACUUM`), giving deleted data's
+    /// space back to the disk, within `budget`. Returns the file size before and after.
+    /// Needs memory about the database's size (temporary storage is in memory). Blocking.
+    pub fn vacuum(self: &Arc<Self>, budget: Duration) -> Result<(u64, u64)> {
+        let file_size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let size = || file_size(&self.path) + file_size(Path::new(&wal));
+        let before = size();
+        let mut lease = self.lease(AccessLevel::Schema)?;
+        let deadline = std::time::Instant::now() + budget;
+        // The rebuilt pages go through the WAL: checkpoint it back into the (now smaller)
+        // file, and truncate it.
+        lease.run_until(deadline, AccessLevel::Schema, false, |conn, sandbox, _| {
+            // VACUUM builds the copy in an attached temporary database: one attachment, for
+            // this statement of silo's own only (tenant SQL is refused ATTACH by the
+            // authorizer either way).
+            let attach = |n| {
+                conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, n)
+                    .map_err(|e| RuntimeError::Internal(format!("attach limit: {e}")))
+            };
+            attach(1)?;
+            let out = server_sql(conn, sandbox, "VACUUM; PRAGMA wal_checkpoint(TRUNCATE);");
+            attach(0)?;
+            out
+        })?;
+        drop(lease);
+        Ok((before, size()))
+    }
+
     pub fn lease(self: &Arc<Self>, level: AccessLevel) -> Result<Lease> {
         let deadline = std::time::Instant::now() + self.limits.busy_timeout;
         let conn = if level == AccessLevel::ReadOnly && self.limits.readers > 0 {
@@ -473,6 +508,24 @@ fn open_conn(
     // hold the tenant's rows in plaintext (SQLCipher does not encrypt temporary files).
     conn.execute_batch("PRAGMA query_only = ON; PRAGMA temp_store = MEMORY;")
         .map_err(|e| RuntimeError::Internal(format!("connection settings: {e}")))?;
+    if let Some(bytes) = limits.max_db_bytes {
+        // Per connection, not stored in the file. Never below the current size (SQLite
+        // keeps that): an over-quota database can still be read and shrunk.
+        // SQLCipher answers `page_size` as text (its `cipher_page_size`).
+        let page_size: rusqlite::types::Value = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| RuntimeError::Internal(format!("page size: {e}")))?;
+        let page_size = match page_size {
+            rusqlite::types::Value::Integer(n) => u64::try_from(n).ok(),
+            rusqlite::types::Value::Text(t) => t.trim().parse().ok(),
+            _ => None,
+        }
+        .unwrap_or(4096)
+        .max(512);
+        let pages = bytes.div_ceil(page_size).max(1);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(|e| RuntimeError::Internal(format!("storage quota: {e}")))?;
+    }
     let sandbox = sandbox::install(&mut conn, &limits.sandbox)
         .map_err(|e| RuntimeError::Internal(format!("install sandbox: {e}")))?;
     debug_assert_eq!(sandbox.level(), level);
@@ -563,7 +616,17 @@ impl Lease {
         let out = f(conn, sandbox, limits);
         drop(watched);
         sandbox.end_budget();
-        out
+        match out {
+            Err(RuntimeError::Full) if limits.max_db_bytes.is_some() => {
+                Err(classify_full(conn, sandbox))
+            }
+            Err(RuntimeError::InStatement { index, source })
+                if matches!(*source, RuntimeError::Full) && limits.max_db_bytes.is_some() =>
+            {
+                Err(classify_full(conn, sandbox).in_statement(index))
+            }
+            other => other,
+        }
     }
 
     /// No transaction is open on the connection.
@@ -581,6 +644,21 @@ impl Drop for Lease {
             }
             self.handle.give_back(c, self.writer);
         }
+    }
+}
+
+/// "Database or disk is full": the tenant's quota when the database has reached its
+/// `max_page_count`, else the disk.
+fn classify_full(conn: &Connection, sandbox: &SandboxState) -> RuntimeError {
+    let pages = |pragma: &str| -> Option<i64> {
+        sandbox
+            .as_server(|| conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0)))
+            .ok()
+    };
+    match (pages("page_count"), pages("max_page_count")) {
+        // A write needs a few pages at once: near the limit counts as at it.
+        (Some(count), Some(max)) if count + 16 >= max => RuntimeError::QuotaExceeded,
+        _ => RuntimeError::Full,
     }
 }
 
@@ -814,7 +892,8 @@ pub(crate) fn map_error(e: rusqlite::Error, sandbox: &SandboxState) -> RuntimeEr
             code: sql_error_name(code).unwrap_or("SQLITE_ERROR"),
         },
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => RuntimeError::Busy,
-        Some(ErrorCode::OutOfMemory | ErrorCode::DiskFull) => RuntimeError::Exhausted,
+        Some(ErrorCode::DiskFull) => RuntimeError::Full,
+        Some(ErrorCode::OutOfMemory) => RuntimeError::Exhausted,
         _ => RuntimeError::Internal(e.to_string()),
     }
 }

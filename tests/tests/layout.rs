@@ -318,6 +318,7 @@ const CONTROL_PLANE_LAYERS: &[&[&str]] = &[
         "two_factor",
         "logging",
         "throttle",
+        "plans",
     ],
     // The API's error, credentials and the shared state.
     &["error", "audit", "auth", "state"],

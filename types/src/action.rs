@@ -35,6 +35,10 @@ pub enum AuditAction {
     Lockout,
     /// `auth.unlocked`: an operator cleared an account's failed sign-ins.
     Unlocked,
+    /// `tenant.plan_changed`: an operator put a tenant on another plan.
+    PlanChanged,
+    /// `db.vacuumed`: the tenant's database was rebuilt without its free pages.
+    Vacuumed,
     /// `auth.login`: a sign-in succeeded.
     Login,
     /// `auth.login_failed`: a sign-in failed.
@@ -84,7 +88,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 35] = [
+    pub const ALL: [AuditAction; 37] = [
         AuditAction::AdminMigrationsStarted,
         AuditAction::AdminTenantCreated,
         AuditAction::AdminTenantExported,
@@ -97,6 +101,8 @@ impl AuditAction {
         AuditAction::TwoFactorEnrolled,
         AuditAction::Lockout,
         AuditAction::Unlocked,
+        AuditAction::PlanChanged,
+        AuditAction::Vacuumed,
         AuditAction::Login,
         AuditAction::LoginFailed,
         AuditAction::Logout,
@@ -136,6 +142,8 @@ impl AuditAction {
             AuditAction::TwoFactorEnrolled => "auth.2fa_enrolled",
             AuditAction::Lockout => "auth.lockout",
             AuditAction::Unlocked => "auth.unlocked",
+            AuditAction::PlanChanged => "tenant.plan_changed",
+            AuditAction::Vacuumed => "db.vacuumed",
             AuditAction::Login => "auth.login",
             AuditAction::LoginFailed => "auth.login_failed",
             AuditAction::Logout => "auth.logout",

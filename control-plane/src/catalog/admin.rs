@@ -203,6 +203,26 @@ impl Catalog {
         Ok((members, last))
     }
 
+    /// Puts a tenant on another plan. Returns the plan it had.
+    pub fn set_plan(&self, tenant: TenantId, plan: &str) -> Result<String> {
+        let mut conn = self.lock_touching(Touches::Tenant(tenant));
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let from: String = tx
+            .query_row(
+                "SELECT plan FROM tenants WHERE id = ?1 AND status != 'deleted'",
+                [tenant.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or(CatalogError::NotFound("no such tenant"))?;
+        tx.execute(
+            "UPDATE tenants SET plan = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+            params![tenant.to_string(), plan],
+        )?;
+        tx.commit()?;
+        Ok(from)
+    }
+
     /// Moves a tenant along its lifecycle, if the lifecycle allows it. Returns the status
     /// it had.
     pub fn set_status(&self, tenant: TenantId, to: TenantStatus) -> Result<TenantStatus> {

@@ -108,6 +108,20 @@ pub(crate) async fn handle_admin_tenant_delete(
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
+/// `POST /admin/v1/tenants/{id}/plan`: another plan; its limits apply at once.
+pub(crate) async fn handle_admin_tenant_plan(
+    State(state): State<AppState>,
+    admin: Admin,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<api::PlanChange>,
+) -> ApiResult<Json<api::TenantView>> {
+    let tenant = parse_tenant(&id)?;
+    Ok(Json(
+        tenants::set_plan(&state, &admin, &meta, tenant, req).await?,
+    ))
+}
+
 /// `POST /admin/v1/tenants/{id}/restore`: undoes a scheduled deletion within its grace period.
 pub(crate) async fn handle_admin_tenant_restore(
     State(state): State<AppState>,

@@ -87,6 +87,10 @@ pub fn router(state: AppState) -> Router {
             get(admin::handle_admin_tenant_show).delete(admin::handle_admin_tenant_delete),
         )
         .route(
+            "/admin/v1/tenants/{id}/plan",
+            post(admin::handle_admin_tenant_plan),
+        )
+        .route(
             "/admin/v1/tenants/{id}/suspend",
             post(admin::handle_admin_tenant_suspend),
         )
@@ -132,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/export", get(export::handle_export))
         .route("/v1/db/query", post(data::handle_db_query))
         .route("/v1/db/batch", post(data::handle_db_batch))
+        .route("/v1/db/vacuum", post(tenant::handle_vacuum))
         // libSQL clients (Hrana over HTTP) and sqld's probes.
         .merge(
             Router::new()

@@ -58,6 +58,17 @@ pub(crate) async fn handle_security_events(
     ))
 }
 
+/// `POST /v1/db/vacuum` (admin+; API keys with `db:admin`): gives deleted data's space back.
+pub(crate) async fn handle_vacuum(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: RequestMeta,
+) -> ApiResult<Json<api::Vacuumed>> {
+    principal.require(Role::Admin)?;
+    principal.require_scope(crate::auth::Scope::DbAdmin)?;
+    Ok(Json(tenant::vacuum(&state, &principal, &meta).await?))
+}
+
 /// `DELETE /v1/tenant` (owner, step-up): suspended at once, destroyed after the grace
 /// period. The answer carries the token that fetches the deletion certificate.
 pub(crate) async fn handle_tenant_delete(

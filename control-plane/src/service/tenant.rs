@@ -20,6 +20,9 @@ pub(crate) async fn get(state: &AppState, tenant: TenantId) -> ApiResult<api::Te
         .blocking(move |c| Ok((c.tenant(tenant)?, placement.size_bytes(tenant))))
         .await?;
     let row = row.ok_or_else(|| ApiError::NotFound("tenant not found".to_owned()))?;
+    let limits = api::TenantLimits {
+        storage_bytes: state.plans.limits(&row.plan).storage_bytes(),
+    };
     Ok(api::Tenant {
         id: row.id,
         name: row.name,
@@ -34,6 +37,36 @@ pub(crate) async fn get(state: &AppState, tenant: TenantId) -> ApiResult<api::Te
         settings: api::TenantSettings {
             require_2fa: row.require_2fa,
         },
+        limits,
+    })
+}
+
+/// Rebuilds the tenant's database without its free pages, giving deleted data's space back
+/// (and room under the quota). One at a time on the server: it needs memory about the
+/// database's size. Audited.
+pub(crate) async fn vacuum(
+    state: &AppState,
+    principal: &Principal,
+    meta: &RequestMeta,
+) -> ApiResult<api::Vacuumed> {
+    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = tokio::time::timeout(std::time::Duration::from_secs(30), ONE_AT_A_TIME.acquire())
+        .await
+        .map_err(|_| ApiError::RateLimited(std::time::Duration::from_secs(30)))?
+        .map_err(ApiError::internal)?;
+    let tenant = principal.tenant;
+    let (before, after) = state
+        .with_tenant(tenant, |handle| {
+            handle.vacuum(std::time::Duration::from_secs(300))
+        })
+        .await?;
+    let rec = AuditRecord::new(Some(tenant), principal.actor(), AuditAction::Vacuumed, meta)
+        .target(format!("tenant:{tenant}"))
+        .after(json!({ "size_bytes_before": before, "size_bytes_after": after }));
+    state.audit(rec).await?;
+    Ok(api::Vacuumed {
+        size_bytes_before: before,
+        size_bytes_after: after,
     })
 }
 

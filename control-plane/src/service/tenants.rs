@@ -129,17 +129,10 @@ pub(crate) async fn create(
     req: api::CreateTenant,
 ) -> ApiResult<api::TenantView> {
     let name = validate_org(&req.name)?;
-    let plan = req.plan.unwrap_or_else(|| "free".to_owned());
-    if plan.is_empty()
-        || plan.len() > 32
-        || !plan
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
-        return Err(ApiError::InvalidInput(
-            "plan is 1 to 32 characters of a-z, 0-9, - and _".to_owned(),
-        ));
-    }
+    let plan = req
+        .plan
+        .unwrap_or_else(|| crate::plans::DEFAULT_PLAN.to_owned());
+    known_plan(state, &plan)?;
     let owner = req
         .owner_email
         .as_deref()
@@ -169,6 +162,50 @@ pub(crate) async fn create(
     )
     .await?;
     Ok(body)
+}
+
+/// A plan the server knows (`--plans`), or 400 naming them.
+fn known_plan(state: &AppState, plan: &str) -> ApiResult<()> {
+    if state.plans.contains(plan) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidInput(format!(
+            "plan {plan:?} is not one of this server's plans: {}",
+            state.plans.names().join(", ")
+        )))
+    }
+}
+
+/// Puts a tenant on another plan. Its limits apply at once: its database is closed and
+/// reopened under them by its next request.
+pub(crate) async fn set_plan(
+    state: &AppState,
+    admin: &Admin,
+    meta: &RequestMeta,
+    tenant: TenantId,
+    req: api::PlanChange,
+) -> ApiResult<api::TenantView> {
+    known_plan(state, &req.plan)?;
+    let plan = req.plan.clone();
+    let from = state
+        .catalog
+        .blocking(move |c| c.set_plan(tenant, &plan))
+        .await?;
+    state.close_tenant(tenant).await;
+    record(
+        state,
+        admin,
+        meta,
+        Some(tenant),
+        AuditAction::PlanChanged,
+        format!("tenant:{tenant}"),
+        |r| {
+            r.before(json!({ "plan": from }))
+                .after(json!({ "plan": req.plan }))
+        },
+    )
+    .await?;
+    view(state, tenant).await
 }
 
 /// Suspends (`to` = suspended) or resumes (`to` = active) a tenant. A suspension takes

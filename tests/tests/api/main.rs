@@ -20,6 +20,7 @@ mod libsql_clients;
 mod lockout;
 mod operators;
 mod provisioning;
+mod quotas;
 mod roles;
 mod sandbox;
 mod sessions;

@@ -1,0 +1,98 @@
+//! Plans and storage quotas (issue 17, finding 7): a free tenant wrote 306 MB in 3.5 s to
+//! the disk everyone shares, and deleting rows gave nothing back.
+
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[test]
+fn a_storage_quota_stops_writes_keeps_reads_and_vacuum_gives_space_back() {
+    let (app, admin) = TestApp::spawn_initialized(&["--plans", r#"{"free": {"storage_mb": 1}}"#]);
+    let t = app.signup("Quota");
+    let tenant = app.get("/v1/tenant", Some(&t.access_token)).expect(200);
+    assert_eq!(tenant["plan"], json!("free"));
+    assert_eq!(tenant["limits"]["storage_bytes"], json!(1024 * 1024));
+    app.query(&t.access_token, "CREATE TABLE blobs(b BLOB)")
+        .expect(200);
+    let mut refused = None;
+    for i in 0..40 {
+        let r = app.query(
+            &t.access_token,
+            "INSERT INTO blobs VALUES (randomblob(100000))",
+        );
+        if r.status != 200 {
+            refused = Some((i, r));
+            break;
+        }
+    }
+    let (written, r) = refused.expect("the quota never stopped a write");
+    assert!(
+        (5..=11).contains(&written),
+        "{written} rows of 100 kB fit in 1 MiB"
+    );
+    let body = r.expect_error(403, "quota_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("storage quota")),
+        "{body}"
+    );
+    // Reads keep working, and deleting does too.
+    let n = app
+        .query(&t.access_token, "SELECT count(*) FROM blobs")
+        .expect(200);
+    assert_eq!(n["rows"], json!([[written]]));
+    app.query(&t.access_token, "DELETE FROM blobs").expect(200);
+    let vacuumed = app
+        .post("/v1/db/vacuum", Some(&t.access_token), json!({}))
+        .expect(200);
+    let (before, after) = (
+        vacuumed["size_bytes_before"].as_u64().expect("before"),
+        vacuumed["size_bytes_after"].as_u64().expect("after"),
+    );
+    assert!(
+        after * 4 < before,
+        "vacuum gave back too little: {before} -> {after}"
+    );
+    app.query(
+        &t.access_token,
+        "INSERT INTO blobs VALUES (randomblob(100000))",
+    )
+    .expect(200);
+    let audit = app
+        .get("/v1/audit?action=db.vacuumed", Some(&t.access_token))
+        .expect(200);
+    assert_eq!(audit["events"].as_array().map(Vec::len), Some(1));
+
+    // An operator moves the tenant to a larger plan: the limit lifts at once.
+    let view = app.cli_json(&admin, &["tenants", "set-plan", &t.id, "pro"]);
+    assert_eq!(view["plan"], json!("pro"));
+    for _ in 0..15 {
+        app.query(
+            &t.access_token,
+            "INSERT INTO blobs VALUES (randomblob(100000))",
+        )
+        .expect(200);
+    }
+    let tenant = app.get("/v1/tenant", Some(&t.access_token)).expect(200);
+    assert_eq!(
+        tenant["limits"]["storage_bytes"],
+        json!(10u64 * 1024 * 1024 * 1024)
+    );
+    assert!(tenant["db"]["size_bytes"].as_u64().expect("size") > 1024 * 1024);
+    // Unknown plans are refused with the list.
+    let (code, _, err) = app.cli(&admin, &["tenants", "set-plan", &t.id, "platinum"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("enterprise"), "{err}");
+}
+
+#[test]
+fn vacuum_is_for_admins() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Vac");
+    let member = app.add_member(&owner, "member");
+    app.post("/v1/db/vacuum", Some(&member.access_token), json!({}))
+        .expect_error(403, "forbidden");
+    app.post("/v1/db/vacuum", Some(&owner.access_token), json!({}))
+        .expect(200);
+}
