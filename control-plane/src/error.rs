@@ -39,6 +39,9 @@ pub enum ApiError {
     RateLimited(Duration),
     #[error("the request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// The route exists, the method does not.
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     /// A write past the tenant's storage quota.
     #[error("{0}")]
     QuotaExceeded(String),
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             ApiError::Sql(_) => (StatusCode::UNPROCESSABLE_ENTITY, "sql_error"),
             ApiError::SqlForbidden(_) => (StatusCode::FORBIDDEN, "sql_forbidden"),

@@ -148,6 +148,8 @@ pub struct LoginRow {
     pub session_version: i64,
     pub tenant: TenantId,
     pub totp_enabled: bool,
+    /// Active, suspended, deleting: signing in needs active.
+    pub tenant_status: TenantStatus,
 }
 
 /// Everything a request needs to know about its access token's session, read fresh (or
@@ -376,7 +378,8 @@ impl Catalog {
         let row = self
             .lock()
             .query_row(
-                "SELECT u.id, u.password_hash, u.session_version, m.tenant_id, u.totp_enabled
+                "SELECT u.id, u.password_hash, u.session_version, m.tenant_id, u.totp_enabled,
+                        t.status
                  FROM users u JOIN memberships m ON m.user_id = u.id
                  JOIN tenants t ON t.id = m.tenant_id
                  WHERE u.email = ?1 AND t.status != 'provisioning'
@@ -390,18 +393,22 @@ impl Catalog {
                         r.get(2)?,
                         r.get::<_, String>(3)?,
                         r.get(4)?,
+                        r.get::<_, String>(5)?,
                     ))
                 },
             )
             .optional()?;
         row.map(
-            |(user_id, password_hash, session_version, tenant, totp_enabled)| {
+            |(user_id, password_hash, session_version, tenant, totp_enabled, status)| {
                 Ok(LoginRow {
                     user_id,
                     password_hash,
                     session_version,
                     tenant: parse_tenant(tenant)?,
                     totp_enabled,
+                    tenant_status: status
+                        .parse()
+                        .map_err(|_| CatalogError::Corrupt("tenant status".to_owned()))?,
                 })
             },
         )

@@ -206,5 +206,5 @@ async fn handle_not_found() -> ApiError {
 }
 
 async fn handle_method_not_allowed() -> ApiError {
-    ApiError::NotFound("this route does not take that method".to_owned())
+    ApiError::MethodNotAllowed
 }

@@ -345,6 +345,8 @@ pub(crate) async fn login(
         }
     }
 
+    // Checked once the credentials are proven: a stranger learns nothing of the tenant.
+    usable_tenant(row.tenant_status)?;
     tracing::Span::current().record("tenant_id", row.tenant.hex().as_str());
     let (uid, email_key, pair_key) = (
         row.user_id.clone(),
@@ -384,6 +386,18 @@ pub(crate) async fn login(
         )
         .await?;
     start_session(state, row.user_id, row.tenant, row.totp_enabled).await
+}
+
+/// Sessions are only for active tenants: a suspended or deletion-pending tenant's members
+/// get no new tokens (the tenant's data routes refuse them anyway).
+fn usable_tenant(status: TenantStatus) -> ApiResult<()> {
+    match status {
+        TenantStatus::Active => Ok(()),
+        TenantStatus::Suspended => Err(ApiError::TenantSuspended),
+        _ => Err(ApiError::Forbidden(
+            "this tenant is scheduled for deletion: an operator can restore it within the grace period",
+        )),
+    }
 }
 
 /// What failed sign-ins are counted under, each with the failures that lock it for the
@@ -517,6 +531,11 @@ pub(crate) async fn refresh(
             role,
             session_version,
         } => {
+            let status = state
+                .catalog
+                .blocking(move |c| Ok(c.tenant(tenant)?.map(|t| t.status)))
+                .await?;
+            usable_tenant(status.unwrap_or(TenantStatus::Deleted))?;
             let access = state
                 .tokens
                 .issue(&user_id, tenant, &session_id, session_version, role)

@@ -181,6 +181,15 @@ fn malformed_queries_get_4xx_and_the_tenant_keeps_its_data() {
 fn unknown_routes_and_health_checks_answer_json() {
     let app = TestApp::spawn();
     app.get("/nope", None).expect_error(404, "not_found");
+    // A known route with the wrong method: 405 in JSON (issue 17, finding 11; was 404).
+    let r = app
+        .client
+        .delete(format!("{}/v1/signup", app.base))
+        .send()
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 405);
+    let body: serde_json::Value = r.json().expect("json body");
+    assert_eq!(body["error"]["code"], json!("method_not_allowed"));
     assert_eq!(app.get("/healthz", None).expect(200)["status"], json!("ok"));
     assert_eq!(
         app.get("/readyz", None).expect(200)["status"],

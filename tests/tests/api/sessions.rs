@@ -292,3 +292,42 @@ fn tenant_answers_read_as_their_api_types() {
     );
     assert_eq!(refreshed.expires_in, 900);
 }
+
+/// Finding 11: login and refresh issued tokens for suspended and deletion-pending tenants.
+#[test]
+fn suspended_and_deleting_tenants_get_no_new_tokens() {
+    let (app, admin) = TestApp::spawn_initialized(&[]);
+    let a = app.signup("Paused");
+    let admin_post = |path: String| {
+        app.request(reqwest::Method::POST, &path, Some(&admin), None)
+            .expect(200)
+    };
+    admin_post(format!("/admin/v1/tenants/{}/suspend", a.id));
+    let login = json!({ "email": a.email, "password": a.password });
+    app.post("/v1/auth/login", None, login.clone())
+        .expect_error(403, "tenant_suspended");
+    app.post(
+        "/v1/auth/refresh",
+        None,
+        json!({ "refresh_token": a.refresh_token }),
+    )
+    .expect_error(403, "tenant_suspended");
+    // A wrong password learns nothing of the tenant's state.
+    app.post(
+        "/v1/auth/login",
+        None,
+        json!({ "email": a.email, "password": "not the password" }),
+    )
+    .expect_error(401, "invalid_credentials");
+    admin_post(format!("/admin/v1/tenants/{}/resume", a.id));
+    app.post("/v1/auth/login", None, login.clone()).expect(200);
+    app.request(
+        reqwest::Method::DELETE,
+        &format!("/admin/v1/tenants/{}", a.id),
+        Some(&admin),
+        None,
+    )
+    .expect(202);
+    app.post("/v1/auth/login", None, login)
+        .expect_error(403, "forbidden");
+}
