@@ -26,6 +26,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Application {
     listener: TcpListener,
     connections: crate::http::listener::ConnectionLimits,
+    disk: Arc<crate::disk::DiskWatch>,
     state: AppState,
     reaper_interval: Duration,
     deletion_pause: Option<Duration>,
@@ -191,9 +192,15 @@ impl Application {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let disk = Arc::new(crate::disk::DiskWatch {
+            dir: args.data_dir.clone(),
+            floor_bytes: args.min_free_disk_mb.saturating_mul(1024 * 1024),
+        });
+        disk.check();
         Ok(Application {
             listener,
             connections,
+            disk,
             state,
             reaper_interval: Duration::from_millis(args.reaper_interval_ms.max(100)),
             deletion_pause: args.deletion_pause(),
@@ -227,6 +234,7 @@ impl Application {
         let Application {
             listener,
             connections,
+            disk,
             state,
             reaper_interval,
             deletion_pause,
@@ -277,6 +285,15 @@ impl Application {
                 }
             }
         });
+        // The data directory's free space, every two seconds.
+        let disk_watch = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let disk = disk.clone();
+                let _ = tokio::task::spawn_blocking(move || disk.check()).await;
+            }
+        });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = crate::http::listener::serve(
             listener,
@@ -301,6 +318,7 @@ impl Application {
             }
         };
         maintenance.abort();
+        disk_watch.abort();
         reaper.abort();
         stream_sweeper.abort();
         tokio::task::spawn_blocking(move || store.close_all()).await?;

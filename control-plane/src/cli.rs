@@ -134,6 +134,12 @@ pub enum TenantsCommand {
         /// Tenant id.
         id: String,
     },
+    /// Rebuild a tenant's database without its free pages: deleted data's space goes back to
+    /// the disk (reads no rows; audited in the tenant's log).
+    Vacuum {
+        /// Tenant id.
+        id: String,
+    },
     /// Put a tenant on another plan (`free`, `pro`, `enterprise`, or one of `--plans`); its
     /// limits apply at once.
     SetPlan {
@@ -672,6 +678,21 @@ pub fn tenants(args: &ClientArgs, cmd: &TenantsCommand) -> CliResult {
             };
             if output.is_some() {
                 eprintln!("exported {written} bytes");
+            }
+        }
+        TenantsCommand::Vacuum { id } => {
+            let (raw, out): (Value, api::Vacuumed) = c.call_as(
+                reqwest::Method::POST,
+                &format!("/tenants/{id}/vacuum"),
+                None,
+            )?;
+            if args.json {
+                print_json(&raw);
+            } else {
+                println!(
+                    "tenant {id}: {} bytes -> {} bytes",
+                    out.size_bytes_before, out.size_bytes_after
+                );
             }
         }
         TenantsCommand::SetPlan { id, plan } => show(&c.call_as(

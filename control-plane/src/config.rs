@@ -164,6 +164,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Free space (MiB) the data directory's disk must keep: below it tenant writes and new
+    /// tenants pause (507 `storage_full`; reads and sign-ins work) and `/readyz` answers
+    /// 503, until there is a tenth more again. 0 switches the watch off.
+    #[arg(long, env = "SILO_MIN_FREE_DISK_MB", default_value_t = 256)]
+    pub min_free_disk_mb: u64,
+
     /// Plans and their limits, as JSON laid over the built-in ones (`free` 1 GiB, `pro`
     /// 10 GiB, `enterprise` 100 GiB of storage), e.g. `{"free": {"storage_mb": 200}}`;
     /// `0` is no limit.

@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod deletion;
+pub mod disk;
 pub mod error;
 pub mod exports;
 pub mod fleet;

@@ -363,6 +363,13 @@ impl AppState {
     where
         F: FnOnce(&Catalog, TenantId, &str, &[u8]) -> Result<(), ApiError> + Send + 'static,
     {
+        if crate::disk::pressure() {
+            return Err(ApiError::StorageFull(
+                "the server's disk is nearly full: new tenants are paused until the operator \
+                 makes room"
+                    .to_owned(),
+            ));
+        }
         let tenant = TenantId::generate();
         tracing::Span::current().record("tenant_id", tenant.hex().as_str());
         let db_id = hex::encode(silo_crypto::random_bytes::<16>());

@@ -36,6 +36,11 @@ pub enum RuntimeError {
         "the database has reached its plan's storage quota: delete data (then POST /v1/db/vacuum to give the space back) or move to a larger plan"
     )]
     QuotaExceeded,
+    /// Writes are paused: the server's disk is nearly full.
+    #[error(
+        "the server's disk is nearly full: writes are paused until the operator makes room (reads work)"
+    )]
+    WritesPaused,
     /// The server's disk is full.
     #[error("the server's disk is full; the operator has been alerted")]
     Full,

@@ -593,6 +593,10 @@ impl Lease {
         if left.is_zero() {
             return Err(RuntimeError::Timeout);
         }
+        // Paused writes: run as a reader, so the authorizer and `query_only` refuse any
+        // write; the refusal is told as a full disk below.
+        let paused = level != AccessLevel::ReadOnly && writes_paused();
+        let level = if paused { AccessLevel::ReadOnly } else { level };
         if sandbox.level() != level || sandbox.transactions_allowed() != transactions {
             // The authorizer runs when a statement is compiled, not when a cached one is
             // reused: statements compiled under other rules must not be reused under these,
@@ -617,6 +621,9 @@ impl Lease {
         drop(watched);
         sandbox.end_budget();
         match out {
+            Err(e) if paused && matches!(e.root(), RuntimeError::Forbidden(_)) => {
+                Err(RuntimeError::WritesPaused)
+            }
             Err(RuntimeError::Full) if limits.max_db_bytes.is_some() => {
                 Err(classify_full(conn, sandbox))
             }
@@ -645,6 +652,19 @@ impl Drop for Lease {
             self.handle.give_back(c, self.writer);
         }
     }
+}
+
+/// Tenant writes are paused (the disk is nearly full): every request runs as a reader, and
+/// a write is answered [`RuntimeError::Full`].
+static WRITES_PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Pauses or resumes every tenant write on the server (the control plane's disk watch).
+pub fn pause_writes(paused: bool) {
+    WRITES_PAUSED.store(paused, Ordering::Relaxed);
+}
+
+pub fn writes_paused() -> bool {
+    WRITES_PAUSED.load(Ordering::Relaxed)
 }
 
 /// "Database or disk is full": the tenant's quota when the database has reached its

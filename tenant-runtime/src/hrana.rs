@@ -336,9 +336,10 @@ impl From<&RuntimeError> for HError {
             RuntimeError::ResultTooLarge => "RESPONSE_TOO_LARGE",
             RuntimeError::Busy => "SQLITE_BUSY",
             RuntimeError::TooManyOpen => "SERVER_BUSY",
-            RuntimeError::Exhausted | RuntimeError::QuotaExceeded | RuntimeError::Full => {
-                "SQLITE_FULL"
-            }
+            RuntimeError::Exhausted
+            | RuntimeError::QuotaExceeded
+            | RuntimeError::Full
+            | RuntimeError::WritesPaused => "SQLITE_FULL",
             RuntimeError::WrongKey | RuntimeError::Missing => "TENANT_UNAVAILABLE",
             RuntimeError::Internal(_)
             | RuntimeError::InStatement { .. }

@@ -319,6 +319,7 @@ const CONTROL_PLANE_LAYERS: &[&[&str]] = &[
         "logging",
         "throttle",
         "plans",
+        "disk",
     ],
     // The API's error, credentials and the shared state.
     &["error", "audit", "auth", "state"],

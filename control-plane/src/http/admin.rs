@@ -122,6 +122,21 @@ pub(crate) async fn handle_admin_tenant_plan(
     ))
 }
 
+/// `POST /admin/v1/tenants/{id}/vacuum`: gives a tenant's deleted data's space back (an
+/// operator making room on a full disk). Reads no rows.
+pub(crate) async fn handle_admin_tenant_vacuum(
+    State(state): State<AppState>,
+    admin: Admin,
+    meta: RequestMeta,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::Vacuumed>> {
+    let tenant = parse_tenant(&id)?;
+    admin.log_action(AuditAction::Vacuumed);
+    Ok(Json(
+        crate::service::tenant::vacuum(&state, tenant, admin.actor(), &meta).await?,
+    ))
+}
+
 /// `POST /admin/v1/tenants/{id}/restore`: undoes a scheduled deletion within its grace period.
 pub(crate) async fn handle_admin_tenant_restore(
     State(state): State<AppState>,

@@ -87,6 +87,10 @@ pub fn router(state: AppState) -> Router {
             get(admin::handle_admin_tenant_show).delete(admin::handle_admin_tenant_delete),
         )
         .route(
+            "/admin/v1/tenants/{id}/vacuum",
+            post(admin::handle_admin_tenant_vacuum),
+        )
+        .route(
             "/admin/v1/tenants/{id}/plan",
             post(admin::handle_admin_tenant_plan),
         )

@@ -12,8 +12,15 @@ pub(crate) async fn handle_healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The catalog answers: this instance can serve requests.
+/// The catalog answers and the disk has room: this instance can serve requests.
 pub(crate) async fn handle_readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    if crate::disk::pressure() {
+        return Err(ApiError::Busy(
+            "the data directory's disk is nearly full (under --min-free-disk-mb): tenant \
+             writes and signups are paused"
+                .to_owned(),
+        ));
+    }
     state
         .ready()
         .await

@@ -66,7 +66,9 @@ pub(crate) async fn handle_vacuum(
 ) -> ApiResult<Json<api::Vacuumed>> {
     principal.require(Role::Admin)?;
     principal.require_scope(crate::auth::Scope::DbAdmin)?;
-    Ok(Json(tenant::vacuum(&state, &principal, &meta).await?))
+    Ok(Json(
+        tenant::vacuum(&state, principal.tenant, principal.actor(), &meta).await?,
+    ))
 }
 
 /// `DELETE /v1/tenant` (owner, step-up): suspended at once, destroyed after the grace

@@ -46,7 +46,8 @@ pub(crate) async fn get(state: &AppState, tenant: TenantId) -> ApiResult<api::Te
 /// database's size. Audited.
 pub(crate) async fn vacuum(
     state: &AppState,
-    principal: &Principal,
+    tenant: TenantId,
+    actor: String,
     meta: &RequestMeta,
 ) -> ApiResult<api::Vacuumed> {
     static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
@@ -54,13 +55,12 @@ pub(crate) async fn vacuum(
         .await
         .map_err(|_| ApiError::RateLimited(std::time::Duration::from_secs(30)))?
         .map_err(ApiError::internal)?;
-    let tenant = principal.tenant;
     let (before, after) = state
         .with_tenant(tenant, |handle| {
             handle.vacuum(std::time::Duration::from_secs(300))
         })
         .await?;
-    let rec = AuditRecord::new(Some(tenant), principal.actor(), AuditAction::Vacuumed, meta)
+    let rec = AuditRecord::new(Some(tenant), actor, AuditAction::Vacuumed, meta)
         .target(format!("tenant:{tenant}"))
         .after(json!({ "size_bytes_before": before, "size_bytes_after": after }));
     state.audit(rec).await?;

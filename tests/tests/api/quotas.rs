@@ -80,6 +80,13 @@ fn a_storage_quota_stops_writes_keeps_reads_and_vacuum_gives_space_back() {
         json!(10u64 * 1024 * 1024 * 1024)
     );
     assert!(tenant["db"]["size_bytes"].as_u64().expect("size") > 1024 * 1024);
+    // An operator can give a tenant's free space back too (no rows read; audited).
+    app.query(&t.access_token, "DELETE FROM blobs").expect(200);
+    let out = app.cli_json(&admin, &["tenants", "vacuum", &t.id]);
+    assert!(
+        out["size_bytes_after"].as_u64() < out["size_bytes_before"].as_u64(),
+        "{out}"
+    );
     // Unknown plans are refused with the list.
     let (code, _, err) = app.cli(&admin, &["tenants", "set-plan", &t.id, "platinum"]);
     assert_ne!(code, 0);
@@ -95,4 +102,42 @@ fn vacuum_is_for_admins() {
         .expect_error(403, "forbidden");
     app.post("/v1/db/vacuum", Some(&owner.access_token), json!({}))
         .expect(200);
+}
+
+/// Finding 7: when a tenant filled the disk, every login and signup answered 500 and
+/// `/readyz` still said ready. Under the free-space floor, tenant writes and new tenants
+/// pause (507), reads and sign-ins keep working on the space the floor keeps, and
+/// `/readyz` says not ready. (A floor above the disk's size stands in for a full disk.)
+#[test]
+fn under_the_free_disk_floor_writes_pause_and_sign_in_keeps_working() {
+    let mut app = TestApp::spawn_process();
+    let t = app.signup("Crowded");
+    app.query(&t.access_token, "CREATE TABLE t(x)").expect(200);
+    app.query(&t.access_token, "INSERT INTO t VALUES (1)")
+        .expect(200);
+    app.stop();
+    app.start_with(&["--min-free-disk-mb".to_owned(), "1000000000".to_owned()]);
+    let r = app.query(&t.access_token, "INSERT INTO t VALUES (2)");
+    let body = r.expect_error(507, "storage_full");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("paused")),
+        "{body}"
+    );
+    let n = app
+        .query(&t.access_token, "SELECT count(*) FROM t")
+        .expect(200);
+    assert_eq!(n["rows"], json!([[1]]));
+    app.post(
+        "/v1/auth/login",
+        None,
+        json!({ "email": t.email, "password": t.password }),
+    )
+    .expect(200);
+    app.try_signup("Another", "another@example.com", "password1")
+        .expect_error(507, "storage_full");
+    app.get("/readyz", None).expect_error(503, "busy");
+    let metrics = app.metrics();
+    assert!(metrics.contains("silo_disk_free_bytes"), "{metrics}");
 }
