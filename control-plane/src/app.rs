@@ -169,6 +169,7 @@ impl Application {
                 args.auth_rate_limit,
                 args.signup_rate_limit,
             ),
+            tenant_rates: crate::state::TenantRates::default(),
             plans: crate::plans::Plans::with_overrides(args.plans.as_deref())
                 .map_err(anyhow::Error::msg)?,
             signup: crate::state::SignupPolicy {

@@ -2,10 +2,10 @@
 //! limits apply from the next time the tenant's database is opened (a plan change closes
 //! it, so at once).
 //!
-//! Built in: `free` (1 GiB), `pro` (10 GiB), `enterprise` (100 GiB). `--plans` (JSON)
-//! changes them or adds others, e.g. `{"free": {"storage_mb": 200}, "team": {"storage_mb":
-//! 5000}}`; `0` means no limit. A tenant whose plan is not configured (any more) gets the
-//! `free` limits.
+//! Built in: `free` (1 GiB, 6,000 requests a minute), `pro` (10 GiB, 60,000), `enterprise`
+//! (100 GiB, no request limit). `--plans` (JSON) changes them or adds others, e.g.
+//! `{"free": {"storage_mb": 200, "requests_per_minute": 600}}`; `0` means no limit. A
+//! tenant whose plan is not configured (any more) gets the `free` limits.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +17,10 @@ use serde::Deserialize;
 pub struct PlanLimits {
     /// Storage of the tenant's database, in MiB (SQLite's `max_page_count`); 0: no limit.
     pub storage_mb: u64,
+    /// Data requests (`/v1/db/*`, libSQL pipelines and cursors, exports) a minute, all of
+    /// them allowed in a burst; 0: no limit.
+    #[serde(default)]
+    pub requests_per_minute: u32,
 }
 
 impl PlanLimits {
@@ -35,19 +39,13 @@ pub struct Plans(BTreeMap<String, PlanLimits>);
 impl Default for Plans {
     fn default() -> Self {
         let mut plans = BTreeMap::new();
-        plans.insert("free".to_owned(), PlanLimits { storage_mb: 1024 });
-        plans.insert(
-            "pro".to_owned(),
-            PlanLimits {
-                storage_mb: 10 * 1024,
-            },
-        );
-        plans.insert(
-            "enterprise".to_owned(),
-            PlanLimits {
-                storage_mb: 100 * 1024,
-            },
-        );
+        let limits = |storage_mb, requests_per_minute| PlanLimits {
+            storage_mb,
+            requests_per_minute,
+        };
+        plans.insert("free".to_owned(), limits(1024, 6_000));
+        plans.insert("pro".to_owned(), limits(10 * 1024, 60_000));
+        plans.insert("enterprise".to_owned(), limits(100 * 1024, 0));
         Plans(plans)
     }
 }
@@ -77,7 +75,10 @@ impl Plans {
             .get(plan)
             .or_else(|| self.0.get(DEFAULT_PLAN))
             .copied()
-            .unwrap_or(PlanLimits { storage_mb: 1024 })
+            .unwrap_or(PlanLimits {
+                storage_mb: 1024,
+                requests_per_minute: 6_000,
+            })
     }
 
     pub fn contains(&self, plan: &str) -> bool {
@@ -111,6 +112,12 @@ mod tests {
         assert_eq!(plans.limits("free").storage_bytes(), Some(5 * 1024 * 1024));
         assert_eq!(plans.limits("team").storage_bytes(), None);
         assert_eq!(plans.limits("pro").storage_mb, 10 * 1024);
+        assert_eq!(
+            plans.limits("team").requests_per_minute,
+            0,
+            "unset: no limit"
+        );
+        assert_eq!(plans.limits("pro").requests_per_minute, 60_000);
         assert_eq!(plans.limits("gone"), plans.limits("free"));
         assert!(Plans::with_overrides(Some(r#"{"Bad Name": {"storage_mb": 1}}"#)).is_err());
         assert!(Plans::with_overrides(Some(r#"{"x": {"storage": 1}}"#)).is_err());

@@ -64,6 +64,67 @@ pub struct Shared {
     pub signup: SignupPolicy,
     /// Plans and their limits.
     pub plans: crate::plans::Plans,
+    /// Each open tenant's request rate limiter (its plan's), set when its database opens.
+    pub tenant_rates: TenantRates,
+}
+
+/// Per-tenant request rate limiters, by plan. A tenant without one (its database not open
+/// yet) is not limited until it opens, which its first request does.
+#[derive(Clone)]
+pub struct TenantRates {
+    /// The limiter and the rate it was made for.
+    limiters: moka::sync::Cache<
+        TenantId,
+        Arc<(u32, governor::DefaultDirectRateLimiter)>,
+        crate::FastHash,
+    >,
+}
+
+impl Default for TenantRates {
+    fn default() -> Self {
+        TenantRates {
+            limiters: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build_with_hasher(Default::default()),
+        }
+    }
+}
+
+impl TenantRates {
+    /// Sets the tenant's limit (`None`: unlimited) when its database opens. A limiter of the
+    /// same rate is kept (a reopened database does not refill the budget); a new one is
+    /// charged for the request that opens the database, which came before it.
+    pub fn set(&self, tenant: TenantId, per_minute: Option<std::num::NonZeroU32>) {
+        let Some(n) = per_minute else {
+            self.limiters.invalidate(&tenant);
+            return;
+        };
+        if self.limiters.get(&tenant).is_some_and(|l| l.0 == n.get()) {
+            return;
+        }
+        let limiter = governor::RateLimiter::direct(governor::Quota::per_minute(n));
+        let _ = limiter.check();
+        self.limiters.insert(tenant, Arc::new((n.get(), limiter)));
+    }
+
+    /// Drops the tenant's limiter (its plan changed): the next open sets the new one.
+    pub fn forget(&self, tenant: TenantId) {
+        self.limiters.invalidate(&tenant);
+    }
+
+    /// Takes one request from the tenant's budget, or 429 with the wait.
+    pub fn charge(&self, tenant: TenantId) -> Result<(), ApiError> {
+        use governor::clock::Clock as _;
+        let Some(limiter) = self.limiters.get(&tenant) else {
+            return Ok(());
+        };
+        limiter.1.check().map_err(|not_until| {
+            ApiError::RateLimited(
+                not_until.wait_time_from(governor::clock::DefaultClock::default().now()),
+            )
+        })
+    }
 }
 
 /// Who may create accounts (`--signup`).
@@ -251,7 +312,9 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&Arc<TenantHandle>) -> Result<T, RuntimeError> + Send + 'static,
     {
+        // A stream finishing its transaction is not charged: it must be able to finish.
         let permit = if gated {
+            self.tenant_rates.charge(tenant)?;
             Some(self.gates.enter(tenant).await?)
         } else {
             None
@@ -294,7 +357,13 @@ impl AppState {
         if out.is_none() && started.elapsed() >= INLINE_BUDGET {
             self.gates.strike_inline(tenant);
         }
-        out.map(|r| r.map_err(ApiError::from))
+        // Charged once it ran (`None` goes on to `with_tenant`, which charges): past the
+        // plan's rate the read's answer is dropped for a 429 (inline runs only reads).
+        let out = out?;
+        if let Err(e) = self.tenant_rates.charge(tenant) {
+            return Some(Err(e));
+        }
+        Some(out.map_err(ApiError::from))
     }
 
     fn unseal(
@@ -338,7 +407,10 @@ impl AppState {
             .map_err(|e| RuntimeError::Internal(e.to_string()))?
             .map(|t| t.plan)
             .unwrap_or_default();
-        limits.max_db_bytes = self.plans.limits(&plan).storage_bytes();
+        let plan = self.plans.limits(&plan);
+        limits.max_db_bytes = plan.storage_bytes();
+        self.tenant_rates
+            .set(tenant, std::num::NonZeroU32::new(plan.requests_per_minute));
         let token = self.unseal(tenant, &db_id, &sealed)?;
         match TenantHandle::open_local(tenant, &path, &token, limits.clone()) {
             Err(RuntimeError::WrongKey) if next.is_some() => {

@@ -192,6 +192,7 @@ pub(crate) async fn set_plan(
         .blocking(move |c| c.set_plan(tenant, &plan))
         .await?;
     state.close_tenant(tenant).await;
+    state.tenant_rates.forget(tenant);
     record(
         state,
         admin,

@@ -35,6 +35,11 @@ pub(crate) fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
         )
         // Benchmarks sign up many tenants from one address.
         .env("SILO_SIGNUP_RATE_LIMIT", "0")
+        // ... and measure silo, not a plan's request limit.
+        .env(
+            "SILO_PLANS",
+            r#"{"free": {"storage_mb": 0, "requests_per_minute": 0}}"#,
+        )
         .env("SILO_AUTH_RATE_LIMIT", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

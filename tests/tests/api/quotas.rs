@@ -141,3 +141,35 @@ fn under_the_free_disk_floor_writes_pause_and_sign_in_keeps_working() {
     let metrics = app.metrics();
     assert!(metrics.contains("silo_disk_free_bytes"), "{metrics}");
 }
+
+/// Rate limits per tenant by plan: past the plan's requests a minute, 429 `rate_limited`
+/// with `Retry-After`, for the JSON routes and libSQL alike; other tenants are not touched;
+/// a plan change lifts it at once.
+#[test]
+fn data_requests_are_limited_per_tenant_by_plan() {
+    let (app, admin) = TestApp::spawn_initialized(&[
+        "--plans",
+        r#"{"free": {"storage_mb": 1024, "requests_per_minute": 5}}"#,
+    ]);
+    let busy = app.signup("Busy");
+    let calm = app.signup("Calm");
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| app.query(&busy.access_token, "SELECT 1").status)
+        .collect();
+    assert_eq!(statuses, vec![200; 5]);
+    app.query(&busy.access_token, "SELECT 1")
+        .expect_error(429, "rate_limited");
+    let r = app.post(
+        "/v2/pipeline",
+        Some(&busy.access_token),
+        json!({ "requests": [{ "type": "execute", "stmt": { "sql": "SELECT 1" } }] }),
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    // Another tenant has its own budget.
+    app.query(&calm.access_token, "SELECT 1").expect(200);
+    // A plan without a request limit lifts it at once.
+    app.cli_json(&admin, &["tenants", "set-plan", &busy.id, "enterprise"]);
+    for _ in 0..20 {
+        app.query(&busy.access_token, "SELECT 1").expect(200);
+    }
+}
