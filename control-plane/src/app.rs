@@ -27,6 +27,8 @@ pub struct Application {
     listener: TcpListener,
     connections: crate::http::listener::ConnectionLimits,
     disk: Arc<crate::disk::DiskWatch>,
+    /// The TLS certificate in use, if silo serves HTTPS.
+    tls: Option<Arc<crate::http::tls::Certificate>>,
     state: AppState,
     reaper_interval: Duration,
     deletion_pause: Option<Duration>,
@@ -123,7 +125,14 @@ impl Application {
         silo_tenant_runtime::hrana::set_max_pinned(
             usize::try_from(max_live / 2).unwrap_or(usize::MAX),
         );
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::http::tls::Certificate::load(cert, key).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
         let connections = crate::http::listener::ConnectionLimits {
+            tls: tls.as_ref().map(crate::http::tls::Certificate::acceptor),
             max_connections,
             max_per_address: args.max_connections_per_address.max(1),
             header_read: Duration::from_secs(args.header_read_timeout_secs),
@@ -202,6 +211,7 @@ impl Application {
             listener,
             connections,
             disk,
+            tls,
             state,
             reaper_interval: Duration::from_millis(args.reaper_interval_ms.max(100)),
             deletion_pause: args.deletion_pause(),
@@ -214,6 +224,11 @@ impl Application {
     /// cost bench); `run_until_stopped` serves the same router.
     pub fn router(&self) -> axum::Router {
         crate::http::router(self.state.clone())
+    }
+
+    /// `https` when silo serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -236,6 +251,7 @@ impl Application {
             listener,
             connections,
             disk,
+            tls,
             state,
             reaper_interval,
             deletion_pause,
@@ -286,6 +302,9 @@ impl Application {
                 }
             }
         });
+        let tls_reloader = tls
+            .as_ref()
+            .map(crate::http::tls::Certificate::spawn_reloader);
         // The data directory's free space, every two seconds.
         let disk_watch = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -320,6 +339,9 @@ impl Application {
         };
         maintenance.abort();
         disk_watch.abort();
+        if let Some(reloader) = tls_reloader {
+            reloader.abort();
+        }
         reaper.abort();
         stream_sweeper.abort();
         tokio::task::spawn_blocking(move || store.close_all()).await?;

@@ -157,6 +157,15 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_EXPORT_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub export_timeout_secs: u64,
 
+    /// Serve HTTPS with this certificate chain (PEM), for deployments without a proxy in
+    /// front. Needs `--tls-key`. Read again on SIGHUP and when the file changes.
+    #[arg(long, env = "SILO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SILO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Reverse proxies in front of silo, as comma-separated CIDRs or addresses (e.g.
     /// `10.0.0.0/8,127.0.0.1`). A request from one of them is attributed to the client
     /// address in its `X-Forwarded-For` (the last one the proxy added); from anyone else

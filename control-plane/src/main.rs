@@ -63,7 +63,7 @@ fn main() -> std::process::ExitCode {
         let app = Application::build(*args).await?;
         let addr = app.local_addr()?;
         tracing::info!(%addr, "listening");
-        println!("silo listening on http://{addr}");
+        println!("silo listening on {}://{addr}", app.scheme());
         app.run_until_stopped().await
     });
     match result {

@@ -35,14 +35,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 
 use crate::error::ApiError;
 
 /// The limits of the listener; `silo serve`'s flags set them (see `config.rs`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub max_per_address: usize,
@@ -53,6 +53,27 @@ pub struct ConnectionLimits {
     /// Addresses of reverse proxies: many clients share their address, so the per-address
     /// cap does not apply to them.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve HTTPS with this (see `http::tls`); answers then carry HSTS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ConnectionLimitsTls<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "tls" } else { "plain" })
+    }
+}
+
+struct ConnectionLimitsTls<'a>(&'a Option<tokio_rustls::TlsAcceptor>);
+
+impl std::fmt::Debug for ConnectionLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionLimits")
+            .field("max_connections", &self.max_connections)
+            .field("max_per_address", &self.max_per_address)
+            .field("idle", &self.idle)
+            .field("tls", &ConnectionLimitsTls(&self.tls))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A connection idle for less than this is not closed to make room: it may be between two
@@ -260,7 +281,22 @@ pub async fn serve(
         let router = router.clone();
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
-            connection(stream, addr, router, &registry, activity, shutdown).await;
+            match registry.limits.tls.clone() {
+                None => connection(stream, addr, router, &registry, activity, shutdown).await,
+                Some(acceptor) => {
+                    // The handshake is part of the head: same time limit.
+                    let handshake =
+                        tokio::time::timeout(registry.limits.header_read, acceptor.accept(stream))
+                            .await;
+                    match handshake {
+                        Ok(Ok(tls)) => {
+                            connection(tls, addr, router, &registry, activity, shutdown).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
             registry.release(id);
         });
     }
@@ -277,14 +313,16 @@ pub async fn serve(
 
 /// Serves one connection until the client closes it, it idles out, it is told to make
 /// room, or the server drains.
-async fn connection(
-    stream: TcpStream,
+async fn connection<IO>(
+    stream: IO,
     addr: SocketAddr,
     router: Router,
     registry: &Registry,
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &registry.limits;
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -294,6 +332,7 @@ async fn connection(
         router,
         addr,
         trusted_proxies: limits.trusted_proxies.clone().into(),
+        hsts: limits.tls.is_some(),
         activity: activity.clone(),
         request: limits.request,
         long_request: limits.long_request,
@@ -351,6 +390,8 @@ struct Connection {
     router: Router,
     addr: SocketAddr,
     trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Served over TLS: answers tell browsers to keep to HTTPS.
+    hsts: bool,
     activity: Arc<Activity>,
     request: Duration,
     long_request: Duration,
@@ -422,10 +463,20 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
         };
         let answer = self.router.clone().oneshot(req.map(axum::body::Body::new));
         let activity = self.activity.clone();
+        let hsts = self.hsts;
         Box::pin(async move {
             let _guard = guard;
             match tokio::time::timeout(limit, answer).await {
-                Ok(result) => result,
+                Ok(Ok(mut response)) => {
+                    if hsts {
+                        response.headers_mut().insert(
+                            axum::http::header::STRICT_TRANSPORT_SECURITY,
+                            axum::http::HeaderValue::from_static("max-age=31536000"),
+                        );
+                    }
+                    Ok(response)
+                }
+                Ok(Err(never)) => match never {},
                 Err(_) => {
                     // The rest of a slow upload is not worth waiting for: close after this.
                     let mut response = ApiError::RequestTimeout(limit).into_response();
@@ -443,13 +494,13 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
     }
 }
 
-/// A socket that stamps its connection's activity on every byte moved.
-struct Tracked {
-    inner: TcpStream,
+/// A socket (or TLS stream) that stamps its connection's activity on every byte moved.
+struct Tracked<IO> {
+    inner: IO,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -464,7 +515,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -516,6 +567,7 @@ mod tests {
                 request: Duration::from_secs(60),
                 long_request: Duration::from_secs(600),
                 trusted_proxies: vec!["10.0.0.0/8".parse().expect("cidr")],
+                tls: None,
             },
             inner: Mutex::new(Inner::default()),
             empty: Notify::new(),

@@ -17,6 +17,7 @@ pub(crate) mod members;
 pub(crate) mod ops;
 pub(crate) mod sessions;
 pub(crate) mod tenant;
+pub mod tls;
 pub(crate) mod two_factor;
 
 use axum::Router;

@@ -25,5 +25,6 @@ mod roles;
 mod sandbox;
 mod sessions;
 mod signup_policy;
+mod tls;
 mod tokens;
 mod two_factor;
