@@ -10,11 +10,13 @@
 //!
 //! Every request is watched, the inline reads with their millisecond budget too (a quick-
 //! looking read of a few heavy rows never reaches the progress handler and would hold an
-//! async thread for seconds). So registering must be cheap: a lock and a map insert, and the
-//! thread is woken only when the map stops being empty; while it holds requests it checks
-//! every [`TICK`]. A statement is stopped within a tick and one step of its deadline.
+//! async thread for seconds). So registering must be cheap: a lock and a map insert, never a
+//! wake-up; the thread looks every [`TICK`] while requests come, and parks after a second
+//! without any (a registration then wakes it). A statement is stopped within a tick and one
+//! step of its deadline.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,12 @@ pub const TICK: Duration = Duration::from_millis(2);
 struct Watchdog {
     due: Mutex<Due>,
     wake: Condvar,
+    /// The thread sleeps until woken (it had nothing to watch for [`PARK_AFTER`]).
+    parked: AtomicBool,
 }
+
+/// Idle this long, the watchdog stops ticking until a request is registered.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Due {
@@ -42,6 +49,7 @@ fn watchdog() -> &'static Watchdog {
         let dog: &'static Watchdog = Box::leak(Box::new(Watchdog {
             due: Mutex::new(Due::default()),
             wake: Condvar::new(),
+            parked: AtomicBool::new(false),
         }));
         let spawned = std::thread::Builder::new()
             .name("silo-watchdog".to_owned())
@@ -57,22 +65,32 @@ fn watchdog() -> &'static Watchdog {
 impl Watchdog {
     fn run(&self) {
         let mut due = self.due.lock();
+        let mut idle_since = Instant::now();
         loop {
-            let Some((&(at, id), _)) = due.by_deadline.first_key_value() else {
-                self.wake.wait(&mut due);
-                continue;
-            };
             let now = Instant::now();
-            if now < at {
-                // Not woken for earlier deadlines registered meanwhile: look again soon.
-                self.wake.wait_until(&mut due, at.min(now + TICK));
-                continue;
+            match due.by_deadline.first_key_value() {
+                Some((&(at, id), _)) if at <= now => {
+                    if let Some(sandbox) = due.by_deadline.remove(&(at, id)) {
+                        // Under the lock: the request cannot deregister and start another
+                        // statement on the connection meanwhile.
+                        sandbox.interrupt_for_budget();
+                    }
+                    continue;
+                }
+                Some(_) => idle_since = now,
+                None if now.duration_since(idle_since) >= PARK_AFTER => {
+                    // Nothing to watch for a while: sleep until a registration wakes us.
+                    self.parked.store(true, Ordering::Release);
+                    self.wake.wait(&mut due);
+                    self.parked.store(false, Ordering::Release);
+                    idle_since = Instant::now();
+                    continue;
+                }
+                None => {}
             }
-            if let Some(sandbox) = due.by_deadline.remove(&(at, id)) {
-                // Under the lock: the request cannot deregister and start another statement
-                // on the connection meanwhile.
-                sandbox.interrupt_for_budget();
-            }
+            // Not woken per registration (that would cost a context switch per request on
+            // a busy server): look again every tick.
+            self.wake.wait_for(&mut due, TICK);
         }
     }
 }
@@ -94,10 +112,9 @@ pub fn watch(sandbox: &Arc<SandboxState>, deadline: Instant) -> Watched {
     let mut due = dog.due.lock();
     due.next_id += 1;
     let key = (deadline, due.next_id);
-    let was_empty = due.by_deadline.is_empty();
     due.by_deadline.insert(key, sandbox.clone());
     drop(due);
-    if was_empty {
+    if dog.parked.load(Ordering::Acquire) {
         dog.wake.notify_one();
     }
     Watched { key }
