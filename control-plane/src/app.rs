@@ -40,8 +40,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        // Everything silo creates from here on (the catalog, tenant databases with their
+        // WAL files, keys, exports) is its user's alone: 0600 files, 0700 directories.
+        rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| {
+                    format!("cannot restrict data directory {}", args.data_dir.display())
+                })?;
+        }
         let lock_path = args.data_dir.join("silo.lock");
         let data_dir_lock = std::fs::OpenOptions::new()
             .create(true)

@@ -49,11 +49,37 @@ pub(crate) fn validate_org(org: &str) -> ApiResult<String> {
     Ok(org.to_owned())
 }
 
-/// Normalises (trim, lower case) and checks an email address: one `@`, a non-empty local
-/// part, a dotted domain, no spaces or control characters. Deliverability is the mail
-/// system's business; this catches typos and garbage.
+/// Characters that show as nothing (zero-width spaces and joiners, direction marks, variation
+/// selectors, tags, …): an address holding one looks like another and is refused.
+fn invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
+/// Normalises (trim, Unicode NFC, lower case) and checks an email address: one `@`, a
+/// non-empty local part, a dotted domain, no spaces, control or invisible characters. So
+/// one address written with composed or decomposed accents is one account. Deliverability
+/// is the mail system's business; this catches typos, garbage and look-alikes.
 pub(crate) fn normalize_email(email: &str) -> ApiResult<String> {
-    let email = email.trim().to_lowercase();
+    let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(email.trim());
+    let email = nfc.to_lowercase();
     let bad = || {
         ApiError::InvalidInput(
             "email is not a valid address (expected something like name@example.com)".to_owned(),
@@ -70,9 +96,12 @@ pub(crate) fn normalize_email(email: &str) -> ApiResult<String> {
         && !domain.contains('@');
     if local.is_empty()
         || !domain_ok
-        || email
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
+        || email.chars().any(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || invisible(c)
+                || matches!(c, '<' | '>' | ',' | ';')
+        })
     {
         return Err(bad());
     }
@@ -715,9 +744,17 @@ mod tests {
             "ada@@example.com",
             "ada@.com",
             "ada@example..com",
+            "a\u{200B}da@example.com",
+            "ada@exa\u{FEFF}mple.com",
+            "ad\u{2060}a@example.com",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
+        // Composed and decomposed accents are one address.
+        assert_eq!(
+            normalize_email("Jos\u{0065}\u{0301}@example.com").ok(),
+            normalize_email("jos\u{00E9}@example.com").ok()
+        );
     }
 
     #[test]

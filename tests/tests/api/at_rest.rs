@@ -233,3 +233,32 @@ fn after_a_master_key_rotation_old_data_and_sessions_still_work() {
         .expect_error(503, "tenant_unavailable");
     assert!(!body.to_string().contains("kept"));
 }
+
+/// Finding 9: the catalog was 0644 in a 0755 folder. Everything silo writes is its user's
+/// alone: the data directory 0700, every directory in it 0700, every file 0600.
+#[test]
+fn the_data_directory_is_readable_by_silos_user_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::spawn_process();
+    let a = app.signup("Private");
+    app.query(&a.access_token, "CREATE TABLE t(x)").expect(200);
+    let data = app.data_dir();
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "{}", data.display());
+    let mut dirs = vec![data.clone()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                assert_eq!(mode(&p), 0o700, "{}", p.display());
+                dirs.push(p);
+            } else {
+                assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "catalog, tenant database, lock: found {files}");
+}

@@ -78,3 +78,22 @@ fn an_email_domain_list_limits_signups() {
     let body = r.expect_error(400, "invalid_input");
     assert!(body.to_string().contains("acme.com"), "{body}");
 }
+
+/// Finding 11: NFC/NFD and zero-width variants of one email made separate accounts.
+#[test]
+fn one_address_in_any_unicode_form_is_one_account() {
+    let app = TestApp::spawn();
+    let decomposed = "jose\u{0301}@example.com";
+    let composed = "jos\u{00E9}@example.com";
+    app.try_signup("Org", decomposed, "password1").expect(201);
+    app.try_signup("Org", composed, "password1")
+        .expect_error(409, "conflict");
+    app.try_signup("Org", "jos\u{200B}\u{00E9}@example.com", "password1")
+        .expect_error(400, "invalid_input");
+    app.post(
+        "/v1/auth/login",
+        None,
+        json!({ "email": composed, "password": "password1" }),
+    )
+    .expect(200);
+}
