@@ -166,6 +166,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
+    /// Request bodies buffered at once across all connections, in MiB: a request reserves
+    /// its size before its body is read, and gets 503 `busy` (retry) if it does not fit.
+    /// Bounds the memory strangers can make silo hold with large or slow uploads.
+    #[arg(long, env = "SILO_MAX_BUFFERED_BODIES_MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_buffered_bodies_mb: u32,
+
     /// Reverse proxies in front of silo, as comma-separated CIDRs or addresses (e.g.
     /// `10.0.0.0/8,127.0.0.1`). A request from one of them is attributed to the client
     /// address in its `X-Forwarded-For` (the last one the proxy added); from anyone else

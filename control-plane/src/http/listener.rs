@@ -55,6 +55,12 @@ pub struct ConnectionLimits {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Serve HTTPS with this (see `http::tls`); answers then carry HSTS.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Request bodies buffered at once, in KiB, across every connection: a request
+    /// reserves its `Content-Length` (or the body limit, when it does not say) before its
+    /// body is read, and gets 503 `busy` if the budget cannot hold it.
+    pub body_budget_kib: u32,
+    /// The largest body a request may have (`--max-body-bytes`).
+    pub max_body_bytes: usize,
 }
 
 impl std::fmt::Debug for ConnectionLimitsTls<'_> {
@@ -142,6 +148,8 @@ struct Inner {
 
 /// Every open connection, for the caps and for draining.
 struct Registry {
+    /// Buffered request bodies, in KiB (see [`ConnectionLimits::body_budget_kib`]).
+    bodies: Arc<tokio::sync::Semaphore>,
     limits: ConnectionLimits,
     inner: Mutex<Inner>,
     empty: Notify,
@@ -246,6 +254,7 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let registry = Arc::new(Registry {
+        bodies: Arc::new(tokio::sync::Semaphore::new(limits.body_budget_kib as usize)),
         limits,
         inner: Mutex::new(Inner::default()),
         empty: Notify::new(),
@@ -329,6 +338,8 @@ async fn connection<IO>(
         activity: activity.clone(),
     });
     let service = Connection {
+        bodies: registry.bodies.clone(),
+        max_body_kib: kib(registry.limits.max_body_bytes as u64),
         router,
         addr,
         trusted_proxies: limits.trusted_proxies.clone().into(),
@@ -387,6 +398,9 @@ async fn connection<IO>(
 /// the idle check, and the request timeout.
 #[derive(Clone)]
 struct Connection {
+    /// The server's budget of buffered request bodies, in KiB.
+    bodies: Arc<tokio::sync::Semaphore>,
+    max_body_kib: u32,
     router: Router,
     addr: SocketAddr,
     trusted_proxies: Arc<[ipnet::IpNet]>,
@@ -405,6 +419,11 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
     }
+}
+
+/// Bytes as KiB, rounded up, for the body budget's permits.
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// The client a request is from: the socket's peer, unless that is a trusted proxy: then
@@ -452,6 +471,47 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
     type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        // Reserve the body's memory before anything reads it; nothing to reserve for none.
+        let body = match req.headers().get(axum::http::header::CONTENT_LENGTH) {
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(self.max_body_kib, |n| kib(n).min(self.max_body_kib)),
+            None if req
+                .headers()
+                .contains_key(axum::http::header::TRANSFER_ENCODING) =>
+            {
+                self.max_body_kib
+            }
+            None => 0,
+        };
+        let reserved = if body == 0 {
+            None
+        } else {
+            match self.bodies.clone().try_acquire_many_owned(body) {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::counter!("silo_request_bodies_refused_total").increment(1);
+                    let mut response = ApiError::Busy(
+                        "the server is holding as many request bodies as it may right now; \
+                         retry in a moment"
+                            .to_owned(),
+                    )
+                    .into_response();
+                    response.headers_mut().insert(
+                        axum::http::header::RETRY_AFTER,
+                        axum::http::HeaderValue::from_static("1"),
+                    );
+                    // The unread body is not wanted: close after this answer.
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                    return Box::pin(async move { Ok(response) });
+                }
+            }
+        };
         let client = client_address(self.addr, req.headers(), &self.trusted_proxies);
         req.extensions_mut().insert(ConnectInfo(client));
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -466,6 +526,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
         let hsts = self.hsts;
         Box::pin(async move {
             let _guard = guard;
+            let _reserved = reserved;
             match tokio::time::timeout(limit, answer).await {
                 Ok(Ok(mut response)) => {
                     if hsts {
@@ -559,6 +620,7 @@ mod tests {
 
     fn registry(max_connections: usize, max_per_address: usize) -> Registry {
         Registry {
+            bodies: Arc::new(tokio::sync::Semaphore::new(1024)),
             limits: ConnectionLimits {
                 max_connections,
                 max_per_address,
@@ -568,6 +630,8 @@ mod tests {
                 long_request: Duration::from_secs(600),
                 trusted_proxies: vec!["10.0.0.0/8".parse().expect("cidr")],
                 tls: None,
+                body_budget_kib: 1024,
+                max_body_bytes: 1024 * 1024,
             },
             inner: Mutex::new(Inner::default()),
             empty: Notify::new(),

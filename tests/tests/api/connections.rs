@@ -145,3 +145,41 @@ fn held_connections_past_the_descriptor_limit_do_not_starve_a_neighbour() {
     assert_eq!(n["rows"], serde_json::json!([[20]]));
     drop(held);
 }
+
+/// Finding 3's wider half: request bodies buffered at once are bounded across all
+/// connections; past the budget a request is refused before its body is read.
+#[test]
+fn buffered_request_bodies_have_a_global_budget() {
+    let app = TestApp::spawn_with(&["--max-buffered-bodies-mb", "1"]);
+    // Holds 700 kB of the 1 MiB budget, sending slowly.
+    let mut slow = TcpStream::connect(address(&app)).expect("connect");
+    slow.write_all(
+        b"POST /v1/signup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 700000\r\n\r\n{\"org\": \"",
+    )
+    .expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = TcpStream::connect(address(&app)).expect("connect");
+    second
+        .write_all(
+            b"POST /v1/signup HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 700000\r\n\r\n",
+        )
+        .expect("send");
+    let (answer, _) = read_until_closed(&mut second, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("\"busy\""), "{answer}");
+    // Small requests still fit; once the slow one is gone, so do large ones again.
+    app.get("/healthz", None).expect(200);
+    drop(slow);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = app.signup("Budget");
+    let big = "x".repeat(600_000);
+    let r = app.query_with(
+        &t.access_token,
+        "SELECT length(?)",
+        serde_json::json!([big]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
