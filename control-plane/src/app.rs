@@ -186,6 +186,7 @@ impl Application {
             credentials: Arc::default(),
             metrics_token: args.metrics_token.clone(),
             access_log: args.access_log,
+            cors_origins: args.cors_origins.clone(),
             throttles: crate::throttle::Throttles::new(
                 args.auth_rate_limit,
                 args.signup_rate_limit,

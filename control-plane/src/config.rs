@@ -172,6 +172,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_MAX_BUFFERED_BODIES_MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_buffered_bodies_mb: u32,
 
+    /// Browser origins allowed to call the API from their pages (CORS), comma-separated,
+    /// e.g. `https://app.example.com`. Unset: no CORS headers, and a browser's preflight is
+    /// a 405 like any unknown method.
+    #[arg(long, env = "SILO_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+
     /// Reverse proxies in front of silo, as comma-separated CIDRs or addresses (e.g.
     /// `10.0.0.0/8,127.0.0.1`). A request from one of them is attributed to the client
     /// address in its `X-Forwarded-For` (the last one the proxy added); from anyone else
@@ -293,4 +299,19 @@ fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
         .map(|n| n.trunc())
         .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
+}
+
+/// A browser origin: `scheme://host[:port]`, nothing after.
+fn parse_origin(text: &str) -> Result<axum::http::HeaderValue, String> {
+    let text = text.trim().trim_end_matches('/');
+    let ok = (text.starts_with("https://") || text.starts_with("http://"))
+        && !text
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+    if !ok {
+        return Err(format!(
+            "{text:?} is not an origin (expected e.g. https://app.example.com)"
+        ));
+    }
+    axum::http::HeaderValue::from_str(text).map_err(|_| format!("{text:?} is not an origin"))
 }

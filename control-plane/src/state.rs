@@ -58,6 +58,8 @@ pub struct Shared {
     pub metrics_token: Option<secrecy::SecretString>,
     /// Log one line per request (`--access-log`).
     pub access_log: bool,
+    /// Browser origins allowed to call the API (`--cors-origins`); empty: CORS off.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
     /// Per-address rate limits and the lockout audit bound.
     pub throttles: crate::throttle::Throttles,
     /// Who may create accounts.

@@ -32,6 +32,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
     let access_log = state.access_log;
+    let cors = cors(&state.cors_origins);
     Router::new()
         .route("/healthz", get(ops::handle_healthz))
         .route("/readyz", get(ops::handle_readyz))
@@ -162,9 +163,28 @@ pub fn router(state: AppState) -> Router {
         .layer(
             tower::ServiceBuilder::new()
                 .layer(edge::EdgeLayer { access_log })
+                .option_layer(cors)
                 .layer(DefaultBodyLimit::max(max_body)),
         )
         .with_state(state)
+}
+
+/// CORS for the configured origins (`--cors-origins`), or none. Credentials travel in the
+/// Authorization header, never cookies, so no `Allow-Credentials`.
+fn cors(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{Method, header};
+    (!origins.is_empty()).then(|| {
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins.to_vec())
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                edge::REQUEST_ID,
+            ])
+            .expose_headers([edge::REQUEST_ID, header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600))
+    })
 }
 
 /// What a handler with a quick way returns: the answer itself when the quick way gave one,

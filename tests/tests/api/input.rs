@@ -196,3 +196,62 @@ fn unknown_routes_and_health_checks_answer_json() {
         json!("ready")
     );
 }
+
+/// Finding 11: a browser preflight got 404. With `--cors-origins`, the listed origin's
+/// preflight is answered and its requests carry CORS headers; other origins get none.
+#[test]
+fn cors_preflights_are_answered_for_configured_origins_only() {
+    let app = TestApp::spawn_with(&["--cors-origins", "https://app.example.com"]);
+    let preflight = |origin: &str| {
+        app.client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/db/query", app.base),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+            .expect("preflight")
+    };
+    let ok = preflight("https://app.example.com");
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let allowed = |r: &reqwest::blocking::Response, h: &str| {
+        r.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_lowercase()
+    };
+    assert_eq!(
+        allowed(&ok, "access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert!(allowed(&ok, "access-control-allow-headers").contains("authorization"));
+    assert!(allowed(&ok, "access-control-allow-methods").contains("post"));
+    let other = preflight("https://evil.example.com");
+    assert_eq!(allowed(&other, "access-control-allow-origin"), "");
+    // An ordinary request from the allowed origin carries the header too.
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("origin", "https://app.example.com")
+        .send()
+        .expect("get");
+    assert_eq!(
+        allowed(&r, "access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    // Without the setting: no CORS headers at all.
+    let plain = TestApp::spawn();
+    let r = plain
+        .client
+        .get(format!("{}/healthz", plain.base))
+        .header("origin", "https://app.example.com")
+        .send()
+        .expect("get");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
