@@ -21,18 +21,8 @@ pub struct NewApiKey {
     pub expires_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ApiKeyRow {
-    pub id: String,
-    pub name: String,
-    pub prefix: String,
-    pub scopes: Vec<String>,
-    pub expires_at: Option<i64>,
-    pub last_used_at: Option<i64>,
-    pub allowed_ips: Option<Vec<String>>,
-    pub user_id: String,
-    pub created_at: String,
-}
+/// A key as the API shows it (never its secret): the catalog reads it in that shape.
+pub use silo_api::ApiKey as ApiKeyRow;
 
 /// What authenticating with a key needs, read fresh (or from the credential cache, which
 /// holds it only while the catalog is unchanged).

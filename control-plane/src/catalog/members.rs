@@ -6,12 +6,8 @@ use silo_tenant_runtime::TenantId;
 use super::{Catalog, CatalogError, Result, Touches, now_unix};
 use silo_types::Role;
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MemberRow {
-    pub user_id: String,
-    pub email: String,
-    pub role: Role,
-}
+/// A member as the API shows it: the catalog reads it in that shape.
+pub use silo_api::Member as MemberRow;
 
 /// Who accepts an invitation.
 pub enum Joiner<'a> {

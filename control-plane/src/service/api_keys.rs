@@ -161,22 +161,7 @@ pub(crate) async fn list(
         .catalog
         .blocking(move |c| c.api_keys(tenant, only.as_deref()))
         .await?;
-    Ok(api::ApiKeyList {
-        api_keys: keys
-            .into_iter()
-            .map(|k| api::ApiKey {
-                id: k.id,
-                name: k.name,
-                prefix: k.prefix,
-                scopes: k.scopes,
-                expires_at: k.expires_at,
-                last_used_at: k.last_used_at,
-                allowed_ips: k.allowed_ips,
-                user_id: k.user_id,
-                created_at: k.created_at,
-            })
-            .collect(),
-    })
+    Ok(api::ApiKeyList { api_keys: keys })
 }
 
 /// Revokes a key of the tenant (with `only`, one that user made): it stops working on the

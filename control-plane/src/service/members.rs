@@ -24,16 +24,7 @@ pub(crate) const INVITE_TOKEN_PREFIX: &str = "silo_inv_";
 /// Every member of the tenant (people, not keys).
 pub(crate) async fn list(state: &AppState, tenant: TenantId) -> ApiResult<api::MemberList> {
     let members = state.catalog.blocking(move |c| c.members(tenant)).await?;
-    Ok(api::MemberList {
-        members: members
-            .into_iter()
-            .map(|m| api::Member {
-                user_id: m.user_id,
-                email: m.email,
-                role: m.role,
-            })
-            .collect(),
-    })
+    Ok(api::MemberList { members })
 }
 
 /// Stores an invitation of `email` to `tenant` with `role` and returns its token (shown
