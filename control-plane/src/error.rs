@@ -148,6 +148,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Timeout => ApiError::QueryTimeout(message),
             RuntimeError::ResultTooLarge => ApiError::ResultTooLarge(message),
             RuntimeError::QuotaExceeded => ApiError::QuotaExceeded(message),
+            RuntimeError::ReadersBusy => ApiError::RateLimited(std::time::Duration::from_secs(1)),
             RuntimeError::WritesPaused => ApiError::StorageFull(message),
             RuntimeError::Full => {
                 tracing::error!("a tenant write failed: the disk is full");

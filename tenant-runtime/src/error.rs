@@ -24,6 +24,10 @@ pub enum RuntimeError {
     ResultTooLarge,
     #[error("the database stayed busy with another writer past the busy timeout; retry")]
     Busy,
+    /// Every reader connection of the tenant stayed held by its own requests past the busy
+    /// timeout: the tenant's own load, answered like its concurrency limit (429).
+    #[error("all of this tenant's read connections are busy with its own requests; retry shortly")]
+    ReadersBusy,
     /// Opening the database would pass the server's limit of databases open at once (the
     /// cache plus those held by running requests and libSQL transactions).
     #[error(

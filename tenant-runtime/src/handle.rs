@@ -374,9 +374,6 @@ impl TenantHandle {
         })
     }
 
-    /// Takes a connection for a request at `level`: a reader for read-only callers, the
-    /// writer for everyone else. Waits up to the busy timeout for one to come back, then
-    /// answers [`RuntimeError::Busy`]. Blocking.
     /// Rebuilds the database file without its free pages (`VACUUM`), giving deleted data's
     /// space back to the disk, within `budget`. Returns the file size before and after.
     /// Needs memory about the database's size (temporary storage is in memory). Blocking.
@@ -407,6 +404,10 @@ impl TenantHandle {
         Ok((before, size()))
     }
 
+    /// Takes a connection for a request at `level`: a reader for read-only callers, the
+    /// writer for everyone else. Waits up to the busy timeout for one to come back, then
+    /// answers [`RuntimeError::Busy`] (the writer) or [`RuntimeError::ReadersBusy`] (every
+    /// reader). Blocking.
     pub fn lease(self: &Arc<Self>, level: AccessLevel) -> Result<Lease> {
         let deadline = std::time::Instant::now() + self.limits.busy_timeout;
         let conn = if level == AccessLevel::ReadOnly && self.limits.readers > 0 {
@@ -461,7 +462,8 @@ impl TenantHandle {
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Err(RuntimeError::Busy);
+                // Every reader is held by this tenant's own requests: its own load.
+                return Err(RuntimeError::ReadersBusy);
             }
             self.reader_back.wait_for(&mut readers, left);
         }
@@ -945,6 +947,22 @@ impl Drop for LiveSlot {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_tenant_whose_readers_are_all_held_gets_readers_busy() {
+        let (_dir, h, _token) = fresh();
+        let held: Vec<Lease> = (0..h.limits().readers)
+            .map(|_| h.lease(AccessLevel::ReadOnly).unwrap())
+            .collect();
+        let started = std::time::Instant::now();
+        let Err(err) = h.lease(AccessLevel::ReadOnly) else {
+            panic!("a reader was left");
+        };
+        assert!(matches!(err, RuntimeError::ReadersBusy), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        drop(held);
+        assert!(h.lease(AccessLevel::ReadOnly).is_ok());
+    }
 
     fn fresh() -> (tempfile::TempDir, Arc<TenantHandle>, DbToken) {
         let dir = tempfile::tempdir().unwrap();

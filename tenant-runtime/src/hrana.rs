@@ -334,7 +334,7 @@ impl From<&RuntimeError> for HError {
             }
             RuntimeError::Timeout => "SQLITE_INTERRUPT",
             RuntimeError::ResultTooLarge => "RESPONSE_TOO_LARGE",
-            RuntimeError::Busy => "SQLITE_BUSY",
+            RuntimeError::Busy | RuntimeError::ReadersBusy => "SQLITE_BUSY",
             RuntimeError::TooManyOpen => "SERVER_BUSY",
             RuntimeError::Exhausted
             | RuntimeError::QuotaExceeded
