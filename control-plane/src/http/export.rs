@@ -13,7 +13,7 @@ use crate::auth::{Principal, Role, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::exports::InFlight;
 use crate::http::extract::ApiQuery;
-use crate::service::export::{self, Export, Format};
+use crate::service::export::{self, Export, Format, Payload};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -36,24 +36,54 @@ pub(crate) async fn handle_export(
     ))
 }
 
-/// Streams a built export from its open (already unlinked) file.
+/// Streams an export: a built file (open, already unlinked), or the dump being written.
 fn send(export: Export) -> Response {
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(export.file));
-    // The guard lives as long as the body: the next export may start once this one is sent.
-    let body = Body::from_stream(futures_guard(stream, export.in_flight));
     let (content_type, ext) = export.format.media();
-    (
-        [
-            (header::CONTENT_TYPE, content_type.to_owned()),
-            (header::CONTENT_LENGTH, export.size.to_string()),
+    let disposition = format!("attachment; filename=\"{}.{ext}\"", export.tenant);
+    match export.payload {
+        Payload::File { file, size } => {
+            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+            // The guard lives as long as the body: the next export may start once this one
+            // is sent.
+            let body = Body::from_stream(futures_guard(stream, export.in_flight));
             (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}.{ext}\"", export.tenant),
-            ),
-        ],
-        body,
-    )
-        .into_response()
+                [
+                    (header::CONTENT_TYPE, content_type.to_owned()),
+                    (header::CONTENT_LENGTH, size.to_string()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Payload::Stream(rx) => {
+            let body = Body::from_stream(futures_guard(Chunks(rx), export.in_flight));
+            (
+                [
+                    (header::CONTENT_TYPE, content_type.to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                body,
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The streamed dump's chunks as a body stream.
+struct Chunks(tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<axum::body::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|c| c.map(axum::body::Bytes::from)))
+    }
 }
 
 /// Keeps `guard` alive until the stream is dropped (sent or abandoned).

@@ -16,14 +16,95 @@ use crate::error::{ApiError, ApiResult};
 use crate::exports::InFlight;
 use crate::state::AppState;
 
-/// A built export, ready to send. `in_flight` must live as long as the sending: the
-/// tenant's next export may start once it is dropped.
+/// An export, ready to send. `in_flight` must live as long as the sending: the tenant's
+/// next export may start once it is dropped.
 pub(crate) struct Export {
-    pub(crate) file: std::fs::File,
-    pub(crate) size: u64,
+    pub(crate) payload: Payload,
     pub(crate) format: Format,
     pub(crate) tenant: TenantId,
     pub(crate) in_flight: InFlight,
+}
+
+/// What an export sends.
+pub(crate) enum Payload {
+    /// A built file (SQLite, CSV zip), opened and already unlinked.
+    File { file: std::fs::File, size: u64 },
+    /// The SQL dump, written while it is sent from one read snapshot: it never touches
+    /// the disk. A failure half-way ends the stream with an error (the client sees a
+    /// truncated transfer, never a silently short dump).
+    Stream(tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>),
+}
+
+/// Chunks of the streamed dump.
+const CHUNK: usize = 64 * 1024;
+
+/// A writer that sends what it is given, in chunks, down a channel; blocking.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.sent += chunk.len();
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Writes the tenant's SQL dump down `tx`. Blocking. A wrong key (an interrupted rotation)
+/// is retried with the next token while nothing has been sent.
+fn stream_sql(
+    state: &AppState,
+    tenant: TenantId,
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+) {
+    let fail = |e: String| {
+        tracing::error!(error = %e, "streaming a SQL export failed");
+        let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+    };
+    let db = state.provisioner.placement().path(tenant);
+    let tokens = match state.db_token_candidates(tenant) {
+        Ok(tokens) => tokens,
+        Err(e) => return fail(e.to_string()),
+    };
+    for token in tokens {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+            sent: 0,
+        };
+        let result = export::export_sql(&db, &token, &mut out).and_then(|()| {
+            std::io::Write::flush(&mut out)
+                .map_err(|e| RuntimeError::Internal(format!("send dump: {e}")))
+        });
+        match result {
+            Ok(()) => return,
+            Err(RuntimeError::WrongKey) if out.sent == 0 => continue,
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    fail("no DB token opens the tenant's database".to_owned());
 }
 
 impl Format {
@@ -139,6 +220,26 @@ async fn prepare(
         .await?;
     let st = state.clone();
     let span = tracing::Span::current();
+    if let Format::Sql = format {
+        // Recorded when it starts: its size is known only once it is sent.
+        let mut after = serde_json::json!({ "format": format.name(), "streamed": true });
+        if let (Some(a), Some(e)) = (after.as_object_mut(), extra.as_object()) {
+            a.extend(e.clone());
+        }
+        state.audit(audit.after(after)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::task::spawn_blocking(move || {
+            // The gate's permit is held while the dump is written.
+            let _permit = permit;
+            span.in_scope(|| stream_sql(&st, tenant, &tx));
+        });
+        return Ok(Export {
+            payload: Payload::Stream(rx),
+            format,
+            tenant,
+            in_flight,
+        });
+    }
     let file = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         span.in_scope(|| build(&st, tenant, format))
@@ -156,8 +257,7 @@ async fn prepare(
     }
     state.audit(audit.after(after)).await?;
     Ok(Export {
-        file,
-        size,
+        payload: Payload::File { file, size },
         format,
         tenant,
         in_flight,

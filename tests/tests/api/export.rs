@@ -192,6 +192,8 @@ fn exports_need_an_admin_or_the_export_scope_and_are_audited() {
     let events = audit["events"].as_array().expect("events");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["after"]["format"], json!("sql"));
+    // The SQL dump is streamed as it is written: no plaintext file for it on disk.
+    assert_eq!(events[0]["after"]["streamed"], json!(true));
     assert!(
         events[0]["actor"]
             .as_str()
