@@ -54,29 +54,12 @@ pub(crate) async fn handle_audit_export(
     use axum::response::IntoResponse as _;
     may_read_audit(&principal)?;
     let rx = audit::export(&state, principal.tenant);
-    let body = axum::body::Body::from_stream(Lines(rx));
+    let body = axum::body::Body::from_stream(super::ChannelBody(rx));
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
         body,
     )
         .into_response())
-}
-
-/// A receiver of text chunks as a body stream (what `tokio-stream`'s wrapper does, in a few
-/// lines).
-struct Lines(tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>);
-
-impl futures_core::Stream for Lines {
-    type Item = Result<axum::body::Bytes, std::io::Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| c.map(axum::body::Bytes::from)))
-    }
 }
 
 /// `GET /v1/audit/verify`: checks the tenant's chain and its signed head.

@@ -57,7 +57,7 @@ fn send(export: Export) -> Response {
                 .into_response()
         }
         Payload::Stream(rx) => {
-            let body = Body::from_stream(futures_guard(Chunks(rx), export.in_flight));
+            let body = Body::from_stream(futures_guard(super::ChannelBody(rx), export.in_flight));
             (
                 [
                     (header::CONTENT_TYPE, content_type.to_owned()),
@@ -67,22 +67,6 @@ fn send(export: Export) -> Response {
             )
                 .into_response()
         }
-    }
-}
-
-/// The streamed dump's chunks as a body stream.
-struct Chunks(tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>);
-
-impl futures_core::Stream for Chunks {
-    type Item = Result<axum::body::Bytes, std::io::Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0
-            .poll_recv(cx)
-            .map(|c| c.map(|c| c.map(axum::body::Bytes::from)))
     }
 }
 

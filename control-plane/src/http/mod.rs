@@ -226,6 +226,23 @@ impl Future for Answer {
     }
 }
 
+/// A channel's chunks as an answer body's stream (what `tokio-stream`'s wrapper does, in a
+/// few lines): streamed exports and the audit log's JSON lines.
+pub(crate) struct ChannelBody<T>(pub(crate) tokio::sync::mpsc::Receiver<Result<T, std::io::Error>>);
+
+impl<T: Into<axum::body::Bytes>> futures_core::Stream for ChannelBody<T> {
+    type Item = Result<axum::body::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(Into::into)))
+    }
+}
+
 async fn handle_not_found() -> ApiError {
     ApiError::NotFound("no such route; the API is described in the README".to_owned())
 }
