@@ -7,7 +7,7 @@ use silo_types::TenantStatus;
 
 /// A tenant as operators see it: `GET /admin/v1/tenants/{id}` and the answers of the
 /// routes that change one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TenantView {
     pub id: String,
     pub name: String,
@@ -70,7 +70,7 @@ pub struct MigrationFailure {
 }
 
 /// `POST /admin/v1/admin-tokens`: the token, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct AdminTokenCreated {
     pub id: String,
     pub name: String,
@@ -222,3 +222,6 @@ pub struct AccountUnlocked {
 pub struct PlanChange {
     pub plan: String,
 }
+
+debug_hiding!(TenantView { id, name, status, plan, created_at, db, members, last_activity_at, migration_failure, delete_after } hiding { owner_invite_token, certificate_token });
+debug_hiding!(AdminTokenCreated { id, name } hiding { token });

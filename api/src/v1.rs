@@ -51,7 +51,7 @@ pub struct PasswordChange {
 
 /// A token pair: the answer of sign-in, refresh, signup, invitation acceptance and password
 /// change, and the only answers that carry these secrets.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: String,
@@ -60,7 +60,7 @@ pub struct Tokens {
 }
 
 /// `POST /v1/signup` (201).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SignupAnswer {
     pub tenant: SignupTenant,
     pub user: SignupUser,
@@ -114,7 +114,7 @@ pub struct CodeRequest {
 }
 
 /// `POST /v1/auth/2fa/enroll`: the new secret, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TwoFactorEnrollment {
     /// Base32, for typing into an authenticator app.
     pub secret: String,
@@ -123,13 +123,13 @@ pub struct TwoFactorEnrollment {
 }
 
 /// `POST /v1/auth/2fa/confirm`: ten single-use recovery codes, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct RecoveryCodes {
     pub recovery_codes: Vec<String>,
 }
 
 /// `POST /v1/auth/2fa/verify`: a fresh access token for the same session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SteppedUp {
     pub access_token: String,
     pub expires_in: i64,
@@ -162,7 +162,7 @@ pub struct InviteRequest {
 }
 
 /// `POST /v1/invites` (201): the invitation token, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct InviteCreated {
     pub invite_token: String,
     /// Seconds until the invitation lapses.
@@ -209,7 +209,7 @@ pub struct CreateApiKey {
 }
 
 /// `POST /v1/api-keys` (201): the key, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ApiKeyCreated {
     pub id: String,
     pub key: String,
@@ -310,7 +310,7 @@ pub struct SecurityEvents {
 }
 
 /// `DELETE /v1/tenant` (202).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct DeletionScheduled {
     /// Always `deleting`.
     pub status: TenantStatus,
@@ -365,3 +365,12 @@ pub struct ChainCheck {
     /// Why verification failed, for people.
     pub reason: Option<String>,
 }
+
+debug_hiding!(Tokens { expires_in } hiding { access_token, refresh_token });
+debug_hiding!(SignupAnswer { tenant, user } hiding { tokens });
+debug_hiding!(TwoFactorEnrollment {} hiding { secret, otpauth_uri });
+debug_hiding!(RecoveryCodes {} hiding { recovery_codes });
+debug_hiding!(SteppedUp { expires_in, step_up_expires_in } hiding { access_token });
+debug_hiding!(InviteCreated { expires_in } hiding { invite_token });
+debug_hiding!(ApiKeyCreated { id, prefix, name, scopes, expires_at } hiding { key });
+debug_hiding!(DeletionScheduled { status, delete_after } hiding { certificate_token });

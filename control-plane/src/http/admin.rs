@@ -133,7 +133,14 @@ pub(crate) async fn handle_admin_tenant_vacuum(
     let tenant = parse_tenant(&id)?;
     admin.log_action(AuditAction::Vacuumed);
     Ok(Json(
-        crate::service::tenant::vacuum(&state, tenant, admin.actor(), &meta).await?,
+        crate::service::tenant::vacuum(
+            &state,
+            tenant,
+            admin.actor(),
+            &meta,
+            crate::service::tenant::VacuumBy::Operator,
+        )
+        .await?,
     ))
 }
 

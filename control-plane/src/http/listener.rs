@@ -63,21 +63,13 @@ pub struct ConnectionLimits {
     pub max_body_bytes: usize,
 }
 
-impl std::fmt::Debug for ConnectionLimitsTls<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "tls" } else { "plain" })
-    }
-}
-
-struct ConnectionLimitsTls<'a>(&'a Option<tokio_rustls::TlsAcceptor>);
-
 impl std::fmt::Debug for ConnectionLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionLimits")
             .field("max_connections", &self.max_connections)
             .field("max_per_address", &self.max_per_address)
             .field("idle", &self.idle)
-            .field("tls", &ConnectionLimitsTls(&self.tls))
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }

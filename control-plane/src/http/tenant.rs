@@ -67,7 +67,14 @@ pub(crate) async fn handle_vacuum(
     principal.require(Role::Admin)?;
     principal.require_scope(crate::auth::Scope::DbAdmin)?;
     Ok(Json(
-        tenant::vacuum(&state, principal.tenant, principal.actor(), &meta).await?,
+        tenant::vacuum(
+            &state,
+            principal.tenant,
+            principal.actor(),
+            &meta,
+            tenant::VacuumBy::Tenant,
+        )
+        .await?,
     ))
 }
 

@@ -300,10 +300,12 @@ fn build(state: &AppState, tenant: TenantId, format: Format) -> ApiResult<std::f
             Format::Csv => {
                 private_file(&path).and_then(|_| export::export_csv_zip(&db, &token, &path))
             }
-            Format::Sql => private_file(&path).and_then(|f| {
-                let mut w = std::io::BufWriter::new(f);
-                export::export_sql(&db, &token, &mut w)
-            }),
+            // Streamed by `stream_sql`, never built into a file.
+            Format::Sql => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "a SQL export is streamed, not built"
+                )));
+            }
         };
         match result {
             Ok(()) => {

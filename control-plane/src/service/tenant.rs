@@ -41,6 +41,18 @@ pub(crate) async fn get(state: &AppState, tenant: TenantId) -> ApiResult<api::Te
     })
 }
 
+/// How often a tenant may vacuum its own database: the server runs one at a time, so a
+/// tenant vacuuming in a loop would keep every other tenant's waiting.
+const VACUUM_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Who asked for a vacuum: the tenant's own, at most once per [`VACUUM_EVERY`], or an
+/// operator making room on a full disk (never held back).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VacuumBy {
+    Tenant,
+    Operator,
+}
+
 /// Rebuilds the tenant's database without its free pages, giving deleted data's space back
 /// (and room under the quota). One at a time on the server: it needs memory about the
 /// database's size. Audited.
@@ -49,7 +61,22 @@ pub(crate) async fn vacuum(
     tenant: TenantId,
     actor: String,
     meta: &RequestMeta,
+    by: VacuumBy,
 ) -> ApiResult<api::Vacuumed> {
+    static RECENT: std::sync::OnceLock<moka::sync::Cache<TenantId, ()>> =
+        std::sync::OnceLock::new();
+    let recent = RECENT.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(VACUUM_EVERY)
+            .build()
+    });
+    if by == VacuumBy::Tenant {
+        if recent.contains_key(&tenant) {
+            return Err(ApiError::RateLimited(VACUUM_EVERY));
+        }
+        recent.insert(tenant, ());
+    }
     static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let _turn = tokio::time::timeout(std::time::Duration::from_secs(30), ONE_AT_A_TIME.acquire())
         .await
