@@ -11,7 +11,7 @@ use silo_tenant_runtime::{ExecLimits, StoreConfig, TenantStore};
 use tokio::net::TcpListener;
 
 use crate::auth::TokenKeys;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogKeys};
 use crate::config::ServeArgs;
 use crate::keys::{KeySource, load_keys};
 use crate::state::AppState;
@@ -85,16 +85,18 @@ impl Application {
                 tracing::info!(path = %path.display(), "master key: from file")
             }
         }
-        tracing::info!(key_id = %keyring.primary_id(), "encryption: enabled (AES-256-GCM envelopes, SQLCipher tenant databases)");
+        tracing::info!(key_id = %keyring.primary_id(), "encryption: enabled (AES-256-GCM envelopes, SQLCipher catalog and tenant databases)");
         let keyring = Arc::new(keyring);
         let tokens = Arc::new(TokenKeys::from_keyring(&keyring)?);
 
         let data_dir = args.data_dir.clone();
         let pause = args.provisioning_pause();
         let migrations_dir = args.migrations.clone();
+        let catalog_keys = CatalogKeys::from_keyring(&keyring)?;
         let (catalog, provisioner) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             crate::auth::warm_up();
-            let catalog = Catalog::open(&data_dir.join("catalog.db")).context("open catalog")?;
+            let catalog = Catalog::open(&data_dir.join("catalog.db"), &catalog_keys)
+                .context("open catalog")?;
             let placement = LocalPlacement::new(data_dir.join("tenants"))?;
             let migrations = match &migrations_dir {
                 Some(dir) => MigrationSet::from_dir(dir)

@@ -46,6 +46,14 @@ pub struct InitArgs {
     /// A name for the first admin token.
     #[arg(long, default_value = "initial")]
     pub name: String,
+    /// Master key (base64), as `silo serve` will be given it: the catalog is encrypted
+    /// under a key derived from it. Without it (nor a file), one is generated into the data
+    /// directory, as `silo serve` would (development only).
+    #[arg(long, env = "SILO_MASTER_KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub master_key: Option<SecretString>,
+    /// File holding the master key.
+    #[arg(long, env = "SILO_MASTER_KEY_FILE", conflicts_with = "master_key")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -334,7 +342,16 @@ pub fn init(args: &InitArgs) -> CliResult {
             args.data_dir.display()
         ))
     })?;
-    let catalog = Catalog::open(&args.data_dir.join("catalog.db"))?;
+    let (keyring, _) = crate::keys::load_keys(
+        &args.data_dir,
+        args.master_key.as_ref(),
+        args.master_key_file.as_deref(),
+        None,
+        true,
+    )
+    .map_err(|e| CliError(format!("{e:#}")))?;
+    let keys = crate::catalog::CatalogKeys::from_keyring(&keyring)?;
+    let catalog = Catalog::open(&args.data_dir.join("catalog.db"), &keys)?;
     if catalog.admin_token_count()? > 0 {
         return Err(CliError(
             "this data directory is already initialised; create more tokens with `silo admin-token create`".to_owned(),

@@ -178,7 +178,9 @@ impl From<crate::catalog::CatalogError> for ApiError {
             C::Conflict(m) => ApiError::Conflict(m),
             C::NotFound(m) => ApiError::NotFound(m.to_owned()),
             C::Forbidden(m) => ApiError::Forbidden(m),
-            C::Sqlite(_) | C::Migration(_) | C::Corrupt(_) | C::Join(_) => ApiError::internal(e),
+            C::Sqlite(_) | C::Migration(_) | C::Corrupt(_) | C::Join(_) | C::Key(_) => {
+                ApiError::internal(e)
+            }
         }
     }
 }

@@ -50,31 +50,54 @@ impl<'w> MakeVisitor<Writer<'w>> for PlainFields {
             writer,
             first: true,
             result: Ok(()),
+            buf: [0; BUFFERED],
+            len: 0,
         }
     }
 }
+
+/// Bytes of fields gathered before they go to the writer: a request span's fields fit, and
+/// go out as one write (eleven small writes into a growing `String` were half the cost of
+/// opening the span).
+const BUFFERED: usize = 192;
 
 pub struct PlainVisitor<'w> {
     writer: Writer<'w>,
     first: bool,
     result: fmt::Result,
+    buf: [u8; BUFFERED],
+    len: usize,
 }
 
 impl PlainVisitor<'_> {
-    fn separate(&mut self) -> fmt::Result {
-        if self.first {
-            self.first = false;
-            Ok(())
-        } else {
-            self.writer.write_char(' ')
+    fn push(&mut self, text: &str) -> fmt::Result {
+        if self.len + text.len() > BUFFERED {
+            self.flush()?;
+            if text.len() > BUFFERED {
+                return self.writer.write_str(text);
+            }
         }
+        self.buf[self.len..self.len + text.len()].copy_from_slice(text.as_bytes());
+        self.len += text.len();
+        Ok(())
+    }
+
+    /// Writes out what is gathered: whole `str`s, so valid UTF-8.
+    fn flush(&mut self) -> fmt::Result {
+        let gathered = std::str::from_utf8(&self.buf[..self.len]).map_err(|_| fmt::Error)?;
+        self.len = 0;
+        self.writer.write_str(gathered)
     }
 
     fn name(&mut self, field: &Field) -> fmt::Result {
-        self.separate()?;
+        if self.first {
+            self.first = false;
+        } else {
+            self.push(" ")?;
+        }
         if field.name() != "message" {
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')?;
+            self.push(field.name())?;
+            self.push("=")?;
         }
         Ok(())
     }
@@ -85,8 +108,9 @@ impl Visit for PlainVisitor<'_> {
         if self.result.is_ok() {
             self.result = self.name(field).and_then(|()| {
                 if is_plain(value) {
-                    self.writer.write_str(value)
+                    self.push(value)
                 } else {
+                    self.flush()?;
                     write!(self.writer, "{value:?}")
                 }
             });
@@ -95,9 +119,10 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value:?}"));
+            self.result = self.name(field).and_then(|()| {
+                self.flush()?;
+                write!(self.writer, "{value:?}")
+            });
         }
     }
 }
@@ -105,20 +130,28 @@ impl Visit for PlainVisitor<'_> {
 /// Text that reads back as one value without quotes: no spaces, quotes, `=` or control
 /// characters (a request id, a route template, a tenant id).
 fn is_plain(value: &str) -> bool {
+    // One `matches!` (a range check and a bit test a byte), not a search of a list of
+    // punctuation for every byte: this runs over every field of every request span.
     !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@+,{}".contains(&b))
+        && value.bytes().all(|b| {
+            matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+                | b'-' | b'_' | b'.' | b'/' | b':' | b'@' | b'+' | b',' | b'{' | b'}')
+        })
 }
 
 impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
-    fn finish(self) -> fmt::Result {
-        self.result
+    fn finish(mut self) -> fmt::Result {
+        self.result?;
+        self.flush()
     }
 }
 
 impl VisitFmt for PlainVisitor<'_> {
     fn writer(&mut self) -> &mut dyn fmt::Write {
+        // Whoever writes directly comes after what is gathered.
+        if self.result.is_ok() {
+            self.result = self.flush();
+        }
         &mut self.writer
     }
 }
@@ -160,5 +193,12 @@ mod tests {
             || tracing::info!(request_id = "x tenant_id=other\nforged", "m"),
         );
         assert_eq!(*out.lock(), r#"m request_id="x tenant_id=other\nforged""#);
+        // Past the gathering buffer, in order.
+        let long = "a".repeat(BUFFERED + 10);
+        tracing::subscriber::with_default(
+            tracing_subscriber::registry().with(Capture(out.clone())),
+            || tracing::info!(first = "1", long = long.as_str(), last = "z", "m"),
+        );
+        assert_eq!(*out.lock(), format!("m first=1 long={long} last=z"));
     }
 }

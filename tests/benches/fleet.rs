@@ -29,6 +29,8 @@ fn main() {
         .arg("init")
         .arg("--data-dir")
         .arg(&data)
+        // The key `serve` below runs with (common.rs): the catalog is encrypted under it.
+        .env("SILO_MASTER_KEY", common::MASTER_KEY)
         .output()
         .expect("silo init");
     let token = String::from_utf8_lossy(&init.stdout)

@@ -61,6 +61,8 @@ pub enum CatalogError {
     Corrupt(String),
     #[error("catalog task did not finish: {0}")]
     Join(String),
+    #[error("catalog key: {0}")]
+    Key(String),
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -237,10 +239,111 @@ pub(crate) fn status_at(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result
     })
 }
 
+/// The catalog's SQLCipher keys, derived from the master keys: the primary one's first.
+/// The catalog holds emails, password hashes, audit rows and client addresses: a copy of the
+/// data directory without the master key must not reveal them.
+pub struct CatalogKeys {
+    keys: Vec<secrecy::SecretBox<[u8; 32]>>,
+}
+
+impl CatalogKeys {
+    pub fn from_keyring(keyring: &silo_crypto::Keyring) -> Result<Self> {
+        let keys = keyring
+            .key_ids()
+            .map(|id| keyring.derive_key(id, CATALOG_KEY_LABEL))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| CatalogError::Key(e.to_string()))?;
+        Ok(CatalogKeys { keys })
+    }
+
+    /// The key as SQLCipher takes a raw one (no PBKDF2): `x'<hex>'`. Secret.
+    fn raw(key: &secrecy::SecretBox<[u8; 32]>) -> secrecy::SecretString {
+        use secrecy::ExposeSecret as _;
+        format!("x'{}'", hex::encode(key.expose_secret())).into()
+    }
+}
+
+/// The label the catalog's key is derived under (see `Keyring::derive_key`).
+pub const CATALOG_KEY_LABEL: &str = "catalog-db";
+
+/// Keys `conn` and reads the schema: an error if the key does not open the file.
+fn try_key(conn: &Connection, key: Option<&secrecy::SecretString>) -> rusqlite::Result<()> {
+    use secrecy::ExposeSecret as _;
+    if let Some(key) = key {
+        conn.execute_batch(&format!("PRAGMA key = \"{}\";", key.expose_secret()))?;
+    }
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+}
+
+/// Writes the open database `conn` into a new file at `path` under `key` and puts it in
+/// place of the old one, atomically: a crash leaves the old file, or the new one, whole.
+fn reencrypt(conn: Connection, path: &Path, key: &secrecy::SecretString) -> Result<()> {
+    use secrecy::ExposeSecret as _;
+    let fresh = path.with_extension("db.rekeying");
+    let _ = std::fs::remove_file(&fresh);
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS rekeyed KEY ?2",
+        params![fresh.to_string_lossy(), key.expose_secret()],
+    )?;
+    conn.query_row("SELECT sqlcipher_export('rekeyed')", [], |_| Ok(()))?;
+    conn.execute_batch("DETACH DATABASE rekeyed;")?;
+    drop(conn);
+    let io = |e: std::io::Error| CatalogError::Key(format!("re-keying the catalog: {e}"));
+    std::fs::File::open(&fresh)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&fresh, path).map_err(io)?;
+    for stale in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(path.with_extension(stale));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 impl Catalog {
-    /// Opens (creating if needed) the catalog and applies its migrations. Blocking.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating if needed) the catalog, encrypted under the primary key, and applies
+    /// its migrations. A catalog under an earlier master key, or one written before the
+    /// catalog was encrypted, is rewritten under the primary key first. Blocking.
+    pub fn open(path: &Path, keys: &CatalogKeys) -> Result<Self> {
+        let primary = keys
+            .keys
+            .first()
+            .map(CatalogKeys::raw)
+            .ok_or_else(|| CatalogError::Key("no master key".to_owned()))?;
         let mut conn = Connection::open(path)?;
+        if try_key(&conn, Some(&primary)).is_err() {
+            drop(conn);
+            let earlier = keys.keys.iter().skip(1).map(CatalogKeys::raw);
+            let found = earlier.map(Some).chain([None]).find_map(|key| {
+                let conn = Connection::open(path).ok()?;
+                try_key(&conn, key.as_ref())
+                    .ok()
+                    .map(|()| (conn, key.is_some()))
+            });
+            let Some((old, was_keyed)) = found else {
+                return Err(CatalogError::Key(format!(
+                    "{} cannot be read with the configured master key (nor an earlier one in \
+                     --previous-master-keys): is this the right key for this data directory?",
+                    path.display()
+                )));
+            };
+            tracing::warn!(
+                from = if was_keyed {
+                    "an earlier master key"
+                } else {
+                    "plain SQLite"
+                },
+                "re-encrypting the catalog under the primary master key"
+            );
+            reencrypt(old, path, &primary)?;
+            conn = Connection::open(path)?;
+            try_key(&conn, Some(&primary))?;
+        }
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -761,10 +864,69 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn keyring(keys: &[[u8; 32]]) -> silo_crypto::Keyring {
+        let mut keys = keys.iter().map(|k| silo_crypto::MasterKey::from_bytes(*k));
+        let primary = keys.next().unwrap();
+        silo_crypto::Keyring::new(primary, keys.collect())
+    }
+
+    fn test_keys() -> CatalogKeys {
+        CatalogKeys::from_keyring(&keyring(&[[7; 32]])).unwrap()
+    }
+
+    /// What a stolen copy of the data directory shows: no table, no email. A catalog
+    /// written before encryption, or under an earlier master key, is rewritten under the
+    /// primary one on open, its rows kept; a wrong key is refused with a clear error.
+    #[test]
+    fn the_catalog_is_encrypted_rekeyed_on_open_and_refused_under_a_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let plain = Connection::open(&path).unwrap();
+        plain
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE legacy(email TEXT);
+                 INSERT INTO legacy VALUES ('owner@plaintext-marker.example');",
+            )
+            .unwrap();
+        drop(plain);
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let first = CatalogKeys::from_keyring(&keyring(&[k1])).unwrap();
+        let catalog = Catalog::open(&path, &first).unwrap();
+        let email: String = catalog
+            .lock()
+            .query_row("SELECT email FROM legacy", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(email, "owner@plaintext-marker.example");
+        drop(catalog);
+        let readable_without_key = |p: &Path| try_key(&Connection::open(p).unwrap(), None).is_ok();
+        assert!(!readable_without_key(&path));
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(14).any(|w| w == b"plaintext-mark"),
+            "the email is on disk in clear"
+        );
+        // Rotated: k2 primary, k1 earlier. Then k2 alone opens it.
+        let rotated = CatalogKeys::from_keyring(&keyring(&[k2, k1])).unwrap();
+        drop(Catalog::open(&path, &rotated).unwrap());
+        let only_new = CatalogKeys::from_keyring(&keyring(&[k2])).unwrap();
+        let catalog = Catalog::open(&path, &only_new).unwrap();
+        let n: i64 = catalog
+            .lock()
+            .query_row("SELECT count(*) FROM legacy", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(catalog);
+        let Err(e) = Catalog::open(&path, &first) else {
+            panic!("opened under a key it is not encrypted with");
+        };
+        assert!(e.to_string().contains("right key"), "{e}");
+        assert!(!readable_without_key(&path));
+    }
+
     #[test]
     fn a_stamp_goes_stale_with_every_write_that_may_touch_it_and_only_then() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.db"), &test_keys()).unwrap();
         let (mine, other) = (TenantId::generate(), TenantId::generate());
         let stamp = || catalog.lock().stamp(mine);
         let s = stamp();
@@ -815,7 +977,7 @@ mod tests {
     #[test]
     fn a_cached_session_stays_current_through_other_tenants_writes_and_the_audit_log() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = Catalog::open(&dir.path().join("catalog.db")).unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.db"), &test_keys()).unwrap();
         let keyring = silo_crypto::Keyring::new(silo_crypto::MasterKey::generate(), vec![]);
         let mut refresh = 0u8;
         let mut signup = |org: &str| {

@@ -4,7 +4,6 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -23,15 +22,30 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
-/// The whole request body, within the configured limit (413 past it).
+/// The whole request body, within the configured limit (413 past it). Every route reads
+/// its body here, so the limit needs no layer (one cost a hash-map insert per request).
 pub(crate) async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(state.max_body_bytes)
-        } else {
-            ApiError::InvalidInput("the request body could not be read".to_owned())
-        }
-    })
+    use http_body_util::BodyExt as _;
+    let limit = state.max_body_bytes;
+    let too_large = || ApiError::PayloadTooLarge(limit);
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(ApiError::InvalidInput(
+            "the request body could not be read".to_owned(),
+        )),
+    }
 }
 
 /// A JSON body read as `T`, or a 400 that says where it went wrong.

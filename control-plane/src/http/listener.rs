@@ -1,14 +1,20 @@
 //! The listener: accepts TCP connections and serves HTTP/1.1 on them, with the limits that
 //! keep one client (or many idle ones) from taking the node from everyone else.
 //!
-//! - **Header-read timeout:** a request's head must arrive within `header_read` (hyper's
-//!   timer), so a slowloris trickling header bytes is cut.
+//! - **Header-read timeout:** a request's head must arrive within `header_read`, so a
+//!   slowloris trickling header bytes is cut (within one and a half times the limit: the
+//!   connection's one timer checks twice per period).
 //! - **Idle timeout:** a connection with no request in flight and no byte read or written
 //!   for `idle` is closed, whether it never sent anything, sent half a request line, or is a
 //!   keep-alive connection nobody uses.
 //! - **Request timeout:** a request that has not answered within `request` (`long_request`
 //!   for exports) gets 408 `request_timeout`. A slow upload ends there; a handler keeps
 //!   running to completion (the edge layer's promise), only its answer is not waited for.
+//!
+//! No timer is set per request: a connection's own task keeps one, for the idle and head
+//! limits, and a request's timer is armed only if its answer is not ready at its first poll
+//! (most are: a cached credential and a quick query). Two timers per request were a tenth
+//! of a bare request's cost (docs/benchmarks.md).
 //! - **Connection caps:** at most `max_connections` in total and `max_per_address` from one
 //!   client address (trusted proxies are exempt from the latter). At a cap, the
 //!   longest-idle connection (of that address, for the per-address cap) is closed to make
@@ -24,7 +30,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,7 +42,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
 use crate::error::ApiError;
@@ -102,11 +108,20 @@ fn now_ms() -> u64 {
 struct Activity {
     /// Last byte read or written (`now_ms`).
     last_ms: AtomicU64,
+    /// When the first byte of a request head not yet complete was read (`now_ms`), or 0.
+    head_started_ms: AtomicU64,
     /// Requests whose answer has not been produced yet.
     in_flight: AtomicU32,
-    /// Told to close (to make room at a cap).
+    /// Why the registry wants it closed: [`EVICTED`], [`DRAINING`], or 0.
+    told: AtomicU8,
+    /// Wakes the connection's task when `told` is set.
     close: Notify,
 }
+
+/// Closed to make room at a cap.
+const EVICTED: u8 = 1;
+/// The server is shutting down: finish the request in flight, take no other.
+const DRAINING: u8 = 2;
 
 impl Activity {
     fn touch(&self) {
@@ -119,6 +134,21 @@ impl Activity {
 
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    fn tell(&self, why: u8) {
+        self.told.fetch_or(why, Ordering::SeqCst);
+        self.close.notify_one();
+    }
+
+    /// Bytes were read at `now`: with no request in flight they are a new head's.
+    fn read_at(&self, now: u64) {
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -145,6 +175,8 @@ struct Registry {
     limits: ConnectionLimits,
     inner: Mutex<Inner>,
     empty: Notify,
+    /// Shutting down: connections admitted from now on are told at once.
+    draining: AtomicBool,
 }
 
 impl Registry {
@@ -170,9 +202,14 @@ impl Registry {
         let id = inner.next_id;
         let activity = Arc::new(Activity {
             last_ms: AtomicU64::new(now_ms()),
+            head_started_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            told: AtomicU8::new(0),
             close: Notify::new(),
         });
+        if self.draining.load(Ordering::SeqCst) {
+            activity.tell(DRAINING);
+        }
         inner.open.insert(
             id,
             Entry {
@@ -203,7 +240,7 @@ impl Registry {
             return false;
         };
         entry.closing = true;
-        entry.activity.close.notify_one();
+        entry.activity.tell(EVICTED);
         let ip = entry.ip;
         Self::uncount(inner, ip);
         metrics::counter!("silo_connections_closed_total", "cause" => "make_room").increment(1);
@@ -235,6 +272,14 @@ impl Registry {
     fn is_empty(&self) -> bool {
         self.inner.lock().open.is_empty()
     }
+
+    /// Tells every connection, and every one admitted later, to drain.
+    fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for entry in self.inner.lock().open.values() {
+            entry.activity.tell(DRAINING);
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `stop` completes, then drains: returns once every
@@ -250,8 +295,8 @@ pub async fn serve(
         limits,
         inner: Mutex::new(Inner::default()),
         empty: Notify::new(),
+        draining: AtomicBool::new(false),
     });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::pin!(stop);
     let mut last_accept_warning: Option<Instant> = None;
     loop {
@@ -280,10 +325,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let registry = registry.clone();
         let router = router.clone();
-        let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
             match registry.limits.tls.clone() {
-                None => connection(stream, addr, router, &registry, activity, shutdown).await,
+                None => connection(stream, addr, router, &registry, activity).await,
                 Some(acceptor) => {
                     // The handshake is part of the head: same time limit.
                     let handshake =
@@ -291,7 +335,7 @@ pub async fn serve(
                             .await;
                     match handshake {
                         Ok(Ok(tls)) => {
-                            connection(tls, addr, router, &registry, activity, shutdown).await;
+                            connection(tls, addr, router, &registry, activity).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -302,7 +346,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let _ = shutdown_tx.send(true);
+    registry.drain();
     loop {
         let empty = registry.empty.notified();
         if registry.is_empty() {
@@ -312,15 +356,14 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection until the client closes it, it idles out, it is told to make
-/// room, or the server drains.
+/// Serves one connection until the client closes it, it idles out, its head takes too
+/// long, it is told to make room, or the server drains.
 async fn connection<IO>(
     stream: IO,
     addr: SocketAddr,
     router: Router,
     registry: &Registry,
     activity: Arc<Activity>,
-    mut shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -342,22 +385,20 @@ async fn connection<IO>(
     };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read)
+        // The head's time limit is kept by this task (below), not by a timer per request.
+        .header_read_timeout(None)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut draining = *shutdown.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
-    }
+    // One timer for the connection, checking twice per the shorter limit: a head started
+    // (or the connection idled) just after a check is caught at the one after next.
+    let period = limits.header_read.min(limits.idle) / 2;
+    let check = tokio::time::sleep(period);
+    tokio::pin!(check);
+    let mut draining = false;
     loop {
-        // Busy connections are not idle, whatever their last byte.
-        let wait = if activity.busy() {
-            limits.idle
-        } else {
-            limits.idle.saturating_sub(activity.idle_for())
-        };
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -365,25 +406,35 @@ async fn connection<IO>(
                 return;
             }
             () = activity.close.notified() => {
-                if !activity.busy() {
+                let told = activity.told.load(Ordering::SeqCst);
+                if told & EVICTED != 0 && !activity.busy() {
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
-            }
-            changed = shutdown.changed(), if !draining => {
-                draining = true;
-                if changed.is_ok() {
+                if !draining {
+                    draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            () = tokio::time::sleep(wait) => {
-                if !activity.busy() && activity.idle_for() >= limits.idle {
-                    metrics::counter!("silo_connections_closed_total", "cause" => "idle").increment(1);
-                    return;
+            () = check.as_mut() => {
+                if !activity.busy() {
+                    let head = activity.head_started_ms.load(Ordering::Relaxed);
+                    if head != 0 && now_ms().saturating_sub(head) >= millis(limits.header_read) {
+                        metrics::counter!("silo_connections_closed_total", "cause" => "slow_head").increment(1);
+                        return;
+                    }
+                    if activity.idle_for() >= limits.idle {
+                        metrics::counter!("silo_connections_closed_total", "cause" => "idle").increment(1);
+                        return;
+                    }
                 }
+                check.as_mut().reset(tokio::time::Instant::now() + period);
             }
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The per-connection service: the client's address for extractors, the request count for
@@ -460,7 +511,7 @@ fn is_long(path: &str) -> bool {
 impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+    type Future = Answering;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         // Reserve the body's memory before anything reads it; nothing to reserve for none.
@@ -500,12 +551,17 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
                         axum::http::header::CONNECTION,
                         axum::http::HeaderValue::from_static("close"),
                     );
-                    return Box::pin(async move { Ok(response) });
+                    return Answering {
+                        state: AnswerState::Answered(Some(response)),
+                        hsts: self.hsts,
+                    };
                 }
             }
         };
         let client = client_address(self.addr, req.headers(), &self.trusted_proxies);
         req.extensions_mut().insert(ConnectInfo(client));
+        // The head is in: its clock stops, the request's starts.
+        self.activity.head_started_ms.store(0, Ordering::Relaxed);
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(self.activity.clone());
         let limit = if is_long(req.uri().path()) {
@@ -513,37 +569,94 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
         } else {
             self.request
         };
-        let answer = self.router.clone().oneshot(req.map(axum::body::Body::new));
-        let activity = self.activity.clone();
-        let hsts = self.hsts;
-        Box::pin(async move {
-            let _guard = guard;
-            let _reserved = reserved;
-            match tokio::time::timeout(limit, answer).await {
-                Ok(Ok(mut response)) => {
-                    if hsts {
-                        response.headers_mut().insert(
-                            axum::http::header::STRICT_TRANSPORT_SECURITY,
-                            axum::http::HeaderValue::from_static("max-age=31536000"),
-                        );
+        Answering {
+            state: AnswerState::Running {
+                answer: self.router.clone().oneshot(req.map(axum::body::Body::new)),
+                deadline: None,
+                limit,
+                started: tokio::time::Instant::now(),
+                _guard: guard,
+                _reserved: reserved,
+            },
+            hsts: self.hsts,
+        }
+    }
+}
+
+/// A request being answered: the router's future, with the request's time limit armed only
+/// once the answer has had to wait.
+struct Answering {
+    state: AnswerState,
+    hsts: bool,
+}
+
+// Sized by the running request either way (hyper holds one per request); boxing that
+// variant would be the allocation this future exists to avoid.
+#[allow(clippy::large_enum_variant)]
+enum AnswerState {
+    Running {
+        answer: tower::util::Oneshot<Router, axum::extract::Request>,
+        /// Armed at the first poll that had to wait.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        limit: Duration,
+        started: tokio::time::Instant,
+        _guard: InFlight,
+        _reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
+    Answered(Option<Response>),
+}
+
+impl Future for Answering {
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let response = match &mut this.state {
+            AnswerState::Answered(response) => {
+                return Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("answer polled twice")).into_response()
+                })));
+            }
+            AnswerState::Running {
+                answer,
+                deadline,
+                limit,
+                started,
+                _guard,
+                ..
+            } => match Pin::new(answer).poll(cx) {
+                Poll::Ready(Ok(response)) => response,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => {
+                    let deadline = deadline.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(*started + *limit))
+                    });
+                    if deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    Ok(response)
-                }
-                Ok(Err(never)) => match never {},
-                Err(_) => {
                     // The rest of a slow upload is not worth waiting for: close after this.
-                    let mut response = ApiError::RequestTimeout(limit).into_response();
+                    let mut response = ApiError::RequestTimeout(*limit).into_response();
                     response.headers_mut().insert(
                         axum::http::header::CONNECTION,
                         axum::http::HeaderValue::from_static("close"),
                     );
                     // hyper would wait for the unread body; the connection closes once
                     // this answer is out (its task sees the request done).
-                    activity.close.notify_one();
-                    Ok(response)
+                    _guard.0.tell(EVICTED);
+                    response
                 }
-            }
-        })
+            },
+        };
+        // Dropping the running state ends the request's in-flight count and body permit.
+        this.state = AnswerState::Answered(None);
+        let mut response = response;
+        if this.hsts {
+            response.headers_mut().insert(
+                axum::http::header::STRICT_TRANSPORT_SECURITY,
+                axum::http::HeaderValue::from_static("max-age=31536000"),
+            );
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -562,7 +675,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read_at(now_ms());
         }
         result
     }
@@ -627,6 +740,7 @@ mod tests {
             },
             inner: Mutex::new(Inner::default()),
             empty: Notify::new(),
+            draining: AtomicBool::new(false),
         }
     }
 

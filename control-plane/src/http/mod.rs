@@ -1,8 +1,9 @@
 //! The HTTP API: routes, and the middleware every request passes through.
 //!
 //! Every request passes through one layer, [`edge`]: request id, trace span, panic guard,
-//! run to completion, latency metrics, security headers, access log. Then the body limit,
-//! then the handler.
+//! run to completion, latency metrics, security headers, access log. Then (when configured)
+//! CORS, then the handler; handlers read bodies through `extract::read_body`, which keeps
+//! the body limit.
 
 pub mod admin;
 pub(crate) mod api_keys;
@@ -21,7 +22,6 @@ pub mod tls;
 pub(crate) mod two_factor;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 
@@ -30,7 +30,6 @@ use crate::state::AppState;
 
 /// The whole API as a router, for the server and for in-process tests.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.max_body_bytes;
     let access_log = state.access_log;
     let cors = cors(&state.cors_origins);
     Router::new()
@@ -159,12 +158,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(handle_method_not_allowed)
         // Router::layer wraps each route (and the fallbacks) after routing: the edge sees
         // the route template. One call for both layers: each call boxes every route again,
-        // and a boxed level costs a clone and an allocation per request.
+        // and a boxed level costs a clone and an allocation per request. The body limit is
+        // `extract::read_body`'s.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(edge::EdgeLayer { access_log })
-                .option_layer(cors)
-                .layer(DefaultBodyLimit::max(max_body)),
+                .option_layer(cors),
         )
         .with_state(state)
 }

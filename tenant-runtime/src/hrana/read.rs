@@ -82,38 +82,40 @@ impl<'a> Reader<'a> {
         let mut owned: Option<String> = None;
         let mut from = start;
         loop {
-            let at = self.at;
-            match *bytes.get(at)? {
-                b'"' => {
-                    self.at = at + 1;
-                    return Some(match owned {
-                        None => Cow::Borrowed(&self.text[start..at]),
-                        Some(mut s) => {
-                            s.push_str(&self.text[from..at]);
-                            Cow::Owned(s)
-                        }
-                    });
-                }
-                b'\\' => {
-                    let s = owned.get_or_insert_with(String::new);
-                    s.push_str(&self.text[from..at]);
-                    s.push(match *bytes.get(at + 1)? {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        _ => return None,
-                    });
-                    self.at = at + 2;
-                    from = self.at;
-                }
-                0..0x20 => return None,
-                _ => self.at = at + 1,
+            // Straight to the next quote or escape; what lies between may hold no control
+            // character (the check folds over the run, which vectorises).
+            let run = bytes.get(self.at..)?;
+            let n = memchr::memchr2(b'"', b'\\', run)?;
+            if run[..n].iter().fold(false, |seen, &b| seen | (b < 0x20)) {
+                return None;
             }
+            let at = self.at + n;
+            if run[n] == b'"' {
+                self.at = at + 1;
+                return Some(match owned {
+                    None => Cow::Borrowed(&self.text[start..at]),
+                    Some(mut s) => {
+                        s.push_str(&self.text[from..at]);
+                        Cow::Owned(s)
+                    }
+                });
+            }
+            // A backslash.
+            let s = owned.get_or_insert_with(String::new);
+            s.push_str(&self.text[from..at]);
+            s.push(match *bytes.get(at + 1)? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                _ => return None,
+            });
+            self.at = at + 2;
+            from = self.at;
         }
     }
 

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The master key every benchmark's server runs with.
+pub(crate) const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 pub(crate) fn silo_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SILO_BIN") {
         return PathBuf::from(p);
@@ -29,10 +32,7 @@ pub(crate) fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(extra)
-        .env(
-            "SILO_MASTER_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        )
+        .env("SILO_MASTER_KEY", MASTER_KEY)
         // Benchmarks sign up many tenants from one address.
         .env("SILO_SIGNUP_RATE_LIMIT", "0")
         // ... and measure silo, not a plan's request limit.

@@ -262,3 +262,54 @@ fn the_data_directory_is_readable_by_silos_user_alone() {
     }
     assert!(files >= 3, "catalog, tenant database, lock: found {files}");
 }
+
+/// Issue 17, finding 9: the catalog (emails, password hashes, audit rows, client
+/// addresses) was plain SQLite. It is SQLCipher now, under a key derived from the master key:
+/// without the key nothing in the data directory shows an email or reads as a database.
+#[test]
+fn the_catalog_is_not_readable_without_the_master_key() {
+    let mut app = TestApp::spawn();
+    // In the tenant's name and its owner's email.
+    let marker = "catalogplaintextmarker";
+    let owner = app.signup(marker);
+    app.query(&owner.access_token, "CREATE TABLE t(x)")
+        .expect(200);
+    // Audit rows carry the email and the address too.
+    app.post(
+        "/v1/auth/login",
+        None,
+        serde_json::json!({ "email": owner.email, "password": "not-the-password" }),
+    )
+    .expect(401);
+    app.stop();
+    let path = app.data_dir().join("catalog.db");
+    let plain = rusqlite::Connection::open(&path).expect("open");
+    assert!(
+        plain
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r
+                .get::<_, i64>(0))
+            .is_err(),
+        "the catalog reads as plain SQLite"
+    );
+    let mut files = files_under(&app.data_dir());
+    files.retain(|p| !p.ends_with("master.key"));
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read");
+        assert!(
+            !contains(&bytes, marker.as_bytes()),
+            "an email in clear in {}",
+            file.display()
+        );
+        assert!(
+            !bytes.starts_with(b"SQLite format 3"),
+            "{} is plain SQLite",
+            file.display()
+        );
+    }
+    // With the key, it is the server's catalog.
+    let n: i64 = app
+        .catalog()
+        .query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))
+        .expect("keyed read");
+    assert_eq!(n, 1);
+}

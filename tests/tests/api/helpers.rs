@@ -209,10 +209,12 @@ impl TestApp {
     fn initialized(extra_args: &[&str], process: bool) -> (Self, String) {
         let mut app = Self::unstarted(extra_args);
         app.process = process;
+        // The key the server will run with: the catalog is encrypted under it.
         let out = Command::new(silo_bin())
             .arg("init")
             .arg("--data-dir")
             .arg(app.data_dir())
+            .env("SILO_MASTER_KEY", &app.master_key)
             .output()
             .expect("run silo init");
         assert!(
@@ -628,9 +630,24 @@ impl TestApp {
         )
     }
 
-    /// Opens the catalog directly (the server should be stopped for writes).
+    /// Opens the catalog directly (the server should be stopped for writes), keyed as the
+    /// server keys it: SQLCipher, under a key derived from the master key.
     pub fn catalog(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.data_dir().join("catalog.db")).expect("open catalog")
+        let conn =
+            rusqlite::Connection::open(self.data_dir().join("catalog.db")).expect("open catalog");
+        let keyring = silo_crypto::Keyring::new(
+            silo_crypto::MasterKey::from_base64(&self.master_key).expect("key"),
+            vec![],
+        );
+        let key = keyring
+            .derive_key(keyring.primary_id(), "catalog-db")
+            .expect("catalog key");
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\";",
+            hex::encode(secrecy::ExposeSecret::expose_secret(&key))
+        ))
+        .expect("key the catalog");
+        conn
     }
 }
 
