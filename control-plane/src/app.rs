@@ -206,13 +206,15 @@ impl Application {
                     .collect(),
             },
         });
-        // Exports interrupted by a crash: plaintext copies nobody will ever stream.
+        // Exports are streamed and never touch the disk; an older silo built them in
+        // `exports/`, and one interrupted by a crash left a plaintext copy there.
         if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
             for entry in entries.flatten() {
                 if let Err(e) = std::fs::remove_file(entry.path()) {
                     tracing::warn!(error = %e, "could not remove a leftover export");
                 }
             }
+            let _ = std::fs::remove_dir(&state.exports_dir);
         }
         let listener = TcpListener::bind(args.listen)
             .await

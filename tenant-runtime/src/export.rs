@@ -1,7 +1,8 @@
-//! Full exports of one tenant database: a plain SQLite copy, or a SQL dump. Both read one
-//! snapshot (a read transaction, so WAL writers keep writing meanwhile) on a connection of
-//! their own, with `trusted_schema = OFF` so the tenant's views and triggers run with no more
-//! rights than in the sandbox. Blocking: run on a blocking thread.
+//! Full exports of one tenant database: a plain SQLite copy, a SQL dump, or a zip of CSV
+//! files. Each reads one snapshot (a read transaction, so WAL writers keep writing
+//! meanwhile) on a connection of its own, with `trusted_schema = OFF` so the tenant's views
+//! and triggers run with no more rights than in the sandbox, and writes to a stream: none
+//! builds a file. Blocking: run on a blocking thread.
 
 use std::io::Write;
 use std::path::Path;
@@ -34,31 +35,68 @@ fn open_for_export(db: &Path, token: &DbToken) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Writes a plain (unencrypted) copy of the database to `out`, which must not exist.
-pub fn export_sqlite(db: &Path, token: &DbToken, out: &Path) -> Result<()> {
+/// Writes a plain (unencrypted) SQLite copy of the database to `out`, page by page, from
+/// one read snapshot. SQLCipher's pager decrypts each page as it is read (through the
+/// `sqlite_dbpage` table), and nothing is written anywhere but `out`: no plaintext copy of
+/// the database ever reaches the disk. The copy keeps SQLCipher's page size and the
+/// reserved bytes at the end of each page (zeroed; any SQLite reads such a file), and is
+/// marked as a rollback-journal database, so it opens on its own.
+pub fn export_sqlite(db: &Path, token: &DbToken, out: &mut dyn Write) -> Result<()> {
     let conn = open_for_export(db, token)?;
-    let out_text = out
-        .to_str()
-        .ok_or_else(|| RuntimeError::Internal("export path is not UTF-8".to_owned()))?;
-    // SQLCipher's own export: schema first, then the rows of one read snapshot, then
-    // indexes and triggers. KEY '' makes the target a plain SQLite file.
-    conn.execute("ATTACH DATABASE ?1 AS plaintext KEY ''", [out_text])
-        .map_err(internal("attach export target"))?;
-    // One read transaction: the schema and every table come from the same snapshot.
-    let result = conn
-        .execute_batch("BEGIN")
-        .and_then(|()| conn.query_row("SELECT sqlcipher_export('plaintext')", [], |_| Ok(())))
-        .and_then(|()| conn.execute_batch("COMMIT"))
-        .map_err(internal("sqlcipher_export"));
-    if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    conn.execute_batch("DETACH DATABASE plaintext")
-        .map_err(internal("detach export target"))?;
+    conn.execute_batch("BEGIN")
+        .map_err(internal("begin snapshot"))?;
+    let result = write_pages(&conn, out);
+    let _ = conn.execute_batch("ROLLBACK");
     result
 }
 
-/// SQL text of a value, as `sqlite3 .dump` writes it.
+/// The header every SQLite file starts with.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+fn write_pages(conn: &Connection, out: &mut dyn Write) -> Result<()> {
+    let io = |e: std::io::Error| RuntimeError::Internal(format!("write export: {e}"));
+    let mut page = conn
+        .prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
+        .map_err(internal("read pages"))?;
+    let mut read = |pgno: u32| -> Result<Vec<u8>> {
+        page.query_row([pgno], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(internal("read page"))
+    };
+    let mut first = read(1)?;
+    if first.len() < 100 || !first.starts_with(SQLITE_HEADER) {
+        return Err(RuntimeError::Internal(
+            "the database's first page has no SQLite header".to_owned(),
+        ));
+    }
+    // In the header: the reserved bytes at the end of each page (20), the size of the
+    // database in pages (28..32, current when the write counter at 92 matches 24).
+    let reserve = usize::from(first[20]);
+    let pages = u32::from_be_bytes([first[28], first[29], first[30], first[31]]);
+    if first[24..28] != first[92..96] || pages == 0 {
+        return Err(RuntimeError::Internal(
+            "the database's header does not give its size".to_owned(),
+        ));
+    }
+    // File format versions 1 (rollback journal), not 2 (WAL): a lone file then opens with
+    // no -wal beside it, read-only media included.
+    first[18] = 1;
+    first[19] = 1;
+    let scrub = |page: &mut Vec<u8>| {
+        let len = page.len();
+        if let Some(tail) = page.get_mut(len.saturating_sub(reserve)..) {
+            tail.fill(0);
+        }
+    };
+    scrub(&mut first);
+    out.write_all(&first).map_err(io)?;
+    for pgno in 2..=pages {
+        let mut data = read(pgno)?;
+        scrub(&mut data);
+        out.write_all(&data).map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
 fn literal(v: ValueRef<'_>) -> String {
     match v {
         ValueRef::Null => "NULL".to_owned(),
@@ -216,12 +254,11 @@ fn csv_name(table: &str, taken: &mut std::collections::HashSet<String>) -> Strin
 }
 
 /// Writes a zip archive to `out` with one CSV file per table (header row first), from one
-/// snapshot. See [`csv_field`] for how values are written.
-pub fn export_csv_zip(db: &Path, token: &DbToken, out: &Path) -> Result<()> {
+/// snapshot, as it goes (a streamed archive: sizes follow each entry). See [`csv_field`]
+/// for how values are written.
+pub fn export_csv_zip(db: &Path, token: &DbToken, out: &mut dyn Write) -> Result<()> {
     let conn = open_for_export(db, token)?;
-    let file = std::fs::File::create(out)
-        .map_err(|e| RuntimeError::Internal(format!("create archive: {e}")))?;
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+    let mut zip = zip::ZipWriter::new_stream(out);
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
     let zerr = |e: zip::result::ZipError| RuntimeError::Internal(format!("write archive: {e}"));
@@ -319,13 +356,24 @@ mod tests {
     fn the_sqlite_export_is_a_plain_copy_with_the_same_rows() {
         let (dir, path, token) = seeded();
         let out = dir.path().join("plain.db");
-        export_sqlite(&path, &token, &out).unwrap();
+        // While a writer has pages in the WAL that the database file does not have yet.
+        let writer = open_keyed(&path, &token, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE late(x); INSERT INTO late VALUES ('in the wal');")
+            .unwrap();
+        let mut bytes = Vec::new();
+        export_sqlite(&path, &token, &mut bytes).unwrap();
+        std::fs::write(&out, &bytes).unwrap();
         assert!(
             std::fs::read(&out)
                 .unwrap()
                 .starts_with(b"SQLite format 3\0")
         );
         let copy = Connection::open(&out).unwrap();
+        let mode: String = copy
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete", "a lone file, not a WAL database");
         let ok: String = copy
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
@@ -364,10 +412,10 @@ mod tests {
 
     #[test]
     fn the_csv_archive_has_a_file_per_table_and_tells_null_from_empty() {
-        let (dir, path, token) = seeded();
-        let out = dir.path().join("x.zip");
-        export_csv_zip(&path, &token, &out).unwrap();
-        let mut archive = zip::ZipArchive::new(std::fs::File::open(&out).unwrap()).unwrap();
+        let (_dir, path, token) = seeded();
+        let mut bytes = Vec::new();
+        export_csv_zip(&path, &token, &mut bytes).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
         let names: Vec<String> = archive
             .file_names()
             .map(|n| n.unwrap().into_owned())

@@ -348,7 +348,18 @@ pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), Stri
             Ok(())
         }
     };
+    // Raw pages (the SQLite export reads them on a connection of its own): below the
+    // schema, the triggers and the reserved tables' rule.
+    let raw_pages = |table: &str| table.eq_ignore_ascii_case("sqlite_dbpage");
     match action {
+        A::Read { table_name, .. }
+        | A::Insert { table_name }
+        | A::Update { table_name, .. }
+        | A::Delete { table_name }
+            if raw_pages(table_name) =>
+        {
+            Err("sqlite_dbpage is not available: read the database through SQL".to_owned())
+        }
         A::Attach { .. } | A::Detach { .. } => Err(
             "ATTACH, DETACH and VACUUM are not allowed: a tenant reaches only its own database"
                 .to_owned(),
@@ -594,6 +605,9 @@ mod tests {
             "CREATE TEMP TABLE _silo_meta(x)",
             "CREATE VIRTUAL TABLE _silo_docs USING fts5(body)",
             "CREATE VIRTUAL TABLE files USING fsdir",
+            "SELECT data FROM sqlite_dbpage WHERE pgno = 1",
+            "SELECT count(*) FROM SQLITE_DBPAGE",
+            "UPDATE sqlite_dbpage SET data = zeroblob(4096) WHERE pgno = 2",
         ] {
             let reason = refused(&conn, &state, sql);
             assert!(!reason.is_empty(), "{sql}");

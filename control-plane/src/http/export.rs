@@ -13,7 +13,7 @@ use crate::auth::{Principal, Role, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::exports::InFlight;
 use crate::http::extract::ApiQuery;
-use crate::service::export::{self, Export, Format, Payload};
+use crate::service::export::{self, Export, Format};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -36,38 +36,22 @@ pub(crate) async fn handle_export(
     ))
 }
 
-/// Streams an export: a built file (open, already unlinked), or the dump being written.
+/// Streams an export as it is written.
 fn send(export: Export) -> Response {
     let (content_type, ext) = export.format.media();
     let disposition = format!("attachment; filename=\"{}.{ext}\"", export.tenant);
-    match export.payload {
-        Payload::File { file, size } => {
-            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-            // The guard lives as long as the body: the next export may start once this one
-            // is sent.
-            let body = Body::from_stream(futures_guard(stream, export.in_flight));
-            (
-                [
-                    (header::CONTENT_TYPE, content_type.to_owned()),
-                    (header::CONTENT_LENGTH, size.to_string()),
-                    (header::CONTENT_DISPOSITION, disposition),
-                ],
-                body,
-            )
-                .into_response()
-        }
-        Payload::Stream(rx) => {
-            let body = Body::from_stream(futures_guard(super::ChannelBody(rx), export.in_flight));
-            (
-                [
-                    (header::CONTENT_TYPE, content_type.to_owned()),
-                    (header::CONTENT_DISPOSITION, disposition),
-                ],
-                body,
-            )
-                .into_response()
-        }
-    }
+    let body = Body::from_stream(futures_guard(
+        super::ChannelBody(export.payload),
+        export.in_flight,
+    ));
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Keeps `guard` alive until the stream is dropped (sent or abandoned).

@@ -1,11 +1,10 @@
 //! Exports of a tenant's whole database: SQLite file, SQL dump, or a zip of CSV files.
 //!
-//! The export is built on a blocking thread into `<data-dir>/exports/`, from one snapshot
-//! (writers keep writing), then opened and unlinked at once: the caller streams it from the
-//! open file, so memory stays bounded whatever the size, and no plaintext copy keeps a name
-//! on disk once streaming starts. Leftovers of a crash are removed at start-up.
-
-use std::path::PathBuf;
+//! Every format is written on a blocking thread from one snapshot (writers keep writing)
+//! while it is sent, in chunks down a bounded channel: memory stays bounded whatever the
+//! size, and no plaintext copy is ever written to disk (the SQLite copy is made of the
+//! pages SQLCipher decrypts as they are read). Files an older silo left in
+//! `<data-dir>/exports/` are removed at start-up.
 
 use silo_tenant_runtime::{RuntimeError, TenantId, export};
 use silo_types::AuditAction;
@@ -25,17 +24,12 @@ pub(crate) struct Export {
     pub(crate) in_flight: InFlight,
 }
 
-/// What an export sends.
-pub(crate) enum Payload {
-    /// A built file (SQLite, CSV zip), opened and already unlinked.
-    File { file: std::fs::File, size: u64 },
-    /// The SQL dump, written while it is sent from one read snapshot: it never touches
-    /// the disk. A failure half-way ends the stream with an error (the client sees a
-    /// truncated transfer, never a silently short dump).
-    Stream(tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>),
-}
+/// What an export sends: chunks written while they are sent. A failure half-way ends the
+/// stream with an error (the client sees a truncated transfer, never a silently short
+/// export).
+pub(crate) type Payload = tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>;
 
-/// Chunks of the streamed dump.
+/// Chunks of a streamed export.
 const CHUNK: usize = 64 * 1024;
 
 /// A writer that sends what it is given, in chunks, down a channel; blocking.
@@ -72,15 +66,16 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-/// Writes the tenant's SQL dump down `tx`. Blocking. A wrong key (an interrupted rotation)
-/// is retried with the next token while nothing has been sent.
-fn stream_sql(
+/// Writes the tenant's export in `format` down `tx`. Blocking. A wrong key (an interrupted
+/// rotation) is retried with the next token while nothing has been sent.
+fn stream(
     state: &AppState,
     tenant: TenantId,
+    format: Format,
     tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
 ) {
     let fail = |e: String| {
-        tracing::error!(error = %e, "streaming a SQL export failed");
+        tracing::error!(error = %e, format = format.name(), "streaming an export failed");
         let _ = tx.blocking_send(Err(std::io::Error::other(e)));
     };
     let db = state.provisioner.placement().path(tenant);
@@ -94,9 +89,14 @@ fn stream_sql(
             buf: Vec::with_capacity(CHUNK),
             sent: 0,
         };
-        let result = export::export_sql(&db, &token, &mut out).and_then(|()| {
+        let written = match format {
+            Format::Sqlite => export::export_sqlite(&db, &token, &mut out),
+            Format::Sql => export::export_sql(&db, &token, &mut out),
+            Format::Csv => export::export_csv_zip(&db, &token, &mut out),
+        };
+        let result = written.and_then(|()| {
             std::io::Write::flush(&mut out)
-                .map_err(|e| RuntimeError::Internal(format!("send dump: {e}")))
+                .map_err(|e| RuntimeError::Internal(format!("send export: {e}")))
         });
         match result {
             Ok(()) => return,
@@ -220,107 +220,22 @@ async fn prepare(
         .await?;
     let st = state.clone();
     let span = tracing::Span::current();
-    if let Format::Sql = format {
-        // Recorded when it starts: its size is known only once it is sent.
-        let mut after = serde_json::json!({ "format": format.name(), "streamed": true });
-        if let (Some(a), Some(e)) = (after.as_object_mut(), extra.as_object()) {
-            a.extend(e.clone());
-        }
-        state.audit(audit.after(after)).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        tokio::task::spawn_blocking(move || {
-            // The gate's permit is held while the dump is written.
-            let _permit = permit;
-            span.in_scope(|| stream_sql(&st, tenant, &tx));
-        });
-        return Ok(Export {
-            payload: Payload::Stream(rx),
-            format,
-            tenant,
-            in_flight,
-        });
-    }
-    let file = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        span.in_scope(|| build(&st, tenant, format))
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    let size = file
-        .metadata()
-        .map(|m| m.len())
-        .map_err(ApiError::internal)?;
-
-    let mut after = serde_json::json!({ "format": format.name(), "bytes": size });
+    // Recorded when it starts: its size is known only once it is sent.
+    let mut after = serde_json::json!({ "format": format.name(), "streamed": true });
     if let (Some(a), Some(e)) = (after.as_object_mut(), extra.as_object()) {
         a.extend(e.clone());
     }
     state.audit(audit.after(after)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        // The gate's permit is held while the export is written.
+        let _permit = permit;
+        span.in_scope(|| stream(&st, tenant, format, &tx));
+    });
     Ok(Export {
-        payload: Payload::File { file, size },
+        payload: rx,
         format,
         tenant,
         in_flight,
     })
-}
-
-/// Builds the export file and returns it opened and already unlinked. Blocking.
-fn build(state: &AppState, tenant: TenantId, format: Format) -> ApiResult<std::fs::File> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    let dir = state.exports_dir.clone();
-    // Plaintext copies: only silo's own user may read them while they exist.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(ApiError::internal)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(ApiError::internal)?;
-    let path: PathBuf = dir.join(format!(
-        "{tenant}-{}.{}",
-        hex::encode(silo_crypto::random_bytes::<6>()),
-        format.name()
-    ));
-    let db = state.provisioner.placement().path(tenant);
-    let private_file = |p: &std::path::Path| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(p)
-            .map_err(|e| RuntimeError::Internal(format!("create export file: {e}")))
-    };
-    let mut last = RuntimeError::Missing;
-    for token in state.db_token_candidates(tenant)? {
-        let result = match format {
-            // Created empty with mode 0600 first; SQLite and the zip writer then fill it.
-            Format::Sqlite => {
-                private_file(&path).and_then(|_| export::export_sqlite(&db, &token, &path))
-            }
-            Format::Csv => {
-                private_file(&path).and_then(|_| export::export_csv_zip(&db, &token, &path))
-            }
-            // Streamed by `stream_sql`, never built into a file.
-            Format::Sql => {
-                return Err(ApiError::internal(anyhow::anyhow!(
-                    "a SQL export is streamed, not built"
-                )));
-            }
-        };
-        match result {
-            Ok(()) => {
-                let file = std::fs::File::open(&path).map_err(ApiError::internal)?;
-                std::fs::remove_file(&path).map_err(ApiError::internal)?;
-                return Ok(file);
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                last = e;
-                if !matches!(last, RuntimeError::WrongKey) {
-                    break;
-                }
-            }
-        }
-    }
-    Err(last.into())
 }
