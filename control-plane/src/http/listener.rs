@@ -112,6 +112,8 @@ struct Activity {
     head_started_ms: AtomicU64,
     /// Requests whose answer has not been produced yet.
     in_flight: AtomicU32,
+    /// Answers produced whose head hyper has not written yet.
+    heads_due: AtomicU32,
     /// Why the registry wants it closed: [`EVICTED`], [`DRAINING`], or 0.
     told: AtomicU8,
     /// Wakes the connection's task when `told` is set.
@@ -204,6 +206,7 @@ impl Registry {
             last_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            heads_due: AtomicU32::new(0),
             told: AtomicU8::new(0),
             close: Notify::new(),
         });
@@ -371,6 +374,7 @@ async fn connection<IO>(
     let io = TokioIo::new(Tracked {
         inner: stream,
         activity: activity.clone(),
+        replacing: None,
     });
     let service = Connection {
         bodies: registry.bodies.clone(),
@@ -647,6 +651,9 @@ impl Future for Answering {
                 }
             },
         };
+        if let AnswerState::Running { _guard, .. } = &this.state {
+            _guard.0.heads_due.fetch_add(1, Ordering::Relaxed);
+        }
         // Dropping the running state ends the request's in-flight count and body permit.
         this.state = AnswerState::Answered(None);
         let mut response = response;
@@ -660,10 +667,103 @@ impl Future for Answering {
     }
 }
 
-/// A socket (or TLS stream) that stamps its connection's activity on every byte moved.
+/// A socket (or TLS stream) that stamps its connection's activity on every byte moved, and
+/// gives hyper's own answers to requests it could not parse a JSON body (see
+/// [`protocol_error`]).
 struct Tracked<IO> {
     inner: IO,
     activity: Arc<Activity>,
+    /// The JSON version of hyper's answer being written, and how much of it is out.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+/// hyper answers a request it cannot parse (a malformed head: 400; headers past its buffer:
+/// 431; a URI too long: 414; another HTTP version: 505) itself, with an empty body, and
+/// closes. That answer is recognised as it is written: a whole head alone, status 4xx or
+/// 5xx, `connection: close`, `content-length: 0`, while no request is in flight and no
+/// answer of silo's is owed its head (each produced answer counts one head, taken off when
+/// a write starts with one; a body never starts a write: its first bytes share the head's
+/// write, and chunks start with their size). It is replaced by the same status with the
+/// contract's JSON error body.
+fn protocol_error(activity: &Activity, written: &[u8]) -> Option<Vec<u8>> {
+    if activity.heads_due.load(Ordering::Relaxed) > 0
+        || activity.busy()
+        || !(written.starts_with(b"HTTP/1.1 4") || written.starts_with(b"HTTP/1.1 5"))
+        || !written.ends_with(b"\r\n\r\n")
+    {
+        return None;
+    }
+    let head = std::str::from_utf8(written).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    let has = |h: &str| headers.iter().any(|l| l.eq_ignore_ascii_case(h));
+    if !has("connection: close") || !has("content-length: 0") {
+        return None;
+    }
+    let status: u16 = status_line.get(9..12)?.parse().ok()?;
+    let (code, message) = match status {
+        400 => ("bad_request", "the request is not valid HTTP/1.1"),
+        414 => ("uri_too_long", "the request's URI is too long"),
+        431 => (
+            "headers_too_large",
+            "the request's headers are too large; send fewer or shorter headers",
+        ),
+        505 => ("http_version_not_supported", "use HTTP/1.1"),
+        _ => ("bad_request", "the request could not be read"),
+    };
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let mut answer = format!(
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n",
+        body.len()
+    );
+    for line in headers
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("date:"))
+    {
+        answer.push_str(line);
+        answer.push_str("\r\n");
+    }
+    answer.push_str("\r\n");
+    answer.push_str(&body);
+    metrics::counter!("silo_protocol_errors_total", "status" => status.to_string()).increment(1);
+    Some(answer.into_bytes())
+}
+
+impl Activity {
+    /// `written` bytes went out: if they began with a head, it was one of silo's.
+    fn wrote(&self, first: &[u8], written: usize) {
+        if written > 0 {
+            self.touch();
+            if first.starts_with(b"HTTP/1.1 ") {
+                let _ = self
+                    .heads_due
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Tracked<IO> {
+    /// Writes what is left of a replacement; `Ready(Ok(()))` once all of it is out.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((bytes, at)) = &mut self.replacing {
+            if *at == bytes.len() {
+                self.replacing = None;
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*at..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => *at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -687,9 +787,18 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.replacing.is_none()
+            && let Some(answer) = protocol_error(&self.activity, buf)
+        {
+            self.replacing = Some((answer, 0));
+        }
+        if self.replacing.is_some() {
+            // hyper's bytes count as written once the JSON answer is out.
+            return self.poll_replacement(cx).map_ok(|()| buf.len());
+        }
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = result {
+            self.activity.wrote(buf, n);
         }
         result
     }
@@ -699,9 +808,26 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // hyper's answers of its own come alone, in one slice; the first slice of any
+        // other write is looked at to count silo's heads.
+        if self.replacing.is_none()
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && let Some(answer) = protocol_error(&self.activity, first)
+            && bufs.iter().filter(|b| !b.is_empty()).count() == 1
+        {
+            self.replacing = Some((answer, 0));
+        }
+        if self.replacing.is_some() {
+            let total = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_replacement(cx).map_ok(|()| total);
+        }
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = result {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            self.activity.wrote(first, n);
         }
         result
     }

@@ -183,3 +183,43 @@ fn buffered_request_bodies_have_a_global_budget() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// Issue 17, finding 11: a request hyper cannot parse was answered 400 (or 431) with an empty
+/// body. It gets the contract's JSON error now, and the connection closes; requests before
+/// it on the same connection are answered as usual.
+#[test]
+fn requests_that_are_not_http_get_json_errors() {
+    let app = TestApp::spawn();
+    let answer = |raw: &[u8]| {
+        let mut s = TcpStream::connect(address(&app)).expect("connect");
+        s.write_all(raw).expect("send");
+        read_until_closed(&mut s, Duration::from_secs(5)).0
+    };
+    let json_error = |text: &str, status: &str, code: &str| {
+        assert!(text.contains(&format!("HTTP/1.1 {status}")), "{text}");
+        let (head, body) = text.rsplit_once("\r\n\r\n").expect("head and body");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(v["error"]["code"], code, "{body}");
+    };
+    json_error(
+        &answer(b"GET /health HTTP/1.1\r\nHost x\r\n\r\n"),
+        "400",
+        "bad_request",
+    );
+    json_error(&answer(b"NOT HTTP AT ALL\r\n\r\n"), "400", "bad_request");
+    let mut huge = b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 500_000));
+    huge.extend(b"\r\n\r\n");
+    json_error(&answer(&huge), "431", "headers_too_large");
+    // A good request, then a broken one: the first is answered, then the JSON error.
+    let both =
+        answer(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost x\r\n\r\n");
+    assert!(both.starts_with("HTTP/1.1 200"), "{both}");
+    json_error(&both, "400", "bad_request");
+    app.get("/healthz", None).expect(200);
+}
