@@ -651,6 +651,12 @@ impl Drop for Lease {
             if !c.conn.is_autocommit() {
                 rollback(&c.conn, &c.sandbox);
             }
+            // Nor a session PRAGMA: the next request may be another principal's.
+            if c.sandbox.session_pragmas_used()
+                && let Err(e) = server_sql(&c.conn, &c.sandbox, sandbox::SESSION_DEFAULTS)
+            {
+                tracing::warn!(error = %e, "resetting session PRAGMAs failed");
+            }
             self.handle.give_back(c, self.writer);
         }
     }
@@ -682,6 +688,30 @@ fn classify_full(conn: &Connection, sandbox: &SandboxState) -> RuntimeError {
         (Some(count), Some(max)) if count + 16 >= max => RuntimeError::QuotaExceeded,
         _ => RuntimeError::Full,
     }
+}
+
+/// The session PRAGMAs that differ from [`sandbox::SESSION_DEFAULTS`] on `conn`, as the
+/// statements that set them (`case_sensitive_like` cannot be read back, so it is not kept).
+pub(crate) fn session_pragmas(conn: &Connection, sandbox: &SandboxState) -> String {
+    const DEFAULTS: [(&str, i64); 7] = [
+        ("foreign_keys", 1),
+        ("defer_foreign_keys", 0),
+        ("legacy_alter_table", 0),
+        ("recursive_triggers", 0),
+        ("read_uncommitted", 0),
+        ("reverse_unordered_selects", 0),
+        ("automatic_index", 1),
+    ];
+    let mut set = String::new();
+    for (name, default) in DEFAULTS {
+        let value: Option<i64> = sandbox
+            .as_server(|| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)))
+            .ok();
+        if let Some(v) = value.filter(|v| *v != default) {
+            set.push_str(&format!("PRAGMA {name} = {v};"));
+        }
+    }
+    set
 }
 
 pub(crate) fn server_sql(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<()> {

@@ -484,6 +484,10 @@ pub struct Session {
     pin: Option<Pin>,
     closed: bool,
     transaction_started: Option<Instant>,
+    /// Session PRAGMAs the stream set (`PRAGMA foreign_keys = OFF`, …), as statements that
+    /// set them again: they hold for the stream, like on a connection of its own, though
+    /// the connection goes back to the handle (and is reset) between calls.
+    session_pragmas: String,
 }
 
 impl Drop for Session {
@@ -660,7 +664,8 @@ impl Session {
         level: AccessLevel,
         f: impl FnOnce(&Connection, &SandboxState) -> Result<T>,
     ) -> Result<T> {
-        if self.lease.is_none() {
+        let fresh = self.lease.is_none();
+        if fresh {
             self.lease = Some(handle.lease(level)?);
         }
         let deadline = self
@@ -670,7 +675,17 @@ impl Session {
             .lease
             .as_mut()
             .ok_or_else(|| RuntimeError::Internal("no lease".to_owned()))?;
-        lease.run_until(deadline, level, true, |conn, sandbox, _| f(conn, sandbox))
+        let session = &mut self.session_pragmas;
+        lease.run_until(deadline, level, true, |conn, sandbox, _| {
+            if fresh && !session.is_empty() {
+                crate::handle::server_sql(conn, sandbox, session)?;
+            }
+            let out = f(conn, sandbox);
+            if sandbox.session_pragmas_used() {
+                *session = crate::handle::session_pragmas(conn, sandbox);
+            }
+            out
+        })
     }
 
     fn sql_text(&self, sql: Option<String>, sql_id: Option<i32>) -> Result<String> {

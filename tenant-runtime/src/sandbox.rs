@@ -70,11 +70,35 @@ const INTROSPECTION_PRAGMAS: &[&str] = &[
     "quick_check",
 ];
 
+/// PRAGMAs that change only how this connection behaves (no file, no key, no memory limit,
+/// nothing kept in the database), which ORMs and migration tools set around a table rebuild
+/// (drizzle, Prisma, knex, Django, SQLAlchemy, TypeORM): a tenant may set and read them.
+/// They last as long as the request, or the libSQL stream, that set them: the connection
+/// is reset to [`SESSION_DEFAULTS`] before it serves anyone else.
+pub const SESSION_PRAGMAS: &[&str] = &[
+    "foreign_keys",
+    "defer_foreign_keys",
+    "legacy_alter_table",
+    "recursive_triggers",
+    "read_uncommitted",
+    "reverse_unordered_selects",
+    "automatic_index",
+    "case_sensitive_like",
+];
+
+/// What a connection is reset to after a request or stream that set a session PRAGMA:
+/// silo's settings (foreign keys on), SQLite's defaults for the rest.
+pub const SESSION_DEFAULTS: &str = "PRAGMA foreign_keys = ON; PRAGMA defer_foreign_keys = OFF; \
+     PRAGMA legacy_alter_table = OFF; PRAGMA recursive_triggers = OFF; \
+     PRAGMA read_uncommitted = OFF; PRAGMA reverse_unordered_selects = OFF; \
+     PRAGMA automatic_index = ON; PRAGMA case_sensitive_like = OFF;";
+
 /// PRAGMAs a tenant may *read* (no argument, no assignment). Note what is absent:
 /// `database_list` (it prints the file's path) and every `cipher_*`/`key`/`rekey`.
 const READABLE_PRAGMAS: &[&str] = &[
     "application_id",
     "auto_vacuum",
+    "busy_timeout",
     "collation_list",
     "compile_options",
     "data_version",
@@ -160,6 +184,11 @@ pub struct SandboxState {
     /// The statement runs inline (on an async thread, for a quick read): one that can write
     /// is refused before it starts (see `TenantHandle::run_now` for why).
     reads_only: AtomicBool,
+    /// A statement that sets a session PRAGMA has been compiled on this connection (and
+    /// may sit in its statement cache): from then on, every lease of the connection ends
+    /// with the session settings reset. Sticky: a cached statement runs without the
+    /// authorizer seeing it again.
+    session_pragmas_used: AtomicBool,
 }
 
 /// The connection's interrupt handle (not `Debug` itself).
@@ -186,7 +215,13 @@ impl SandboxState {
             compiled_level: std::sync::atomic::AtomicU8::new(AccessLevel::ReadOnly as u8),
             compiled_transactions: AtomicBool::new(false),
             reads_only: AtomicBool::new(false),
+            session_pragmas_used: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a session PRAGMA may have been set on this connection (see the field).
+    pub fn session_pragmas_used(&self) -> bool {
+        self.session_pragmas_used.load(Ordering::Relaxed)
     }
 
     /// Every statement compiled since [`SandboxState::forget_compiled`] would also compile
@@ -370,7 +405,10 @@ pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), Stri
         } => {
             let name = pragma_name.to_ascii_lowercase();
             let allowed = INTROSPECTION_PRAGMAS.contains(&name.as_str())
-                || (pragma_value.is_none() && READABLE_PRAGMAS.contains(&name.as_str()));
+                || SESSION_PRAGMAS.contains(&name.as_str())
+                || (pragma_value.is_none() && READABLE_PRAGMAS.contains(&name.as_str()))
+                // Kept in the database's header, or writes statistics: schema work.
+                || (level >= AccessLevel::Schema && matches!(name.as_str(), "user_version" | "optimize"));
             if allowed {
                 Ok(())
             } else {
@@ -536,6 +574,16 @@ pub fn install(
         let level = auth_state.level();
         match authorize(&ctx.action, level) {
             Ok(()) => {
+                if let AuthAction::Pragma {
+                    pragma_name,
+                    pragma_value: Some(_),
+                } = &ctx.action
+                    && SESSION_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str())
+                {
+                    auth_state
+                        .session_pragmas_used
+                        .store(true, Ordering::Relaxed);
+                }
                 if level != AccessLevel::ReadOnly {
                     auth_state.note_allowed(&ctx.action, level);
                 }
@@ -588,11 +636,15 @@ mod tests {
             "VACUUM INTO '/tmp/silo-sandbox-test-copy.db'",
             "PRAGMA writable_schema = 1",
             "PRAGMA journal_mode = DELETE",
+            "PRAGMA cache_size = -1000000",
+            "PRAGMA temp_store = FILE",
+            "PRAGMA query_only = 0",
+            "PRAGMA trusted_schema = 1",
+            "PRAGMA ignore_check_constraints = 1",
             "PRAGMA key = 'x'",
             "PRAGMA rekey = 'x'",
             "PRAGMA cipher_compatibility = 3",
             "PRAGMA database_list",
-            "PRAGMA user_version = 3",
             "SELECT load_extension('/tmp/evil.so')",
             "SELECT sqlcipher_export('o')",
             "BEGIN",
@@ -612,6 +664,33 @@ mod tests {
             let reason = refused(&conn, &state, sql);
             assert!(!reason.is_empty(), "{sql}");
         }
+    }
+
+    #[test]
+    fn session_pragmas_are_anyones_and_mark_the_connection_the_schema_version_is_admins() {
+        let (conn, state) = sandboxed();
+        state.set_level(AccessLevel::ReadOnly);
+        assert!(!state.session_pragmas_used());
+        conn.query_row("PRAGMA foreign_keys", [], |_| Ok(()))
+            .unwrap();
+        assert!(!state.session_pragmas_used(), "a read sets nothing");
+        for sql in [
+            "PRAGMA foreign_keys = OFF",
+            "PRAGMA defer_foreign_keys = ON",
+            "PRAGMA legacy_alter_table = 1",
+            "PRAGMA read_uncommitted = true",
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        assert!(state.session_pragmas_used());
+        let reason = refused(&conn, &state, "PRAGMA user_version = 3");
+        assert!(reason.contains("user_version"), "{reason}");
+        state.set_level(AccessLevel::ReadWrite);
+        refused(&conn, &state, "PRAGMA user_version = 4");
+        refused(&conn, &state, "PRAGMA optimize");
+        state.set_level(AccessLevel::Schema);
+        conn.execute_batch("PRAGMA user_version = 5; PRAGMA optimize;")
+            .unwrap();
     }
 
     #[test]

@@ -962,3 +962,154 @@ fn stored_sql_is_bounded_per_tenant_and_memory_stays_flat() {
     .expect(200);
     assert_eq!(r["results"][0]["type"], json!("ok"), "{r}");
 }
+
+/// Issue 18, finding 1: connection PRAGMAs were refused, so a table rebuild with foreign
+/// keys on cascaded into the referencing table (drizzle-kit push deleted every row of it),
+/// and migrators that switch foreign keys off failed. They are allowed now, hold for the
+/// request or stream that set them, and never reach another principal's statements.
+#[test]
+fn session_pragmas_allow_a_table_rebuild_and_stay_in_their_stream() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Rebuild");
+    let member = app.add_member(&owner, "member");
+    let viewer = app.add_member(&owner, "viewer");
+    let setup = pipeline(
+        &app,
+        &owner.access_token,
+        None,
+        json!([
+            exec("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)"),
+            exec("CREATE TABLE posts(id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE)"),
+            exec("INSERT INTO users VALUES (1, 'a'), (2, 'b')"),
+            exec("INSERT INTO posts VALUES (10, 1), (11, 1), (12, 2)"),
+            { "type": "close" }
+        ]),
+    )
+    .expect(200);
+    assert!(
+        setup["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .all(|r| r["type"] == "ok"),
+        "{setup}"
+    );
+    // drizzle-kit's rebuild of `users` (adding a CHECK), as its libSQL migrator sends it.
+    let rebuild = pipeline(
+        &app,
+        &owner.access_token,
+        None,
+        json!([
+            exec("PRAGMA foreign_keys=OFF"),
+            exec("BEGIN"),
+            exec("CREATE TABLE __new_users(id INTEGER PRIMARY KEY, name TEXT CHECK (length(name) > 0))"),
+            exec("INSERT INTO __new_users SELECT id, name FROM users"),
+            exec("DROP TABLE users"),
+            exec("ALTER TABLE __new_users RENAME TO users"),
+            exec("COMMIT"),
+            exec("PRAGMA foreign_keys=ON"),
+            { "type": "close" }
+        ]),
+    )
+    .expect(200);
+    for (i, r) in rebuild["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(r["type"], "ok", "step {i}: {r}");
+    }
+    let posts = app
+        .query(&owner.access_token, "SELECT count(*) FROM posts")
+        .expect(200);
+    assert_eq!(
+        posts["rows"],
+        json!([[3]]),
+        "the rebuild lost referencing rows"
+    );
+
+    // A stream that turns foreign keys off keeps them off across its calls, even between
+    // transactions; nobody else sees it.
+    let first = pipeline(
+        &app,
+        &member.access_token,
+        None,
+        json!([
+            exec("PRAGMA foreign_keys = OFF"),
+            exec("PRAGMA legacy_alter_table = ON")
+        ]),
+    )
+    .expect(200);
+    let baton = first["baton"].as_str().expect("baton").to_owned();
+    for who in [&owner, &member, &viewer] {
+        let seen = app
+            .query(&who.access_token, "PRAGMA foreign_keys")
+            .expect(200);
+        assert_eq!(seen["rows"], json!([[1]]), "a session PRAGMA leaked");
+        let r = pipeline(
+            &app,
+            &who.access_token,
+            None,
+            json!([exec("PRAGMA legacy_alter_table"), { "type": "close" }]),
+        )
+        .expect(200);
+        assert_eq!(
+            r["results"][0]["response"]["result"]["rows"][0][0]["value"], "0",
+            "{r}"
+        );
+    }
+    let again = pipeline(
+        &app,
+        &member.access_token,
+        Some(&baton),
+        json!([
+            exec("PRAGMA foreign_keys"),
+            // Off in this stream: a dangling reference goes in.
+            exec("INSERT INTO posts VALUES (13, 99)"),
+            { "type": "close" }
+        ]),
+    )
+    .expect(200);
+    assert_eq!(
+        again["results"][0]["response"]["result"]["rows"][0][0]["value"], "0",
+        "{again}"
+    );
+    assert_eq!(again["results"][1]["type"], "ok", "{again}");
+    // Everyone else's foreign keys are on.
+    let refused = app.query(&owner.access_token, "INSERT INTO posts VALUES (14, 98)");
+    assert_eq!(refused.status, 422, "{}", refused.body);
+
+    // A viewer may set session PRAGMAs (they write nothing) and still cannot write.
+    let viewer_try = pipeline(
+        &app,
+        &viewer.access_token,
+        None,
+        json!([exec("PRAGMA foreign_keys = OFF"), exec("DELETE FROM users"), { "type": "close" }]),
+    )
+    .expect(200);
+    assert_eq!(viewer_try["results"][0]["type"], "ok", "{viewer_try}");
+    assert_eq!(viewer_try["results"][1]["type"], "error", "{viewer_try}");
+    // What stays refused: PRAGMAs that touch files, keys, memory or silo's own guards, and
+    // the schema version for anyone below admin.
+    for sql in [
+        "PRAGMA cache_size = -1000000",
+        "PRAGMA query_only = 0",
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA database_list",
+    ] {
+        let r = app.query(&owner.access_token, sql);
+        assert_eq!(r.status, 403, "{sql}: {}", r.body);
+    }
+    assert_eq!(
+        app.query(&member.access_token, "PRAGMA user_version = 7")
+            .status,
+        403
+    );
+    app.query(&owner.access_token, "PRAGMA user_version = 7")
+        .expect(200);
+    let v = app
+        .query(&viewer.access_token, "PRAGMA user_version")
+        .expect(200);
+    assert_eq!(v["rows"], json!([[7]]));
+}
