@@ -123,8 +123,10 @@ pub fn pinned_streams() -> usize {
 pub fn stored_sql_bytes() -> usize {
     STORED_SQL_BYTES.load(std::sync::atomic::Ordering::Relaxed)
 }
-/// Most steps in one batch.
-pub const MAX_BATCH_STEPS: usize = 1_000;
+/// Most steps in one batch. sqld has no such cap; the request body limit is the real bound
+/// (a 1 MiB body holds some 40,000 of the smallest steps), and the time and result
+/// budgets bound the work. This only keeps a raised body limit from meaning millions.
+pub const MAX_BATCH_STEPS: usize = 100_000;
 
 // --- the wire format ---
 
@@ -968,6 +970,7 @@ fn bind_hrana(prepared: &mut rusqlite::CachedStatement<'_>, stmt: &Stmt) -> Resu
     for (i, v) in stmt.args.iter().enumerate() {
         prepared.raw_bind_parameter(i + 1, v).map_err(bind_err)?;
     }
+    let mut bound = Vec::with_capacity(stmt.named_args.len());
     for arg in &stmt.named_args {
         let index = if arg.name.starts_with([':', '@', '$']) {
             prepared.parameter_index(&arg.name).map_err(bind_err)?
@@ -992,6 +995,19 @@ fn bind_hrana(prepared: &mut rusqlite::CachedStatement<'_>, stmt: &Stmt) -> Resu
         prepared
             .raw_bind_parameter(index, &arg.value)
             .map_err(bind_err)?;
+        bound.push(index);
+    }
+    // A parameter left without a value is an error, as the protocol says and sqld answers
+    // (bound as NULL, it stored NULL rows without a word).
+    for i in stmt.args.len() + 1..=count {
+        if !bound.contains(&i) {
+            let name = prepared
+                .parameter_name(i)
+                .map_or_else(|| format!("?{i}"), str::to_owned);
+            return Err(RuntimeError::InvalidInput(format!(
+                "value for parameter {name} not found"
+            )));
+        }
     }
     Ok(())
 }

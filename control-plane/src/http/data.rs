@@ -14,7 +14,9 @@ use crate::http::extract::ApiJson;
 use crate::state::{AppState, INLINE_BUDGET};
 
 /// Most statements in one batch.
-const MAX_BATCH_STATEMENTS: usize = 1_000;
+/// The body limit is the real bound; this only keeps a raised one from meaning millions
+/// (as `silo_tenant_runtime::hrana::MAX_BATCH_STEPS`).
+const MAX_BATCH_STATEMENTS: usize = 100_000;
 
 pub(crate) async fn handle_db_query(
     State(state): State<AppState>,

@@ -485,8 +485,12 @@ pub(crate) fn is_hrana_route(route: &str) -> bool {
 }
 
 /// `GET /v2`, `GET /v3`: the protocol versions are spoken here.
-pub(crate) async fn handle_version_probe() -> &'static str {
-    "Hello, this is HTTP API v2 (Hrana over HTTP)"
+pub(crate) async fn handle_version_probe(uri: axum::http::Uri) -> &'static str {
+    if uri.path().starts_with("/v3") {
+        "Hello, this is HTTP API v3 (Hrana over HTTP)"
+    } else {
+        "Hello, this is HTTP API v2 (Hrana over HTTP)"
+    }
 }
 
 /// `GET /health`, as sqld answers it: 200, empty.

@@ -1113,3 +1113,83 @@ fn session_pragmas_allow_a_table_rebuild_and_stay_in_their_stream() {
         .expect(200);
     assert_eq!(v["rows"], json!([[7]]));
 }
+
+/// Issue 18, findings 6 and 7: a parameter without a value was bound as NULL (the `libsql`
+/// npm package sends `named_args: []` and stored NULL rows); it is an error now, as sqld
+/// answers it. And a batch held at most 1,000 steps, where sqld has no cap: 5,000 run.
+#[test]
+fn missing_parameters_are_errors_and_large_batches_run() {
+    let app = TestApp::spawn();
+    let t = app.signup("Params");
+    pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([exec("CREATE TABLE p(a, b)"), { "type": "close" }]),
+    )
+    .expect(200);
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([
+            { "type": "execute", "stmt": { "sql": "INSERT INTO p VALUES (:a, :b)",
+                "named_args": [{ "name": "a", "value": { "type": "integer", "value": "1" } }] } },
+            { "type": "execute", "stmt": { "sql": "INSERT INTO p VALUES (?, ?)",
+                "args": [{ "type": "integer", "value": "1" }] } },
+            { "type": "execute", "stmt": { "sql": "INSERT INTO p VALUES (?, :b)",
+                "args": [{ "type": "integer", "value": "1" }],
+                "named_args": [{ "name": "b", "value": { "type": "null" } }] } },
+            exec("SELECT count(*) FROM p"),
+            { "type": "close" }
+        ]),
+    )
+    .expect(200);
+    assert_eq!(r["results"][0]["type"], "error", "{r}");
+    assert!(
+        r["results"][0]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(":b")),
+        "{r}"
+    );
+    assert_eq!(r["results"][1]["type"], "error", "{r}");
+    assert_eq!(r["results"][2]["type"], "ok", "{r}");
+    assert_eq!(
+        r["results"][3]["response"]["result"]["rows"][0][0]["value"], "1",
+        "only the fully bound insert went in: {r}"
+    );
+
+    // In one transaction, as @libsql/client's batch("write") sends it (5,000 commits, each
+    // an fsync, would test the disk).
+    let steps: Vec<Value> = std::iter::once(json!({ "stmt": { "sql": "BEGIN" } }))
+        .chain(
+            (0..5000)
+                .map(|i| json!({ "stmt": { "sql": format!("INSERT INTO p VALUES ({i}, 'x')") } })),
+        )
+        .chain(std::iter::once(json!({ "stmt": { "sql": "COMMIT" } })))
+        .collect();
+    let r = pipeline(
+        &app,
+        &t.access_token,
+        None,
+        json!([{ "type": "batch", "batch": { "steps": steps } }, exec("SELECT count(*) FROM p"), { "type": "close" }]),
+    )
+    .expect(200);
+    assert_eq!(
+        r["results"][0]["type"], "ok",
+        "{}",
+        r["results"][0]["error"]
+    );
+    assert_eq!(
+        r["results"][1]["response"]["result"]["rows"][0][0]["value"],
+        "5001"
+    );
+    let v3 = app
+        .client
+        .get(format!("{}/v3", app.base))
+        .send()
+        .expect("get")
+        .text()
+        .expect("text");
+    assert!(v3.contains("v3"), "{v3}");
+}
