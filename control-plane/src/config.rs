@@ -168,7 +168,8 @@ pub struct ServeArgs {
 
     /// Request bodies buffered at once across all connections, in MiB: a request reserves
     /// its size before its body is read, and gets 503 `busy` (retry) if it does not fit.
-    /// Bounds the memory strangers can make silo hold with large or slow uploads.
+    /// Bounds the memory strangers can make silo hold with large or slow uploads. One
+    /// client address may hold a sixteenth of it (at least one largest body).
     #[arg(long, env = "SILO_MAX_BUFFERED_BODIES_MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_buffered_bodies_mb: u32,
 

@@ -104,6 +104,61 @@ fn now_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + 86_400_000
 }
 
+/// Each client address's share of the body budget, in KiB reserved now. One address may
+/// hold at most `share_kib` (a sixteenth of the budget, or one largest body if more), so a
+/// few clients trickling large uploads cannot take the whole budget from everyone else.
+struct BodyShares {
+    held: Mutex<HashMap<IpAddr, u32>>,
+    share_kib: u32,
+}
+
+impl BodyShares {
+    fn new(budget_kib: u32, max_body_kib: u32) -> Self {
+        BodyShares {
+            held: Mutex::new(HashMap::new()),
+            share_kib: (budget_kib / 16).max(max_body_kib),
+        }
+    }
+
+    /// Reserves `kib` for `ip` if its share has room.
+    fn take(self: &Arc<Self>, ip: IpAddr, kib: u32) -> Option<BodyShare> {
+        let ip = crate::throttle::client_key(ip);
+        let mut held = self.held.lock();
+        let mine = held.entry(ip).or_default();
+        if mine.saturating_add(kib) > self.share_kib {
+            if *mine == 0 {
+                held.remove(&ip);
+            }
+            return None;
+        }
+        *mine += kib;
+        Some(BodyShare {
+            shares: self.clone(),
+            ip,
+            kib,
+        })
+    }
+}
+
+/// A reservation of one address's share, given back when dropped.
+struct BodyShare {
+    shares: Arc<BodyShares>,
+    ip: IpAddr,
+    kib: u32,
+}
+
+impl Drop for BodyShare {
+    fn drop(&mut self) {
+        let mut held = self.shares.held.lock();
+        if let Some(mine) = held.get_mut(&self.ip) {
+            *mine = mine.saturating_sub(self.kib);
+            if *mine == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// What one connection shares with the registry and its requests.
 struct Activity {
     /// Last byte read or written (`now_ms`).
@@ -174,6 +229,8 @@ struct Inner {
 struct Registry {
     /// Buffered request bodies, in KiB (see [`ConnectionLimits::body_budget_kib`]).
     bodies: Arc<tokio::sync::Semaphore>,
+    /// Each address's part of `bodies`.
+    shares: Arc<BodyShares>,
     limits: ConnectionLimits,
     inner: Mutex<Inner>,
     empty: Notify,
@@ -295,6 +352,10 @@ pub async fn serve(
 ) {
     let registry = Arc::new(Registry {
         bodies: Arc::new(tokio::sync::Semaphore::new(limits.body_budget_kib as usize)),
+        shares: Arc::new(BodyShares::new(
+            limits.body_budget_kib,
+            kib(limits.max_body_bytes as u64),
+        )),
         limits,
         inner: Mutex::new(Inner::default()),
         empty: Notify::new(),
@@ -378,6 +439,7 @@ async fn connection<IO>(
     });
     let service = Connection {
         bodies: registry.bodies.clone(),
+        shares: registry.shares.clone(),
         max_body_kib: kib(registry.limits.max_body_bytes as u64),
         router,
         addr,
@@ -447,6 +509,7 @@ fn millis(d: Duration) -> u64 {
 struct Connection {
     /// The server's budget of buffered request bodies, in KiB.
     bodies: Arc<tokio::sync::Semaphore>,
+    shares: Arc<BodyShares>,
     max_body_kib: u32,
     router: Router,
     addr: SocketAddr,
@@ -533,18 +596,30 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
             }
             None => 0,
         };
+        let client = client_address(self.addr, req.headers(), &self.trusted_proxies);
         let reserved = if body == 0 {
             None
         } else {
-            match self.bodies.clone().try_acquire_many_owned(body) {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    metrics::counter!("silo_request_bodies_refused_total").increment(1);
-                    let mut response = ApiError::Busy(
+            // The address's share first, then the server's budget.
+            let share = self.shares.take(client.ip(), body);
+            let permit = share
+                .as_ref()
+                .and_then(|_| self.bodies.clone().try_acquire_many_owned(body).ok());
+            match (share, permit) {
+                (Some(share), Some(permit)) => Some((share, permit)),
+                (share, _) => {
+                    let whose = if share.is_none() { "address" } else { "server" };
+                    metrics::counter!("silo_request_bodies_refused_total", "budget" => whose)
+                        .increment(1);
+                    let mut response = ApiError::Busy(if share.is_none() {
+                        "this address is sending as many request bodies as it may at once; \
+                         retry when one has gone through"
+                            .to_owned()
+                    } else {
                         "the server is holding as many request bodies as it may right now; \
                          retry in a moment"
-                            .to_owned(),
-                    )
+                            .to_owned()
+                    })
                     .into_response();
                     response.headers_mut().insert(
                         axum::http::header::RETRY_AFTER,
@@ -562,7 +637,6 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
                 }
             }
         };
-        let client = client_address(self.addr, req.headers(), &self.trusted_proxies);
         req.extensions_mut().insert(ConnectInfo(client));
         // The head is in: its clock stops, the request's starts.
         self.activity.head_started_ms.store(0, Ordering::Relaxed);
@@ -605,7 +679,7 @@ enum AnswerState {
         limit: Duration,
         started: tokio::time::Instant,
         _guard: InFlight,
-        _reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+        _reserved: Option<(BodyShare, tokio::sync::OwnedSemaphorePermit)>,
     },
     Answered(Option<Response>),
 }
@@ -852,6 +926,7 @@ mod tests {
     fn registry(max_connections: usize, max_per_address: usize) -> Registry {
         Registry {
             bodies: Arc::new(tokio::sync::Semaphore::new(1024)),
+            shares: Arc::new(BodyShares::new(1024, 1024)),
             limits: ConnectionLimits {
                 max_connections,
                 max_per_address,

@@ -223,3 +223,41 @@ fn requests_that_are_not_http_get_json_errors() {
     json_error(&both, "400", "bad_request");
     app.get("/healthz", None).expect(200);
 }
+
+/// Issue 17: the body budget was one pool, so a few clients trickling large uploads could
+/// hold all of it. One address now holds at most a sixteenth of it (or one largest body):
+/// its next large upload waits its turn while another client's goes through.
+#[test]
+fn one_address_holds_at_most_its_share_of_the_body_budget() {
+    let app = TestApp::spawn_with(&[
+        "--max-buffered-bodies-mb",
+        "16",
+        "--trusted-proxies",
+        "127.0.0.1/32",
+    ]);
+    let upload = |from: &str, body: &[u8]| {
+        let mut s = TcpStream::connect(address(&app)).expect("connect");
+        s.write_all(
+            format!(
+                "POST /v1/signup HTTP/1.1\r\nhost: x\r\nx-forwarded-for: {from}\r\n\
+                 connection: close\r\ncontent-type: application/json\r\n\
+                 content-length: 700000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("send head");
+        s.write_all(body).expect("send body");
+        s
+    };
+    // Address A holds 700 kB of its 1 MiB share, trickling.
+    let _slow = upload("198.51.100.1", b"{\"org\": \"");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = upload("198.51.100.1", b"");
+    let (answer, _) = read_until_closed(&mut again, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("this address"), "{answer}");
+    // Address B is not A: its whole upload is read (and refused as JSON, not as busy).
+    let mut other = upload("198.51.100.2", &vec![b'x'; 700_000]);
+    let (answer, _) = read_until_closed(&mut other, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
