@@ -481,7 +481,86 @@ pub(crate) async fn sqld_error_shape(response: Response) -> Response {
 
 /// The libSQL routes (`/v2`, `/v3` and everything under them), by route template.
 pub(crate) fn is_hrana_route(route: &str) -> bool {
-    route.starts_with("/v2") || route.starts_with("/v3")
+    route.starts_with("/v2")
+        || route.starts_with("/v3")
+        || route == "/v1/execute"
+        || route == "/v1/batch"
+}
+
+/// `POST /v1/execute` (Hrana over HTTP v1, which the Python `libsql-client` and Django's
+/// libSQL backend speak): `{"stmt"}` → `{"result"}`, as if on a fresh stream. Run as the
+/// one-request pipeline it is, so roles, limits, audit and the quick path are the same.
+pub(crate) async fn handle_v1_execute(
+    state: State<AppState>,
+    principal: Principal,
+    meta: LazyMeta,
+    ApiJson(body): ApiJson<V1Execute>,
+) -> Response {
+    let request = serde_json::json!({ "type": "execute", "stmt": body.stmt });
+    v1(state, principal, meta, request).await
+}
+
+/// `POST /v1/batch` (Hrana over HTTP v1): `{"batch"}` → `{"result"}`.
+pub(crate) async fn handle_v1_batch(
+    state: State<AppState>,
+    principal: Principal,
+    meta: LazyMeta,
+    ApiJson(body): ApiJson<V1Batch>,
+) -> Response {
+    let request = serde_json::json!({ "type": "batch", "batch": body.batch });
+    v1(state, principal, meta, request).await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct V1Execute {
+    stmt: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct V1Batch {
+    batch: serde_json::Value,
+}
+
+/// Runs one Hrana request as a pipeline on a fresh stream and answers it in v1's shape: the
+/// result alone, or the Hrana error with status 400.
+async fn v1(
+    state: State<AppState>,
+    principal: Principal,
+    meta: LazyMeta,
+    request: serde_json::Value,
+) -> Response {
+    let pipeline = serde_json::json!({ "baton": null, "requests": [request, { "type": "close" }] });
+    let body: PipelineRequest = match serde_json::from_value(pipeline) {
+        Ok(body) => body,
+        Err(e) => {
+            return ApiError::InvalidInput(format!("the request is not valid Hrana: {e}"))
+                .into_response();
+        }
+    };
+    let answer = handle_pipeline(state, principal, meta, Pipeline(body)).await;
+    if answer.status() != StatusCode::OK {
+        return answer;
+    }
+    // A pipeline's answer is bounded by the result budget: read whole.
+    let bytes = match axum::body::to_bytes(answer.into_body(), usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ApiError::internal(anyhow::anyhow!("pipeline answer: {e}")).into_response();
+        }
+    };
+    let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return ApiError::internal(anyhow::anyhow!("pipeline answer: {e}")).into_response();
+        }
+    };
+    let first = value["results"][0].take();
+    if first["type"] == "ok" {
+        let result = first["response"]["result"].clone();
+        Json(serde_json::json!({ "result": result })).into_response()
+    } else {
+        (StatusCode::BAD_REQUEST, Json(first["error"].clone())).into_response()
+    }
 }
 
 /// `GET /v2`, `GET /v3`: the protocol versions are spoken here.

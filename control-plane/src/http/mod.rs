@@ -149,7 +149,10 @@ pub fn router(state: AppState) -> Router {
                 .route("/v3", get(hrana::handle_version_probe))
                 .route("/v2/pipeline", post(hrana::handle_pipeline))
                 .route("/v3/pipeline", post(hrana::handle_pipeline))
-                .route("/v3/cursor", post(hrana::handle_cursor)),
+                .route("/v3/cursor", post(hrana::handle_cursor))
+                // Hrana over HTTP v1 (no collision with /v1/db/*).
+                .route("/v1/execute", post(hrana::handle_v1_execute))
+                .route("/v1/batch", post(hrana::handle_v1_batch)),
         )
         .route("/health", get(hrana::handle_health))
         .route("/version", get(hrana::handle_version))

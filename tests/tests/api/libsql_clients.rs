@@ -1193,3 +1193,80 @@ fn missing_parameters_are_errors_and_large_batches_run() {
         .expect("text");
     assert!(v3.contains("v3"), "{v3}");
 }
+
+/// Issue 18, finding 4: Hrana over HTTP v1 (`POST /v1/execute`, `POST /v1/batch`), which the
+/// Python `libsql-client` over `http://` and Django's libSQL backend speak, answered 404.
+#[test]
+fn hrana_over_http_v1_executes_and_batches() {
+    let app = TestApp::spawn();
+    let t = app.signup("HttpV1");
+    let viewer = app.add_member(&t, "viewer");
+    let r = app
+        .post(
+            "/v1/execute",
+            Some(&t.access_token),
+            json!({ "stmt": { "sql": "CREATE TABLE v1(a INTEGER, b TEXT)" } }),
+        )
+        .expect(200);
+    assert_eq!(r["result"]["affected_row_count"], 0, "{r}");
+    let r = app
+        .post(
+            "/v1/batch",
+            Some(&t.access_token),
+            json!({ "batch": { "steps": [
+                { "stmt": { "sql": "INSERT INTO v1 VALUES (?, ?)", "args": [
+                    { "type": "integer", "value": "1" }, { "type": "text", "value": "one" }] } },
+                { "stmt": { "sql": "INSERT INTO v1 VALUES (:a, :b)", "named_args": [
+                    { "name": "a", "value": { "type": "integer", "value": "2" } },
+                    { "name": "b", "value": { "type": "null" } }] } },
+                { "stmt": { "sql": "SELECT count(*) FROM v1" } }
+            ] } }),
+        )
+        .expect(200);
+    assert_eq!(
+        r["result"]["step_results"][2]["rows"][0][0]["value"], "2",
+        "{r}"
+    );
+    let r = app
+        .post(
+            "/v1/execute",
+            Some(&t.access_token),
+            json!({ "stmt": { "sql": "SELECT a, b FROM v1 ORDER BY a" } }),
+        )
+        .expect(200);
+    assert_eq!(r["result"]["rows"][1][1]["type"], "null", "{r}");
+    // A statement's error: 400 with Hrana's error shape.
+    let r = app.post(
+        "/v1/execute",
+        Some(&t.access_token),
+        json!({ "stmt": { "sql": "SELECT * FROM nowhere" } }),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nowhere")),
+        "{}",
+        r.body
+    );
+    // Roles hold: a viewer reads, and cannot write.
+    app.post(
+        "/v1/execute",
+        Some(&viewer.access_token),
+        json!({ "stmt": { "sql": "SELECT count(*) FROM v1" } }),
+    )
+    .expect(200);
+    let r = app.post(
+        "/v1/execute",
+        Some(&viewer.access_token),
+        json!({ "stmt": { "sql": "DELETE FROM v1" } }),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    // No credential, no statement.
+    let r = app.post(
+        "/v1/execute",
+        None,
+        json!({ "stmt": { "sql": "SELECT 1" } }),
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+}
