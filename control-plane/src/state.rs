@@ -566,6 +566,29 @@ impl AppState {
         let _ = tokio::task::spawn_blocking(move || state.drop_connections(tenant)).await;
     }
 
+    /// Closes the libSQL streams a revoked credential opened (see
+    /// [`crate::streams::Streams::close_credential`]).
+    pub async fn close_streams_of_credential(&self, tenant: TenantId, credential: String) {
+        let streams = self.streams.clone();
+        let _ = tokio::task::spawn_blocking(move || streams.close_credential(tenant, &credential))
+            .await;
+    }
+
+    /// Closes a user's libSQL streams, in `tenant` or everywhere (see
+    /// [`crate::streams::Streams::close_user`]).
+    pub async fn close_streams_of_user(
+        &self,
+        tenant: Option<TenantId>,
+        user: String,
+        sessions_only: bool,
+    ) {
+        let streams = self.streams.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            streams.close_user(tenant, &user, sessions_only);
+        })
+        .await;
+    }
+
     /// Closes the tenant's libSQL streams (their open transactions roll back) and forgets
     /// its handle. Blocking.
     pub fn drop_connections(&self, tenant: TenantId) {

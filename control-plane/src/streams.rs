@@ -92,6 +92,8 @@ pub(crate) struct StreamEntry {
     pub(crate) tenant: TenantId,
     /// Who opened it: the session of a user, or an API key.
     pub(crate) credential: String,
+    /// The user behind that credential (an API key's creator).
+    pub(crate) user: String,
     /// Out of the registry (closed, expired, or its tenant closed): its baton no longer
     /// works, and a request that already held it closes it.
     pub(crate) removed: AtomicBool,
@@ -200,6 +202,7 @@ impl Streams {
         &self,
         tenant: TenantId,
         credential: String,
+        user: String,
     ) -> Result<(StreamId, Arc<StreamEntry>, u64), TooManyStreams> {
         let mut registry = self.registry();
         let of_tenant = registry.per_tenant.get(&tenant).map_or(0, |(n, _)| *n);
@@ -216,6 +219,7 @@ impl Streams {
         let entry = Arc::new(StreamEntry {
             tenant,
             credential,
+            user,
             removed: AtomicBool::new(false),
             holds_connection: AtomicBool::new(false),
             state: Mutex::new(StreamState {
@@ -236,12 +240,34 @@ impl Streams {
     /// open transactions roll back, and their batons answer STREAM_EXPIRED. Blocking: waits
     /// for a request running on one of them to finish.
     pub fn close_tenant(&self, tenant: TenantId) {
+        self.close_where(|e| e.tenant == tenant);
+    }
+
+    /// Closes the streams a credential opened (a revoked API key, a session that logged
+    /// out): a transaction one of them holds rolls back now, rather than keeping the
+    /// tenant's writer until the stream expires. Blocking, as [`Streams::close_tenant`].
+    pub fn close_credential(&self, tenant: TenantId, credential: &str) {
+        self.close_where(|e| e.tenant == tenant && e.credential == credential);
+    }
+
+    /// Closes the streams of a user (removed from a tenant, or every session ended), in
+    /// one tenant or, with `None`, in all; with `sessions_only`, those opened with an API
+    /// key stay. Blocking.
+    pub fn close_user(&self, tenant: Option<TenantId>, user: &str, sessions_only: bool) {
+        self.close_where(|e| {
+            e.user == user
+                && tenant.is_none_or(|t| t == e.tenant)
+                && (!sessions_only || e.credential.starts_with("session:"))
+        });
+    }
+
+    fn close_where(&self, which: impl Fn(&StreamEntry) -> bool) {
         let gone: Vec<Arc<StreamEntry>> = {
             let mut registry = self.registry();
             let ids: Vec<StreamId> = registry
                 .streams
                 .iter()
-                .filter(|(_, e)| e.tenant == tenant)
+                .filter(|(_, e)| which(e))
                 .map(|(id, _)| *id)
                 .collect();
             ids.iter().filter_map(|id| registry.take(id)).collect()

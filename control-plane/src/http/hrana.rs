@@ -396,7 +396,7 @@ where
             .open(b, tenant, &credential)
             .map_err(BatonError::into_response)?,
         None => streams
-            .create(tenant, credential.clone())
+            .create(tenant, credential.clone(), principal.user_id.clone())
             .map_err(|_| ApiError::RateLimited(Duration::from_secs(1)).into_response())?,
     };
     // A stream inside a transaction holds the tenant's writer, which requests waiting at

@@ -608,6 +608,9 @@ pub(crate) async fn logout(
         .catalog
         .blocking(move |c| c.revoke_session(&sid, "logout"))
         .await?;
+    state
+        .close_streams_of_credential(principal.tenant, format!("session:{session}"))
+        .await;
     let rec = AuditRecord::new(
         Some(principal.tenant),
         principal.actor(),
@@ -641,6 +644,9 @@ pub(crate) async fn change_password(
         .catalog
         .blocking(move |c| c.set_password(&uid, &new_hash))
         .await?;
+    state
+        .close_streams_of_user(None, principal.user_id.clone(), true)
+        .await;
     tracing::info!(user = %principal.user_id, "password changed; every session of the user ended");
     let rec = AuditRecord::new(None, principal.actor(), AuditAction::PasswordChanged, meta)
         .target(format!("user:{}", principal.user_id));
@@ -659,6 +665,9 @@ pub(crate) async fn sign_out_everywhere(
         .catalog
         .blocking(move |c| c.bump_session_version(&uid))
         .await?;
+    state
+        .close_streams_of_user(None, principal.user_id.clone(), true)
+        .await;
     let rec = AuditRecord::new(
         None,
         principal.actor(),

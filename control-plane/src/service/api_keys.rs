@@ -182,6 +182,10 @@ pub(crate) async fn revoke(
     if !revoked {
         return Err(ApiError::NotFound("no such API key".to_owned()));
     }
+    // Its open streams end now: a transaction one holds must not keep the writer.
+    state
+        .close_streams_of_credential(tenant, format!("api_key:{key_id}"))
+        .await;
     let rec = AuditRecord::new(
         Some(tenant),
         principal.actor(),

@@ -210,6 +210,9 @@ pub(crate) async fn remove(
         .catalog
         .blocking(move |c| c.remove_member(tenant, &target, actor))
         .await?;
+    state
+        .close_streams_of_user(Some(tenant), user_id.clone(), false)
+        .await;
     let rec = AuditRecord::new(
         Some(tenant),
         principal.actor(),

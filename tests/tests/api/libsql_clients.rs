@@ -1270,3 +1270,59 @@ fn hrana_over_http_v1_executes_and_batches() {
     );
     assert_eq!(r.status, 401, "{}", r.body);
 }
+
+/// Issue 18, finding 8: a stream whose API key was revoked mid-transaction kept the
+/// tenant's writer until it expired (the next writer waited 5 s, then got SQLITE_BUSY).
+/// Revoking the key, or logging out, closes the streams it opened: the transaction rolls
+/// back at once.
+#[test]
+fn revoking_a_credential_ends_its_streams_and_frees_the_writer() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Revoke");
+    app.query(&owner.access_token, "CREATE TABLE t(x)")
+        .expect(200);
+    let (key_id, secret) = app.create_key(&owner, &["db:write"], json!({}));
+    let member = app.add_member(&owner, "member");
+    for (holder, revoke) in [
+        (secret.as_str(), "key"),
+        (member.access_token.as_str(), "logout"),
+    ] {
+        let open = pipeline(
+            &app,
+            holder,
+            None,
+            json!([exec("BEGIN"), exec("INSERT INTO t VALUES ('uncommitted')")]),
+        )
+        .expect(200);
+        let baton = open["baton"].as_str().expect("baton").to_owned();
+        match revoke {
+            "key" => {
+                app.request(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/api-keys/{key_id}"),
+                    Some(&owner.access_token),
+                    None,
+                )
+                .expect(204);
+            }
+            _ => {
+                app.post("/v1/auth/logout", Some(&member.access_token), json!({}))
+                    .expect(204);
+            }
+        }
+        let started = std::time::Instant::now();
+        app.query(&owner.access_token, "INSERT INTO t VALUES ('next writer')")
+            .expect(200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{revoke}: the next writer waited {:?}",
+            started.elapsed()
+        );
+        let r = pipeline(&app, holder, Some(&baton), json!([exec("COMMIT")]));
+        assert!(r.status >= 400, "{revoke}: {}", r.body);
+    }
+    let rows = app
+        .query(&owner.access_token, "SELECT x FROM t ORDER BY rowid")
+        .expect(200);
+    assert_eq!(rows["rows"], json!([["next writer"], ["next writer"]]));
+}
