@@ -342,6 +342,19 @@ pub fn init(args: &InitArgs) -> CliResult {
             args.data_dir.display()
         ))
     })?;
+    // A catalog already here is encrypted under its server's key: generating one now would
+    // re-encrypt it under a key that server does not have.
+    if args.data_dir.join("catalog.db").exists()
+        && args.master_key.is_none()
+        && args.master_key_file.is_none()
+        && !args.data_dir.join(crate::keys::GENERATED_KEY_FILE).exists()
+    {
+        return Err(CliError(
+            "this data directory already has a catalog, encrypted under the master key its \
+             server runs with: give `silo init` that key (SILO_MASTER_KEY or --master-key-file)"
+                .to_owned(),
+        ));
+    }
     let (keyring, _) = crate::keys::load_keys(
         &args.data_dir,
         args.master_key.as_ref(),

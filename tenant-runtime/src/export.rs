@@ -22,8 +22,9 @@ fn open_for_export(db: &Path, token: &DbToken) -> Result<Connection> {
     if !db.exists() {
         return Err(RuntimeError::Missing);
     }
-    // CREATE: an attached export target inherits these flags and must be created.
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+    // Read-write: a reader of a WAL database maps its shared-memory index, which it may
+    // have to create. Nothing is written.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE;
     let conn = open_keyed(db, token, flags).map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => RuntimeError::WrongKey,
         _ => RuntimeError::Internal(format!("open for export: {e}")),

@@ -651,11 +651,21 @@ impl Drop for Lease {
             if !c.conn.is_autocommit() {
                 rollback(&c.conn, &c.sandbox);
             }
-            // Nor a session PRAGMA: the next request may be another principal's.
-            if c.sandbox.session_pragmas_used()
-                && let Err(e) = server_sql(&c.conn, &c.sandbox, sandbox::SESSION_DEFAULTS)
-            {
-                tracing::warn!(error = %e, "resetting session PRAGMAs failed");
+            // Nor a session PRAGMA: the next request may be another principal's. Only the
+            // ones that differ are set (setting one expires the connection's statements).
+            if c.sandbox.take_session_pragmas() {
+                let reset: String = session_differences(&c.conn, &c.sandbox)
+                    .into_iter()
+                    .map(|(name, _, default)| format!("PRAGMA {name} = {default};"))
+                    .collect();
+                if !reset.is_empty()
+                    && let Err(e) = server_sql(&c.conn, &c.sandbox, &reset)
+                {
+                    // Setting a flag PRAGMA on an idle connection does not fail short of a
+                    // broken connection; should it, the next lease's end tries again.
+                    tracing::error!(error = %e, "resetting session PRAGMAs failed");
+                    c.sandbox.mark_session_pragmas();
+                }
             }
             self.handle.give_back(c, self.writer);
         }
@@ -690,28 +700,27 @@ fn classify_full(conn: &Connection, sandbox: &SandboxState) -> RuntimeError {
     }
 }
 
-/// The session PRAGMAs that differ from [`sandbox::SESSION_DEFAULTS`] on `conn`, as the
-/// statements that set them (`case_sensitive_like` cannot be read back, so it is not kept).
+/// The session PRAGMAs whose value on `conn` is not their default: (name, value, default).
+/// One that cannot be read counts as changed.
+fn session_differences(conn: &Connection, sandbox: &SandboxState) -> Vec<(&'static str, i64, i64)> {
+    sandbox::SESSION_PRAGMAS
+        .iter()
+        .filter_map(|&(name, default)| {
+            let value: i64 = sandbox
+                .as_server(|| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)))
+                .unwrap_or(-1);
+            (value != default).then_some((name, value, default))
+        })
+        .collect()
+}
+
+/// The session PRAGMAs set on `conn`, as the statements that set them again.
 pub(crate) fn session_pragmas(conn: &Connection, sandbox: &SandboxState) -> String {
-    const DEFAULTS: [(&str, i64); 7] = [
-        ("foreign_keys", 1),
-        ("defer_foreign_keys", 0),
-        ("legacy_alter_table", 0),
-        ("recursive_triggers", 0),
-        ("read_uncommitted", 0),
-        ("reverse_unordered_selects", 0),
-        ("automatic_index", 1),
-    ];
-    let mut set = String::new();
-    for (name, default) in DEFAULTS {
-        let value: Option<i64> = sandbox
-            .as_server(|| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)))
-            .ok();
-        if let Some(v) = value.filter(|v| *v != default) {
-            set.push_str(&format!("PRAGMA {name} = {v};"));
-        }
-    }
-    set
+    session_differences(conn, sandbox)
+        .into_iter()
+        .filter(|(_, value, _)| *value >= 0)
+        .map(|(name, value, _)| format!("PRAGMA {name} = {value};"))
+        .collect()
 }
 
 pub(crate) fn server_sql(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<()> {
@@ -768,7 +777,7 @@ pub(crate) fn run_with(
     conn: &Connection,
     sandbox: &SandboxState,
     sql: &str,
-    bind: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> Result<()>,
+    bind: impl FnOnce(&mut rusqlite::Statement<'_>) -> Result<()>,
     want_rows: bool,
     budget: &mut ResultBudget,
     weigh: fn(&Value) -> usize,
@@ -779,10 +788,19 @@ pub(crate) fn run_with(
     // A refusal is recognised by the reason the authorizer records (SQLite reports some
     // refusals as SQLITE_AUTH and others as a plain SQLITE_ERROR), so start clean.
     sandbox.take_denial();
-    let mut prepared = conn
-        .prepare_cached(sql)
-        .map_err(|e| map_error(e, sandbox))?;
-    bind(&mut prepared)?;
+    // PRAGMAs are never kept in the statement cache: the authorizer then sees every one
+    // that runs, and a session PRAGMA marks the connection for its reset each time.
+    let (mut cached, mut plain);
+    let prepared: &mut rusqlite::Statement<'_> = if is_pragma(sql) {
+        plain = conn.prepare(sql).map_err(|e| map_error(e, sandbox))?;
+        &mut plain
+    } else {
+        cached = conn
+            .prepare_cached(sql)
+            .map_err(|e| map_error(e, sandbox))?;
+        &mut cached
+    };
+    bind(prepared)?;
     let readonly = prepared.readonly();
     if !readonly && sandbox.reads_only() {
         return Err(RuntimeError::WritesNotInline);
@@ -849,7 +867,24 @@ pub(crate) fn run_with(
     })
 }
 
-fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &Params) -> Result<()> {
+/// The statement is a PRAGMA (after leading blanks and comments).
+fn is_pragma(sql: &str) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    rest.get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case("pragma"))
+}
+
+fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> Result<()> {
     let expected = stmt.parameter_count();
     let bind_err =
         |e: rusqlite::Error| RuntimeError::InvalidInput(format!("cannot bind parameter: {e}"));

@@ -680,6 +680,8 @@ impl Session {
         let session = &mut self.session_pragmas;
         lease.run_until(deadline, level, true, |conn, sandbox, _| {
             if fresh && !session.is_empty() {
+                // Marked first: whatever happens next, the lease resets them.
+                sandbox.mark_session_pragmas();
                 crate::handle::server_sql(conn, sandbox, session)?;
             }
             let out = f(conn, sandbox);
@@ -957,7 +959,7 @@ fn eval_cond(cond: &BatchCond, done: &BatchResult, conn: &Connection) -> bool {
 /// Binds Hrana arguments: positional ones to `?1…?n` in order, named ones by their name
 /// with or without its prefix (`:a`, `@a`, `$a`). Parameters given no value stay NULL, as
 /// in sqld.
-fn bind_hrana(prepared: &mut rusqlite::CachedStatement<'_>, stmt: &Stmt) -> Result<()> {
+fn bind_hrana(prepared: &mut rusqlite::Statement<'_>, stmt: &Stmt) -> Result<()> {
     let count = prepared.parameter_count();
     if stmt.args.len() > count {
         return Err(RuntimeError::InvalidInput(format!(
@@ -1146,6 +1148,80 @@ fn describe(conn: &Connection, sandbox: &SandboxState, sql: &str) -> Result<Desc
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A session PRAGMA set on a libSQL stream holds for that stream, also on a connection
+    /// it gets later (here: of a handle opened again, as after an eviction), and never
+    /// stays on a connection once the stream's call is over.
+    #[test]
+    fn a_streams_session_pragmas_follow_it_and_are_reset_behind_it() {
+        use crate::handle::{ExecLimits, TenantHandle, open_keyed};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let token = silo_crypto::DbToken::generate();
+        drop(
+            open_keyed(
+                &path,
+                &token,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_CREATE,
+            )
+            .unwrap(),
+        );
+        let open = || {
+            Arc::new(
+                TenantHandle::open_local(
+                    crate::TenantId::generate(),
+                    &path,
+                    &token,
+                    ExecLimits::default(),
+                )
+                .unwrap(),
+            )
+        };
+        let h = open();
+        let req = |sql: &str| -> StreamRequest {
+            serde_json::from_value(serde_json::json!({ "type": "execute", "stmt": { "sql": sql } }))
+                .unwrap()
+        };
+        let foreign_keys = |h: &Arc<TenantHandle>| -> i64 {
+            h.lease(AccessLevel::ReadWrite)
+                .unwrap()
+                .run(AccessLevel::ReadWrite, false, |conn, _, _| {
+                    Ok(conn
+                        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+                        .unwrap())
+                })
+                .unwrap()
+        };
+        let mut stream = Session::new(SqlBudget::default());
+        let (results, _) = stream.pipeline(
+            &h,
+            AccessLevel::Schema,
+            vec![req("PRAGMA foreign_keys = OFF")],
+        );
+        assert!(
+            results.iter().all(|r| format!("{r:?}").starts_with("Ok")),
+            "{results:?}"
+        );
+        assert_eq!(foreign_keys(&h), 1, "left behind on the writer");
+        // The tenant's handle goes (evicted) and comes back with new connections.
+        drop(h);
+        let again = open();
+        let (results, _) = stream.pipeline(
+            &again,
+            AccessLevel::Schema,
+            vec![req("PRAGMA foreign_keys")],
+        );
+        assert!(
+            format!("{results:?}").contains("Integer { value: 0 }"),
+            "{results:?}"
+        );
+        assert_eq!(
+            foreign_keys(&again),
+            1,
+            "a re-applied PRAGMA was left behind"
+        );
+    }
 
     #[test]
     fn values_are_tagged_as_the_spec_says() {

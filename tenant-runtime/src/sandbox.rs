@@ -74,24 +74,21 @@ const INTROSPECTION_PRAGMAS: &[&str] = &[
 /// nothing kept in the database), which ORMs and migration tools set around a table rebuild
 /// (drizzle, Prisma, knex, Django, SQLAlchemy, TypeORM): a tenant may set and read them.
 /// They last as long as the request, or the libSQL stream, that set them: the connection
-/// is reset to [`SESSION_DEFAULTS`] before it serves anyone else.
-pub const SESSION_PRAGMAS: &[&str] = &[
-    "foreign_keys",
-    "defer_foreign_keys",
-    "legacy_alter_table",
-    "recursive_triggers",
-    "read_uncommitted",
-    "reverse_unordered_selects",
-    "automatic_index",
-    "case_sensitive_like",
+/// is reset to these values (silo's for `foreign_keys`, SQLite's for the rest) before it
+/// serves anyone else. Each is a flag SQLite reads back as 0 or 1.
+pub const SESSION_PRAGMAS: &[(&str, i64)] = &[
+    ("foreign_keys", 1),
+    ("defer_foreign_keys", 0),
+    ("legacy_alter_table", 0),
+    ("recursive_triggers", 0),
+    ("read_uncommitted", 0),
+    ("reverse_unordered_selects", 0),
+    ("automatic_index", 1),
 ];
 
-/// What a connection is reset to after a request or stream that set a session PRAGMA:
-/// silo's settings (foreign keys on), SQLite's defaults for the rest.
-pub const SESSION_DEFAULTS: &str = "PRAGMA foreign_keys = ON; PRAGMA defer_foreign_keys = OFF; \
-     PRAGMA legacy_alter_table = OFF; PRAGMA recursive_triggers = OFF; \
-     PRAGMA read_uncommitted = OFF; PRAGMA reverse_unordered_selects = OFF; \
-     PRAGMA automatic_index = ON; PRAGMA case_sensitive_like = OFF;";
+fn is_session_pragma(name: &str) -> bool {
+    SESSION_PRAGMAS.iter().any(|(n, _)| *n == name)
+}
 
 /// PRAGMAs a tenant may *read* (no argument, no assignment). Note what is absent:
 /// `database_list` (it prints the file's path) and every `cipher_*`/`key`/`rekey`.
@@ -184,10 +181,9 @@ pub struct SandboxState {
     /// The statement runs inline (on an async thread, for a quick read): one that can write
     /// is refused before it starts (see `TenantHandle::run_now` for why).
     reads_only: AtomicBool,
-    /// A statement that sets a session PRAGMA has been compiled on this connection (and
-    /// may sit in its statement cache): from then on, every lease of the connection ends
-    /// with the session settings reset. Sticky: a cached statement runs without the
-    /// authorizer seeing it again.
+    /// A statement that sets a session PRAGMA has been compiled on this connection since
+    /// the last reset (PRAGMAs never sit in the statement cache, so each that runs is
+    /// seen here), or silo re-applied a stream's: the lease resets them when it ends.
     session_pragmas_used: AtomicBool,
 }
 
@@ -222,6 +218,16 @@ impl SandboxState {
     /// Whether a session PRAGMA may have been set on this connection (see the field).
     pub fn session_pragmas_used(&self) -> bool {
         self.session_pragmas_used.load(Ordering::Relaxed)
+    }
+
+    /// Silo set session PRAGMAs itself (a stream's, on a fresh connection).
+    pub fn mark_session_pragmas(&self) {
+        self.session_pragmas_used.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the mark, for the reset.
+    pub fn take_session_pragmas(&self) -> bool {
+        self.session_pragmas_used.swap(false, Ordering::Relaxed)
     }
 
     /// Every statement compiled since [`SandboxState::forget_compiled`] would also compile
@@ -405,7 +411,7 @@ pub fn authorize(action: &AuthAction<'_>, level: AccessLevel) -> Result<(), Stri
         } => {
             let name = pragma_name.to_ascii_lowercase();
             let allowed = INTROSPECTION_PRAGMAS.contains(&name.as_str())
-                || SESSION_PRAGMAS.contains(&name.as_str())
+                || is_session_pragma(&name)
                 || (pragma_value.is_none() && READABLE_PRAGMAS.contains(&name.as_str()))
                 // Kept in the database's header, or writes statistics: schema work.
                 || (level >= AccessLevel::Schema && matches!(name.as_str(), "user_version" | "optimize"));
@@ -578,7 +584,7 @@ pub fn install(
                     pragma_name,
                     pragma_value: Some(_),
                 } = &ctx.action
-                    && SESSION_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str())
+                    && is_session_pragma(&pragma_name.to_ascii_lowercase())
                 {
                     auth_state
                         .session_pragmas_used

@@ -541,26 +541,66 @@ async fn v1(
     if answer.status() != StatusCode::OK {
         return answer;
     }
-    // A pipeline's answer is bounded by the result budget: read whole.
-    let bytes = match axum::body::to_bytes(answer.into_body(), usize::MAX).await {
+    // Bounded by the result budget; the one result is cut out of the text as it is, with
+    // no tree of values built for it.
+    let bytes = match axum::body::to_bytes(answer.into_body(), 1 << 30).await {
         Ok(bytes) => bytes,
         Err(e) => {
             return ApiError::internal(anyhow::anyhow!("pipeline answer: {e}")).into_response();
         }
     };
-    let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
+    let parsed: V1Answer<'_> = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
             return ApiError::internal(anyhow::anyhow!("pipeline answer: {e}")).into_response();
         }
     };
-    let first = value["results"][0].take();
-    if first["type"] == "ok" {
-        let result = first["response"]["result"].clone();
-        Json(serde_json::json!({ "result": result })).into_response()
-    } else {
-        (StatusCode::BAD_REQUEST, Json(first["error"].clone())).into_response()
-    }
+    let first = parsed.results.into_iter().next();
+    let (status, text) = match first {
+        Some(V1Result {
+            response: Some(V1Response {
+                result: Some(result),
+            }),
+            error: None,
+        }) => (StatusCode::OK, format!("{{\"result\":{}}}", result.get())),
+        Some(V1Result {
+            error: Some(error), ..
+        }) => (StatusCode::BAD_REQUEST, error.get().to_owned()),
+        _ => {
+            return ApiError::internal(anyhow::anyhow!("pipeline answer without a result"))
+                .into_response();
+        }
+    };
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// What [`v1`] reads of a pipeline's answer.
+#[derive(Deserialize)]
+struct V1Answer<'a> {
+    #[serde(borrow)]
+    results: Vec<V1Result<'a>>,
+}
+
+#[derive(Deserialize)]
+struct V1Result<'a> {
+    #[serde(borrow, default)]
+    response: Option<V1Response<'a>>,
+    #[serde(borrow, default)]
+    error: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+struct V1Response<'a> {
+    #[serde(borrow, default)]
+    result: Option<&'a serde_json::value::RawValue>,
 }
 
 /// `GET /v2`, `GET /v3`: the protocol versions are spoken here.

@@ -164,6 +164,9 @@ struct Activity {
     /// Last byte read or written (`now_ms`).
     last_ms: AtomicU64,
     /// When the first byte of a request head not yet complete was read (`now_ms`), or 0.
+    /// An answer still streaming out restarts it with each write: a client may send its
+    /// next request while the last answer streams (pipelining), and that head waits for
+    /// the answer, not for the client.
     head_started_ms: AtomicU64,
     /// Requests whose answer has not been produced yet.
     in_flight: AtomicU32,
@@ -809,7 +812,11 @@ impl Activity {
     /// `written` bytes went out: if they began with a head, it was one of silo's.
     fn wrote(&self, first: &[u8], written: usize) {
         if written > 0 {
-            self.touch();
+            let now = now_ms();
+            self.last_ms.store(now, Ordering::Relaxed);
+            if self.head_started_ms.load(Ordering::Relaxed) != 0 {
+                self.head_started_ms.store(now, Ordering::Relaxed);
+            }
             if first.starts_with(b"HTTP/1.1 ") {
                 let _ = self
                     .heads_due

@@ -32,23 +32,63 @@ pub(crate) type Payload = tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::E
 /// Chunks of a streamed export.
 const CHUNK: usize = 64 * 1024;
 
+/// An export holds a read snapshot (the tenant's WAL cannot be checkpointed past it), a
+/// blocking thread and one of the tenant's request slots while it is sent: a client that
+/// takes no chunk for this long is cut off...
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// ...and so is one that reads so slowly that the export takes longer than this.
+const LONGEST_EXPORT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A writer that sends what it is given, in chunks, down a channel; blocking.
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     buf: Vec<u8>,
     sent: usize,
+    started: std::time::Instant,
 }
 
 impl ChannelWriter {
+    fn new(tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>) -> Self {
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            sent: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
     fn send(&mut self) -> std::io::Result<()> {
+        use tokio::sync::mpsc::error::TrySendError;
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.sent += chunk.len();
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+        let mut chunk = Ok(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let len = chunk.as_ref().map_or(0, Vec::len);
+        let waiting = std::time::Instant::now();
+        loop {
+            match self.tx.try_send(chunk) {
+                Ok(()) => break,
+                Err(TrySendError::Closed(_)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "client gone",
+                    ));
+                }
+                Err(TrySendError::Full(back)) => {
+                    if waiting.elapsed() > STALLED_AFTER || self.started.elapsed() > LONGEST_EXPORT
+                    {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client reads the export too slowly",
+                        ));
+                    }
+                    chunk = back;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
+        self.sent += len;
+        Ok(())
     }
 }
 
@@ -84,11 +124,7 @@ fn stream(
         Err(e) => return fail(e.to_string()),
     };
     for token in tokens {
-        let mut out = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-            sent: 0,
-        };
+        let mut out = ChannelWriter::new(tx.clone());
         let written = match format {
             Format::Sqlite => export::export_sqlite(&db, &token, &mut out),
             Format::Sql => export::export_sql(&db, &token, &mut out),
