@@ -272,16 +272,7 @@ fn metrics(client: &Client, base: &str, prefix: &str) -> String {
 }
 
 fn rss_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        / 1024
+    common::rss_kib(pid) / 1024
 }
 
 /// `POST` that must succeed; its JSON answer.
@@ -825,24 +816,36 @@ fn cpu(c: &Control, base: &str, token: &str) -> String {
         .join("; ")
 }
 
-fn lockout(c: &Control, n: &Neighbour) -> String {
-    let outcomes = Tally::default();
-    c.ready();
+/// 8 threads, each from its own address 127.0.`net`.(1..=8), sending `request(client,
+/// thread, count)` until the attack stops; every answer counted in `outcomes`.
+fn hammer(
+    c: &Control,
+    outcomes: &Tally,
+    net: u8,
+    request: impl Fn(&Client, u8, u64) -> RequestBuilder + Sync,
+) {
     std::thread::scope(|s| {
         for t in 0..8u8 {
-            let outcomes = &outcomes;
+            let request = &request;
             s.spawn(move || {
-                let client = attacker_client(Ipv4Addr::new(127, 0, 1, t + 1));
+                let client = attacker_client(Ipv4Addr::new(127, 0, net, t + 1));
                 let mut i = 0u64;
                 while !c.stopped() {
                     i += 1;
-                    let a = send(client.post(format!("{}/v1/auth/login", n.base)).json(
-                        &json!({ "email": n.email, "password": format!("wrong password {t} {i}") }),
-                    ));
-                    outcomes.add(a.key());
+                    outcomes.add(send(request(&client, t, i)).key());
                 }
             });
         }
+    });
+}
+
+fn lockout(c: &Control, n: &Neighbour) -> String {
+    let outcomes = Tally::default();
+    c.ready();
+    hammer(c, &outcomes, 1, |client, t, i| {
+        client
+            .post(format!("{}/v1/auth/login", n.base))
+            .json(&json!({ "email": n.email, "password": format!("wrong password {t} {i}") }))
     });
     // The owner, with the right password, from a network it never used (strangers' networks
     // may be locked out), then from its own address (never locked out). In this order: a
@@ -873,23 +876,12 @@ fn lockout(c: &Control, n: &Neighbour) -> String {
 fn signup_flood(c: &Control, base: &str) -> String {
     let outcomes = Tally::default();
     c.ready();
-    std::thread::scope(|s| {
-        for t in 0..8u8 {
-            let outcomes = &outcomes;
-            s.spawn(move || {
-                let client = attacker_client(Ipv4Addr::new(127, 0, 4, t + 1));
-                let mut i = 0u64;
-                while !c.stopped() {
-                    i += 1;
-                    let a = send(client.post(format!("{base}/v1/signup")).json(&json!({
-                        "org": format!("Flood {t} {i}"),
-                        "email": format!("flood-{t}-{i}@attack.example.com"),
-                        "password": "an attacker password"
-                    })));
-                    outcomes.add(a.key());
-                }
-            });
-        }
+    hammer(c, &outcomes, 4, |client, t, i| {
+        client.post(format!("{base}/v1/signup")).json(&json!({
+            "org": format!("Flood {t} {i}"),
+            "email": format!("flood-{t}-{i}@attack.example.com"),
+            "password": "an attacker password"
+        }))
     });
     format!(
         "signups with the per-address limit off (worst case), 8 threads from 8 addresses: {}",

@@ -11,19 +11,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 mod common;
-use common::{serve, stop};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use common::{rss_kib, serve, stop};
 
 fn main() {
     let mib: u64 = std::env::args()
