@@ -146,6 +146,7 @@ impl Application {
         let connections = crate::http::listener::ConnectionLimits {
             tls: tls.as_ref().map(crate::http::tls::Certificate::acceptor),
             body_budget_kib: args.max_buffered_bodies_mb.saturating_mul(1024),
+            response_budget_kib: args.max_buffered_responses_mb.saturating_mul(1024),
             max_body_bytes: args.max_body_bytes,
             max_connections,
             max_per_address: args.max_connections_per_address.max(1),

@@ -173,6 +173,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_MAX_BUFFERED_BODIES_MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_buffered_bodies_mb: u32,
 
+    /// Answers held at once across all connections, in MiB, while they wait to be sent: an
+    /// answer over 64 KiB reserves its size when it is ready, and is replaced by 503
+    /// `busy` (retry) if the budget cannot hold it. Bounds the memory slow readers of large
+    /// results can make silo hold.
+    #[arg(long, env = "SILO_MAX_BUFFERED_RESPONSES_MB", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_buffered_responses_mb: u32,
+
     /// Browser origins allowed to call the API from their pages (CORS), comma-separated,
     /// e.g. `https://app.example.com`. Unset: no CORS headers, and a browser's preflight is
     /// a 405 like any unknown method.

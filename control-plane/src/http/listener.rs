@@ -65,6 +65,10 @@ pub struct ConnectionLimits {
     /// reserves its `Content-Length` (or the body limit, when it does not say) before its
     /// body is read, and gets 503 `busy` if the budget cannot hold it.
     pub body_budget_kib: u32,
+    /// Answers held at once while they are sent, in KiB: an answer over
+    /// [`RESERVED_FROM`] bytes reserves its size when it is ready, and is replaced by 503
+    /// `busy` if the budget cannot hold it.
+    pub response_budget_kib: u32,
     /// The largest body a request may have (`--max-body-bytes`).
     pub max_body_bytes: usize,
 }
@@ -79,6 +83,9 @@ impl std::fmt::Debug for ConnectionLimits {
             .finish_non_exhaustive()
     }
 }
+
+/// Answers this large or larger reserve their size in the response budget.
+const RESERVED_FROM: u64 = 64 * 1024;
 
 /// A connection idle for less than this is not closed to make room: it may be between two
 /// requests of a client that is being served.
@@ -174,6 +181,8 @@ struct Activity {
     heads_due: AtomicU32,
     /// Why the registry wants it closed: [`EVICTED`], [`DRAINING`], or 0.
     told: AtomicU8,
+    /// The server's budget of answers being sent (shared by every connection).
+    responses: Arc<ResponseBudget>,
     /// Wakes the connection's task when `told` is set.
     close: Notify,
 }
@@ -234,6 +243,8 @@ struct Registry {
     bodies: Arc<tokio::sync::Semaphore>,
     /// Each address's part of `bodies`.
     shares: Arc<BodyShares>,
+    /// Answers being sent (see [`ConnectionLimits::response_budget_kib`]).
+    responses: Arc<ResponseBudget>,
     limits: ConnectionLimits,
     inner: Mutex<Inner>,
     empty: Notify,
@@ -268,6 +279,7 @@ impl Registry {
             in_flight: AtomicU32::new(0),
             heads_due: AtomicU32::new(0),
             told: AtomicU8::new(0),
+            responses: self.responses.clone(),
             close: Notify::new(),
         });
         if self.draining.load(Ordering::SeqCst) {
@@ -359,6 +371,7 @@ pub async fn serve(
             limits.body_budget_kib,
             kib(limits.max_body_bytes as u64),
         )),
+        responses: Arc::new(ResponseBudget::new(limits.response_budget_kib)),
         limits,
         inner: Mutex::new(Inner::default()),
         empty: Notify::new(),
@@ -692,7 +705,7 @@ impl Future for Answering {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let response = match &mut this.state {
+        let mut response = match &mut this.state {
             AnswerState::Answered(response) => {
                 return Poll::Ready(Ok(response.take().unwrap_or_else(|| {
                     ApiError::internal(anyhow::anyhow!("answer polled twice")).into_response()
@@ -730,10 +743,10 @@ impl Future for Answering {
         };
         if let AnswerState::Running { _guard, .. } = &this.state {
             _guard.0.heads_due.fetch_add(1, Ordering::Relaxed);
+            response = hold_in_budget(response, &_guard.0.responses);
         }
         // Dropping the running state ends the request's in-flight count and body permit.
         this.state = AnswerState::Answered(None);
-        let mut response = response;
         if this.hsts {
             response.headers_mut().insert(
                 axum::http::header::STRICT_TRANSPORT_SECURITY,
@@ -741,6 +754,113 @@ impl Future for Answering {
             );
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+/// A large answer reserves its size in the server's response budget until it has been sent
+/// (or dropped); past the budget it is replaced by 503 `busy`, so slow readers of large
+/// results cannot make the server hold unbounded memory. The work is done by then, but
+/// the memory is what the budget is for.
+fn hold_in_budget(response: Response, budget: &ResponseBudget) -> Response {
+    use http_body::Body as _;
+    let Some(size) = response.body().size_hint().exact() else {
+        // Streamed (exports): bounded by their channel.
+        return response;
+    };
+    if size < RESERVED_FROM {
+        return response;
+    }
+    // An answer larger than the whole budget needs all of it (it can still be sent alone).
+    let wanted = kib(size).min(budget.total_kib);
+    match budget.kib.clone().try_acquire_many_owned(wanted) {
+        Ok(permit) => response.map(|body| {
+            axum::body::Body::new(Held {
+                body,
+                pending: axum::body::Bytes::new(),
+                _permit: permit,
+            })
+        }),
+        Err(_) => {
+            metrics::counter!("silo_responses_refused_total").increment(1);
+            let mut busy = ApiError::Busy(
+                "the server is holding as many large answers as it may right now; retry in a \
+                 moment"
+                    .to_owned(),
+            )
+            .into_response();
+            busy.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            busy
+        }
+    }
+}
+
+/// The server's budget of answers being sent, in KiB.
+struct ResponseBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+}
+
+impl ResponseBudget {
+    fn new(total_kib: u32) -> Self {
+        ResponseBudget {
+            kib: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+}
+
+/// An answer's body holding its reservation in the response budget. It hands hyper its
+/// bytes in [`HELD_CHUNK`] pieces: hyper takes the next piece only when its write buffer
+/// has room, so the reservation lasts until about all of the answer is on its way (handed
+/// whole, the body would be dropped, and its reservation with it, while hyper still held
+/// every byte).
+struct Held {
+    body: axum::body::Body,
+    /// What is left of the current data frame.
+    pending: axum::body::Bytes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+const HELD_CHUNK: usize = 64 * 1024;
+
+impl http_body::Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.pending = data,
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                other => return other,
+            }
+        }
+        let n = this.pending.len().min(HELD_CHUNK);
+        Poll::Ready(Some(Ok(http_body::Frame::data(this.pending.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let rest = self.body.size_hint();
+        let pending = self.pending.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + pending);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 
@@ -934,6 +1054,7 @@ mod tests {
         Registry {
             bodies: Arc::new(tokio::sync::Semaphore::new(1024)),
             shares: Arc::new(BodyShares::new(1024, 1024)),
+            responses: Arc::new(ResponseBudget::new(1024)),
             limits: ConnectionLimits {
                 max_connections,
                 max_per_address,
@@ -944,6 +1065,7 @@ mod tests {
                 trusted_proxies: vec!["10.0.0.0/8".parse().expect("cidr")],
                 tls: None,
                 body_budget_kib: 1024,
+                response_budget_kib: 1024,
                 max_body_bytes: 1024 * 1024,
             },
             inner: Mutex::new(Inner::default()),

@@ -261,3 +261,53 @@ fn one_address_holds_at_most_its_share_of_the_body_budget() {
     let (answer, _) = read_until_closed(&mut other, Duration::from_secs(10));
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
+
+/// Issue 17: answers waiting for slow readers had no global bound (each up to the 10 MiB
+/// result limit, times every connection). A large answer now reserves its size while it is
+/// sent; past `--max-buffered-responses-mb` it is answered 503 `busy` with `Retry-After`.
+#[test]
+fn answers_held_for_slow_readers_have_a_global_budget() {
+    let app = TestApp::spawn_with(&["--max-buffered-responses-mb", "1"]);
+    let t = app.signup("Readers");
+    // About 8.8 MB of answer: more than socket buffers take.
+    let big = "SELECT hex(randomblob(400000)) FROM (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 11) SELECT x FROM n)";
+    let body = serde_json::json!({ "sql": big }).to_string();
+    let mut slow = TcpStream::connect(address(&app)).expect("connect");
+    slow.write_all(
+        format!(
+            "POST /v1/db/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            t.access_token,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    // Never read: the answer waits in the server (made first: a debug build takes its time
+    // over 8.8 MB of JSON).
+    std::thread::sleep(Duration::from_secs(4));
+    let refused = app.query(&t.access_token, big);
+    assert_eq!(
+        refused.status, 503,
+        "the second large answer was not held back"
+    );
+    assert_eq!(refused.error_code(), "busy");
+    // Small answers are not held back.
+    app.query(&t.access_token, "SELECT 1").expect(200);
+    // The slow reader goes: its reservation with it.
+    drop(slow);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = app.query(&t.access_token, big);
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {}: {}",
+            r.status,
+            r.error_code()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
