@@ -354,12 +354,12 @@ impl Catalog {
         Ok(())
     }
 
+    /// Every live tenant's failed migration. Runs with each tenant view (creation and
+    /// deletion build one), so its cost must not grow with the fleet: see
+    /// [`MIGRATION_FAILURES_SQL`].
     pub fn migration_failures(&self) -> Result<Vec<MigrationFailure>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT f.tenant_id, f.version, f.error, f.at FROM migration_failures f
-             JOIN tenants t ON t.id = f.tenant_id WHERE t.status IN ('active', 'suspended') ORDER BY f.tenant_id",
-        )?;
+        let mut stmt = conn.prepare(MIGRATION_FAILURES_SQL)?;
         let rows = stmt.query_map([], |r| {
             Ok(MigrationFailure {
                 tenant_id: r.get(0)?,
@@ -371,3 +371,11 @@ impl Catalog {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+/// The failures first, each tenant then found by its key. `CROSS JOIN` fixes that order:
+/// left to itself, SQLite walked every active tenant through the status index looking for
+/// failures (16 ms per call at 100,000 tenants, with the failures table empty).
+pub(crate) const MIGRATION_FAILURES_SQL: &str =
+    "SELECT f.tenant_id, f.version, f.error, f.at FROM migration_failures f
+     CROSS JOIN tenants t ON t.id = f.tenant_id
+     WHERE t.status IN ('active', 'suspended') ORDER BY f.tenant_id";

@@ -874,6 +874,35 @@ mod tests {
         CatalogKeys::from_keyring(&keyring(&[[7; 32]])).unwrap()
     }
 
+    /// Issue 19: the migration failures were looked for by walking every active tenant;
+    /// the plan now starts from the failures table and finds each tenant by its key.
+    #[test]
+    fn migration_failures_are_read_from_the_failures_not_the_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.db"), &test_keys()).unwrap();
+        let conn = catalog.lock();
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                admin::MIGRATION_FAILURES_SQL
+            ))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(plan[0].contains(" f"), "outer loop: {plan:?}");
+        assert!(
+            plan.iter()
+                .any(|p| p.starts_with("SEARCH t") && !p.contains("status")),
+            "tenants by key: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|p| p.contains("tenants_status")),
+            "{plan:?}"
+        );
+    }
+
     /// What a stolen copy of the data directory shows: no table, no email. A catalog
     /// written before encryption, or under an earlier master key, is rewritten under the
     /// primary one on open, its rows kept; a wrong key is refused with a clear error.
