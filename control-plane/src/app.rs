@@ -180,7 +180,6 @@ impl Application {
             ),
             jobs: crate::jobs::MigrationJobs::default(),
             exports: crate::exports::ExportsInFlight::default(),
-            exports_dir: args.data_dir.join("exports"),
             deletion_grace: Duration::from_secs(args.deletion_grace_secs),
             streams: crate::streams::Streams::new(crate::streams::StreamLimits {
                 idle: Duration::from_millis(args.stream_idle_ms.max(1)),
@@ -209,13 +208,14 @@ impl Application {
         });
         // Exports are streamed and never touch the disk; an older silo built them in
         // `exports/`, and one interrupted by a crash left a plaintext copy there.
-        if let Ok(entries) = std::fs::read_dir(&state.exports_dir) {
+        let old_exports = args.data_dir.join("exports");
+        if let Ok(entries) = std::fs::read_dir(&old_exports) {
             for entry in entries.flatten() {
                 if let Err(e) = std::fs::remove_file(entry.path()) {
                     tracing::warn!(error = %e, "could not remove a leftover export");
                 }
             }
-            let _ = std::fs::remove_dir(&state.exports_dir);
+            let _ = std::fs::remove_dir(&old_exports);
         }
         let listener = TcpListener::bind(args.listen)
             .await

@@ -45,8 +45,6 @@ pub struct Shared {
     pub jobs: crate::jobs::MigrationJobs,
     /// Tenants with an export under way (one at a time each).
     pub exports: crate::exports::ExportsInFlight,
-    /// Where exports are built before streaming (`<data-dir>/exports`).
-    pub exports_dir: std::path::PathBuf,
     /// Grace period of a scheduled deletion.
     pub deletion_grace: std::time::Duration,
     /// Open libSQL (Hrana) streams.

@@ -270,7 +270,12 @@ pub const CATALOG_KEY_LABEL: &str = "catalog-db";
 fn try_key(conn: &Connection, key: Option<&secrecy::SecretString>) -> rusqlite::Result<()> {
     use secrecy::ExposeSecret as _;
     if let Some(key) = key {
-        conn.execute_batch(&format!("PRAGMA key = \"{}\";", key.expose_secret()))?;
+        // The statement holds the key: kept secret (zeroed when dropped), and its error,
+        // which could quote it, replaced.
+        let statement: secrecy::SecretString =
+            format!("PRAGMA key = \"{}\";", key.expose_secret()).into();
+        conn.execute_batch(statement.expose_secret())
+            .map_err(|_| rusqlite::Error::InvalidQuery)?;
     }
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
 }

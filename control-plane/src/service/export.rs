@@ -39,18 +39,23 @@ const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// ...and so is one that reads so slowly that the export takes longer than this.
 const LONGEST_EXPORT: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// A writer that sends what it is given, in chunks, down a channel; blocking.
+type Chunks = tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>;
+
+/// A writer that sends what it is given, in chunks, down a channel; blocking (it runs on
+/// the export's blocking thread, and waits on the runtime for room in the channel).
 struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tx: Chunks,
+    runtime: tokio::runtime::Handle,
     buf: Vec<u8>,
     sent: usize,
     started: std::time::Instant,
 }
 
 impl ChannelWriter {
-    fn new(tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>) -> Self {
+    fn new(tx: Chunks, runtime: tokio::runtime::Handle) -> Self {
         ChannelWriter {
             tx,
+            runtime,
             buf: Vec::with_capacity(CHUNK),
             sent: 0,
             started: std::time::Instant::now(),
@@ -58,37 +63,29 @@ impl ChannelWriter {
     }
 
     fn send(&mut self) -> std::io::Result<()> {
-        use tokio::sync::mpsc::error::TrySendError;
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut chunk = Ok(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        let len = chunk.as_ref().map_or(0, Vec::len);
-        let waiting = std::time::Instant::now();
-        loop {
-            match self.tx.try_send(chunk) {
-                Ok(()) => break,
-                Err(TrySendError::Closed(_)) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::BrokenPipe,
-                        "client gone",
-                    ));
-                }
-                Err(TrySendError::Full(back)) => {
-                    if waiting.elapsed() > STALLED_AFTER || self.started.elapsed() > LONGEST_EXPORT
-                    {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the client reads the export too slowly",
-                        ));
-                    }
-                    chunk = back;
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let len = chunk.len();
+        let limit = STALLED_AFTER.min(LONGEST_EXPORT.saturating_sub(self.started.elapsed()));
+        let sent = self
+            .runtime
+            .block_on(tokio::time::timeout(limit, self.tx.send(Ok(chunk))));
+        match sent {
+            Ok(Ok(())) => {
+                self.sent += len;
+                Ok(())
             }
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client gone",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client reads the export too slowly",
+            )),
         }
-        self.sent += len;
-        Ok(())
     }
 }
 
@@ -112,11 +109,17 @@ fn stream(
     state: &AppState,
     tenant: TenantId,
     format: Format,
-    tx: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tx: &Chunks,
+    runtime: &tokio::runtime::Handle,
 ) {
+    // A slot kept for the error, so that telling the client never waits on a client that
+    // stopped reading (and the snapshot, thread and tenant slot are let go at once).
+    let Ok(for_error) = tx.clone().try_reserve_owned() else {
+        return;
+    };
     let fail = |e: String| {
         tracing::error!(error = %e, format = format.name(), "streaming an export failed");
-        let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        for_error.send(Err(std::io::Error::other(e)));
     };
     let db = state.provisioner.placement().path(tenant);
     let tokens = match state.db_token_candidates(tenant) {
@@ -124,7 +127,7 @@ fn stream(
         Err(e) => return fail(e.to_string()),
     };
     for token in tokens {
-        let mut out = ChannelWriter::new(tx.clone());
+        let mut out = ChannelWriter::new(tx.clone(), runtime.clone());
         let written = match format {
             Format::Sqlite => export::export_sqlite(&db, &token, &mut out),
             Format::Sql => export::export_sql(&db, &token, &mut out),
@@ -262,11 +265,13 @@ async fn prepare(
         a.extend(e.clone());
     }
     state.audit(audit.after(after)).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    // Eight chunks in flight, and a ninth slot kept for an error.
+    let (tx, rx) = tokio::sync::mpsc::channel(9);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         // The gate's permit is held while the export is written.
         let _permit = permit;
-        span.in_scope(|| stream(&st, tenant, format, &tx));
+        span.in_scope(|| stream(&st, tenant, format, &tx, &runtime));
     });
     Ok(Export {
         payload: rx,
