@@ -126,9 +126,13 @@ impl Application {
             .max_connections
             .unwrap_or_else(|| default_max_connections(open_files))
             .max(1);
+        let max_websockets = args
+            .max_websockets
+            .unwrap_or((max_connections / 4).max(16))
+            .max(1);
         let (max_handles, max_live) = handle_budget(
             open_files,
-            max_connections as u64,
+            (max_connections + max_websockets) as u64,
             args.max_open_tenants,
             args.tenant_readers,
         );
@@ -185,6 +189,10 @@ impl Application {
                 idle: Duration::from_millis(args.stream_idle_ms.max(1)),
                 transaction: Duration::from_millis(args.stream_transaction_ms.max(1)),
             }),
+            sockets: crate::sockets::Sockets::new(
+                max_websockets,
+                args.max_connections_per_address.max(1),
+            ),
             credentials: Arc::default(),
             metrics_token: args.metrics_token.clone(),
             access_log: args.access_log,
@@ -333,16 +341,24 @@ impl Application {
             }
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = crate::http::listener::serve(
-            listener,
-            crate::http::router(state),
-            connections,
-            async move {
-                stop.await;
-                tracing::info!("shutting down: draining in-flight requests");
-                let _ = stop_tx.send(());
-            },
-        );
+        let sockets = state.sockets.clone();
+        let server =
+            crate::http::listener::serve(listener, crate::http::router(state), connections, {
+                let sockets = sockets.clone();
+                async move {
+                    stop.await;
+                    tracing::info!("shutting down: draining in-flight requests");
+                    // WebSockets finish the request they run, say goodbye and close.
+                    sockets.close_all();
+                    let _ = stop_tx.send(());
+                }
+            });
+        // The listener drains HTTP connections; upgraded ones are the sockets' to close.
+        let server = async move {
+            let served = server.await;
+            sockets.wait_empty().await;
+            served
+        };
         let server = tokio::spawn(server);
         // Drain with a time limit: once the signal came, give requests DRAIN_TIMEOUT.
         let result = tokio::select! {

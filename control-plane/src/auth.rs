@@ -441,15 +441,27 @@ impl Authority<'_> {
     pub async fn authenticate(self, parts: &Parts) -> Result<Principal, ApiError> {
         // Read in place: the credential is not copied (nor left behind in a copy).
         let token = bearer(&parts.headers)?;
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let route = parts.extensions.get::<axum::extract::MatchedPath>();
+        self.authenticate_token(token, ip, route.map(MatchedPath::as_str))
+            .await
+    }
+
+    /// The principal `token` (an access token or an API key) proves, for a request from
+    /// `ip` to `route`: the bearer header's, or a WebSocket's `hello`.
+    pub async fn authenticate_token(
+        self,
+        token: &str,
+        ip: Option<std::net::IpAddr>,
+        route: Option<&str>,
+    ) -> Result<Principal, ApiError> {
         let principal = if api_key_prefix(token).is_some() {
-            let ip = parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip());
             principal_from_api_key(self, token, ip).await?
         } else {
-            let route = parts.extensions.get::<axum::extract::MatchedPath>();
-            principal_from_access_token(self, token, route.map(MatchedPath::as_str)).await?
+            principal_from_access_token(self, token, route).await?
         };
         tracing::Span::current().record("tenant_id", principal.tenant.hex().as_str());
         Ok(principal)

@@ -136,6 +136,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SILO_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most WebSocket connections (libSQL clients on `ws://` URLs) open at once (default: a
+    /// quarter of --max-connections, at least 16). Each also counts against
+    /// --max-connections-per-address, and one tenant holds at most 256.
+    #[arg(long, env = "SILO_MAX_WEBSOCKETS")]
+    pub max_websockets: Option<usize>,
+
     /// Most connections open at once from one client address (trusted proxies exempt).
     #[arg(long, env = "SILO_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
     pub max_connections_per_address: usize,

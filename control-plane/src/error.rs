@@ -107,10 +107,15 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.parts();
-        let message = match &self {
+impl ApiError {
+    /// The contract's code (`invalid_input`, `rate_limited`, …).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// What the client is told. An internal cause is logged here, never told.
+    pub fn public_message(&self) -> String {
+        match self {
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed");
                 "something went wrong on our side; it has been logged with this request's id \
@@ -122,7 +127,14 @@ impl IntoResponse for ApiError {
                 format!("{self} (request id in the x-request-id header)")
             }
             other => other.to_string(),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = self.public_message();
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
         let mut response = (status, Json(body)).into_response();
         if let ApiError::RateLimited(wait) = self {

@@ -43,6 +43,7 @@ pub mod keys;
 pub mod logging;
 pub mod plans;
 pub mod service;
+pub mod sockets;
 pub mod state;
 pub mod streams;
 pub mod telemetry;

@@ -49,6 +49,8 @@ pub struct Shared {
     pub deletion_grace: std::time::Duration,
     /// Open libSQL (Hrana) streams.
     pub streams: crate::streams::Streams,
+    /// Open WebSocket connections.
+    pub sockets: crate::sockets::Sockets,
     /// API keys as the catalog last said, while nothing that could change them has been
     /// written since (sessions are kept with their access tokens, in `tokens`).
     pub credentials: Arc<crate::auth::CredentialCache>,

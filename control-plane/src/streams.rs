@@ -101,6 +101,9 @@ pub(crate) struct StreamEntry {
     /// skips the tenant's concurrency gate, so that it can always finish the transaction
     /// that other requests of the tenant are waiting for.
     pub(crate) holds_connection: AtomicBool,
+    /// Owned by a WebSocket connection: it lives as long as the connection (or until the
+    /// client closes it), not until it idles; the transaction limit still holds.
+    pub(crate) socket: bool,
     pub(crate) state: Mutex<StreamState>,
 }
 
@@ -204,6 +207,28 @@ impl Streams {
         credential: String,
         user: String,
     ) -> Result<(StreamId, Arc<StreamEntry>, u64), TooManyStreams> {
+        self.insert(tenant, credential, user, false)
+    }
+
+    /// A stream of a WebSocket connection (see [`StreamEntry::socket`]): counted against
+    /// the same limits, closed by the same revocations.
+    pub(crate) fn create_for_socket(
+        &self,
+        tenant: TenantId,
+        credential: String,
+        user: String,
+    ) -> Result<(StreamId, Arc<StreamEntry>), TooManyStreams> {
+        self.insert(tenant, credential, user, true)
+            .map(|(id, entry, _)| (id, entry))
+    }
+
+    fn insert(
+        &self,
+        tenant: TenantId,
+        credential: String,
+        user: String,
+        socket: bool,
+    ) -> Result<(StreamId, Arc<StreamEntry>, u64), TooManyStreams> {
         let mut registry = self.registry();
         let of_tenant = registry.per_tenant.get(&tenant).map_or(0, |(n, _)| *n);
         if of_tenant >= MAX_STREAMS_PER_TENANT || registry.streams.len() >= MAX_STREAMS {
@@ -222,6 +247,7 @@ impl Streams {
             user,
             removed: AtomicBool::new(false),
             holds_connection: AtomicBool::new(false),
+            socket,
             state: Mutex::new(StreamState {
                 seq,
                 last_used: Instant::now(),
@@ -292,7 +318,7 @@ impl Streams {
                     let Some(state) = e.state.try_lock() else {
                         return false;
                     };
-                    state.last_used.elapsed() > limits.idle
+                    (!e.socket && state.last_used.elapsed() > limits.idle)
                         || state
                             .session
                             .transaction_started()

@@ -577,6 +577,52 @@ impl Session {
         (results, outcome)
     }
 
+    /// Runs one `execute` request, as [`Session::pipeline`] would. Outside a transaction
+    /// (and with no session PRAGMA set) the statement needs no connection of the stream's
+    /// own: it runs as `/v1/db/query` runs one, a plain SELECT on a reader when the writer
+    /// is busy, so a stream's reads never queue behind another stream's transaction. Over a
+    /// WebSocket every statement comes this way, one request at a time. Blocking.
+    pub fn execute_one(
+        &mut self,
+        handle: &Arc<TenantHandle>,
+        level: AccessLevel,
+        stmt: Stmt,
+    ) -> (StreamResult, Outcome) {
+        if self.lease.is_none() && self.session_pragmas.is_empty() && !self.closed {
+            let ran = self
+                .sql_text(stmt.sql.clone(), stmt.sql_id)
+                .and_then(|sql| {
+                    handle
+                        .run_one(level, &sql, |conn, sandbox, limits| {
+                            execute_outside_stream(conn, sandbox, limits, &sql, &stmt)
+                        })
+                        .map(|ran| ran.map(|r| (r, sql)))
+                });
+            match ran {
+                Ok(Some(((result, changed), sql))) => {
+                    let mut outcome = Outcome::default();
+                    if changed {
+                        outcome.schema_changes.push(sql);
+                    }
+                    let response = StreamResponse::Execute { result };
+                    return (StreamResult::Ok { response }, outcome);
+                }
+                Err(e) => {
+                    let error = HError::from(&e);
+                    return (StreamResult::Error { error }, Outcome::default());
+                }
+                // A transaction statement: the stream's own connection, below.
+                Ok(None) => {}
+            }
+        }
+        let (mut results, outcome) =
+            self.pipeline(handle, level, vec![StreamRequest::Execute { stmt }]);
+        let result = results.pop().unwrap_or_else(|| StreamResult::Error {
+            error: HError::from(&RuntimeError::Internal("no result".to_owned())),
+        });
+        (result, outcome)
+    }
+
     /// Runs a batch and reports it as cursor entries. Blocking.
     pub fn cursor(
         &mut self,
@@ -692,6 +738,65 @@ impl Session {
         })
     }
 
+    /// Keeps `sql` under `sql_id` for later statements (`store_sql`), within the stream's
+    /// and its tenant's limits.
+    pub fn store_sql(&mut self, sql_id: i32, sql: String) -> Result<()> {
+        let stored: usize = self.sqls.values().map(String::len).sum();
+        if stored + sql.len() > MAX_STORED_SQL_BYTES {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a stream stores at most {MAX_STORED_SQL_BYTES} bytes of SQL text; \
+                 close some first"
+            )));
+        }
+        if self.sqls.len() >= MAX_STORED_SQL && !self.sqls.contains_key(&sql_id) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a stream stores at most {MAX_STORED_SQL} SQL texts; close some first"
+            )));
+        }
+        if self.sqls.contains_key(&sql_id) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "sql_id {sql_id} is already in use"
+            )));
+        }
+        self.budget.take(sql.len())?;
+        self.sqls.insert(sql_id, sql);
+        Ok(())
+    }
+
+    /// Forgets the text stored under `sql_id`, if any (`close_sql`).
+    pub fn close_sql(&mut self, sql_id: i32) {
+        if let Some(sql) = self.sqls.remove(&sql_id) {
+            self.budget.give_back(sql.len());
+        }
+    }
+
+    /// Puts the texts this session stores in place of the `sql_id`s `request` names. Over
+    /// a WebSocket, stored SQL belongs to the connection, not to one stream: the connection
+    /// keeps it in a session of its own and resolves each request before its stream runs
+    /// it. An id it does not know is left for the stream to refuse.
+    pub fn inline_stored_sql(&self, request: &mut StreamRequest) {
+        let lookup = |sql: &mut Option<String>, sql_id: &mut Option<i32>| {
+            if sql.is_none()
+                && let Some(text) = sql_id.and_then(|id| self.sqls.get(&id))
+            {
+                *sql = Some(text.clone());
+                *sql_id = None;
+            }
+        };
+        match request {
+            StreamRequest::Execute { stmt } => lookup(&mut stmt.sql, &mut stmt.sql_id),
+            StreamRequest::Batch { batch } => {
+                for step in &mut batch.steps {
+                    lookup(&mut step.stmt.sql, &mut step.stmt.sql_id);
+                }
+            }
+            StreamRequest::Sequence { sql, sql_id } | StreamRequest::Describe { sql, sql_id } => {
+                lookup(sql, sql_id);
+            }
+            _ => {}
+        }
+    }
+
     fn sql_text(&self, sql: Option<String>, sql_id: Option<i32>) -> Result<String> {
         match (sql, sql_id) {
             (Some(sql), None) => Ok(sql),
@@ -756,31 +861,11 @@ impl Session {
                 }
             }
             StreamRequest::StoreSql { sql_id, sql } => {
-                let stored: usize = self.sqls.values().map(String::len).sum();
-                if stored + sql.len() > MAX_STORED_SQL_BYTES {
-                    return Err(RuntimeError::InvalidInput(format!(
-                        "a stream stores at most {MAX_STORED_SQL_BYTES} bytes of SQL text; \
-                         close some first"
-                    )));
-                }
-                if self.sqls.len() >= MAX_STORED_SQL && !self.sqls.contains_key(&sql_id) {
-                    return Err(RuntimeError::InvalidInput(format!(
-                        "a stream stores at most {MAX_STORED_SQL} SQL texts; close some first"
-                    )));
-                }
-                if self.sqls.contains_key(&sql_id) {
-                    return Err(RuntimeError::InvalidInput(format!(
-                        "sql_id {sql_id} is already in use"
-                    )));
-                }
-                self.budget.take(sql.len())?;
-                self.sqls.insert(sql_id, sql);
+                self.store_sql(sql_id, sql)?;
                 StreamResponse::StoreSql
             }
             StreamRequest::CloseSql { sql_id } => {
-                if let Some(sql) = self.sqls.remove(&sql_id) {
-                    self.budget.give_back(sql.len());
-                }
+                self.close_sql(sql_id);
                 StreamResponse::CloseSql
             }
             StreamRequest::GetAutocommit => StreamResponse::GetAutocommit {

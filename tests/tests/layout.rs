@@ -307,7 +307,7 @@ fn references_are_read_from_paths_and_groups_not_comments() {
 /// check above keeps the edges one way.)
 const CONTROL_PLANE_LAYERS: &[&[&str]] = &[
     // What is stored and how: the catalog (with the audit chains), metrics, the key file,
-    // the jobs' and exports' records, open streams.
+    // the jobs' and exports' records, open streams and sockets.
     &[
         "catalog",
         "telemetry",
@@ -315,6 +315,7 @@ const CONTROL_PLANE_LAYERS: &[&[&str]] = &[
         "jobs",
         "exports",
         "streams",
+        "sockets",
         "two_factor",
         "logging",
         "throttle",

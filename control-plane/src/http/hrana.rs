@@ -30,7 +30,8 @@ use crate::http::Answer;
 use crate::http::data::{audit_schema_change, data_access};
 use crate::http::extract::{ApiJson, parse_json, read_body};
 use crate::state::AppState;
-use crate::streams::BatonError;
+use crate::streams::{BatonError, StreamEntry};
+use silo_tenant_runtime::TenantId;
 
 /// A stream-level refusal, answered the way sqld answers it (`{"message", "code"}`, which
 /// clients show), with silo's usual `error` object beside it.
@@ -67,7 +68,7 @@ impl BatonError {
     }
 }
 
-fn credential_of(principal: &Principal) -> String {
+pub(crate) fn credential_of(principal: &Principal) -> String {
     match &principal.actor {
         Actor::User { session_id, .. } => format!("session:{session_id}"),
         Actor::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
@@ -399,33 +400,10 @@ where
             .create(tenant, credential.clone(), principal.user_id.clone())
             .map_err(|_| ApiError::RateLimited(Duration::from_secs(1)).into_response())?,
     };
-    // A stream inside a transaction holds the tenant's writer, which requests waiting at
-    // the gate may be queued for: it goes past the gate, or it could never commit.
-    let gated = !entry.holds_connection.load(Ordering::Relaxed);
-    let ran = state
-        .with_tenant_gated(tenant, gated, move |handle| {
-            let mut s = entry.state.lock();
-            if entry.removed.load(Ordering::Relaxed) {
-                s.session.close();
-                return Ok(Err(BatonError::Expired));
-            }
-            if s.seq != seq {
-                return Ok(Err(BatonError::Reused));
-            }
-            let (out, outcome) = work(&mut s.session, handle, level);
-            s.last_used = Instant::now();
-            s.seq = s.seq.wrapping_add(1);
-            entry
-                .holds_connection
-                .store(s.session.holds_tenant().is_some(), Ordering::Relaxed);
-            let next = if s.session.is_closed() {
-                None
-            } else {
-                Some(s.seq)
-            };
-            Ok(Ok((out, outcome, next)))
-        })
-        .await;
+    let ran = run_on_entry(state, tenant, entry, Some(seq), move |session, handle| {
+        work(session, handle, level)
+    })
+    .await;
     let (out, outcome, next) = match ran {
         Ok(Ok(v)) => v,
         Ok(Err(baton_error)) => return Err(baton_error.into_response()),
@@ -449,6 +427,55 @@ where
             .map_err(IntoResponse::into_response)?;
     }
     Ok((baton, out))
+}
+
+/// Runs `work` on a stream's session on a blocking thread, inside the tenant's concurrency
+/// gate, and answers what it returned, what it did, and the stream's next sequence number
+/// (`None` once it is closed). `seq`: the number the request's baton carried, checked
+/// (a baton works once); a WebSocket's stream has none (its connection orders requests).
+pub(crate) async fn run_on_entry<T, F>(
+    state: &AppState,
+    tenant: TenantId,
+    entry: Arc<StreamEntry>,
+    seq: Option<u64>,
+    work: F,
+) -> Result<Result<(T, silo_tenant_runtime::hrana::Outcome, Option<u64>), BatonError>, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(
+            &mut Session,
+            &Arc<silo_tenant_runtime::TenantHandle>,
+        ) -> (T, silo_tenant_runtime::hrana::Outcome)
+        + Send
+        + 'static,
+{
+    // A stream inside a transaction holds the tenant's writer, which requests waiting at
+    // the gate may be queued for: it goes past the gate, or it could never commit.
+    let gated = !entry.holds_connection.load(Ordering::Relaxed);
+    state
+        .with_tenant_gated(tenant, gated, move |handle| {
+            let mut s = entry.state.lock();
+            if entry.removed.load(Ordering::Relaxed) {
+                s.session.close();
+                return Ok(Err(BatonError::Expired));
+            }
+            if seq.is_some_and(|seq| s.seq != seq) {
+                return Ok(Err(BatonError::Reused));
+            }
+            let (out, outcome) = work(&mut s.session, handle);
+            s.last_used = Instant::now();
+            s.seq = s.seq.wrapping_add(1);
+            entry
+                .holds_connection
+                .store(s.session.holds_tenant().is_some(), Ordering::Relaxed);
+            let next = if s.session.is_closed() {
+                None
+            } else {
+                Some(s.seq)
+            };
+            Ok(Ok((out, outcome, next)))
+        })
+        .await
 }
 
 /// Every error answer of the libSQL routes also carries `message` and `code` at the top
@@ -481,7 +508,8 @@ pub(crate) async fn sqld_error_shape(response: Response) -> Response {
 
 /// The libSQL routes (`/v2`, `/v3` and everything under them), by route template.
 pub(crate) fn is_hrana_route(route: &str) -> bool {
-    route.starts_with("/v2")
+    route == "/"
+        || route.starts_with("/v2")
         || route.starts_with("/v3")
         || route == "/v1/execute"
         || route == "/v1/batch"

@@ -13,6 +13,7 @@ pub(crate) mod edge;
 pub mod export;
 pub(crate) mod extract;
 pub(crate) mod hrana;
+pub(crate) mod hrana_ws;
 pub mod listener;
 pub(crate) mod members;
 pub(crate) mod ops;
@@ -152,7 +153,9 @@ pub fn router(state: AppState) -> Router {
                 .route("/v3/cursor", post(hrana::handle_cursor))
                 // Hrana over HTTP v1 (no collision with /v1/db/*).
                 .route("/v1/execute", post(hrana::handle_v1_execute))
-                .route("/v1/batch", post(hrana::handle_v1_batch)),
+                .route("/v1/batch", post(hrana::handle_v1_batch))
+                // Hrana over WebSocket (ws:// and wss:// URLs).
+                .route("/", get(hrana_ws::handle_upgrade)),
         )
         .route("/health", get(hrana::handle_health))
         .route("/version", get(hrana::handle_version))

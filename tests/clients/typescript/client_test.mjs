@@ -1,10 +1,15 @@
-// The TypeScript libSQL client (@libsql/client, HTTP transport) against a running silo.
+// The TypeScript libSQL client (@libsql/client) against a running silo, over HTTP for an
+// http:// URL and over WebSocket (Hrana over WebSocket) for a ws:// one.
 // Usage: node client_test.mjs <url> <owner token> <viewer token> <other tenant's token>
 // Exits non-zero with a message on the first failed check.
-import { createClient } from "@libsql/client/http";
 import assert from "node:assert/strict";
 
-const [url, ownerToken, viewerToken, otherToken] = process.argv.slice(2);
+const [url] = process.argv.slice(2);
+const { createClient } = await import(
+  url.startsWith("ws") ? "@libsql/client/ws" : "@libsql/client/http"
+);
+
+const [, ownerToken, viewerToken, otherToken] = process.argv.slice(2);
 const db = createClient({ url, authToken: ownerToken, intMode: "bigint" });
 const viewer = createClient({ url, authToken: viewerToken });
 const other = createClient({ url, authToken: otherToken });
@@ -77,7 +82,25 @@ assert.equal(seen.rows[0].n, 5);
 await rejects(viewer.execute("DELETE FROM t"), /not change it|SQLITE_AUTH/, "viewer write");
 await rejects(other.execute("SELECT * FROM t"), /no such table/, "other tenant");
 
+// Several statements in one call (a `sequence` request over WebSocket).
+await db.executeMultiple("CREATE TABLE m(x); INSERT INTO m VALUES (1); INSERT INTO m VALUES (2);");
+assert.equal((await db.execute("SELECT count(*) AS n FROM m")).rows[0].n, 2n);
+
+// Migrations as drizzle's migrator runs them: foreign keys off around a batch.
+await db.migrate(["CREATE TABLE parent(id INTEGER PRIMARY KEY)",
+  "CREATE TABLE child(id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent(id))"]);
+await db.execute("INSERT INTO parent VALUES (1)");
+await db.execute("INSERT INTO child VALUES (1, 1)");
+
+// Queries in parallel beside an open transaction: none waits on another's stream.
+const held = await db.transaction("write");
+await held.execute("INSERT INTO m VALUES (3)");
+const parallel = await Promise.all([1, 2, 3, 4].map(() => db.execute("SELECT count(*) AS n FROM t")));
+assert.deepEqual(parallel.map((r) => r.rows[0].n), [5n, 5n, 5n, 5n]);
+await held.commit();
+assert.equal((await db.execute("SELECT count(*) AS n FROM m")).rows[0].n, 3n);
+
 db.close();
 viewer.close();
 other.close();
-console.log("typescript client: ok");
+console.log(`typescript client over ${url.split(":")[0]}: ok`);

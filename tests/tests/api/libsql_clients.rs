@@ -786,7 +786,7 @@ fn sandbox_refusals_and_opens_are_counted_in_metrics() {
     assert!(!text.contains(&t.id));
 }
 
-/// The TypeScript client, `@libsql/client` over HTTP, driven by Node.js. Its package is
+/// The TypeScript client, `@libsql/client` over HTTP and over WebSocket, driven by Node.js. Its package is
 /// installed from the npm registry into `tests/clients/typescript` on first run.
 #[test]
 fn the_typescript_libsql_client_works_too() {
@@ -809,27 +809,33 @@ fn the_typescript_libsql_client_works_too() {
         );
     }
     let app = TestApp::spawn();
-    let owner = app.signup("Typescript");
-    let viewer = app.add_member(&owner, "viewer");
-    let other = app.signup("Elsewhere");
-    let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
-    let out = std::process::Command::new("node")
-        .arg("client_test.mjs")
-        .args([&app.base, &key, &viewer.access_token, &other.access_token])
-        .current_dir(&dir)
-        .output()
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // What the client wrote is there for every other route.
-    let n = app
-        .query(&owner.access_token, "SELECT count(*) FROM t")
-        .expect(200);
-    assert_eq!(n["rows"], json!([[5]]));
+    // Over HTTP, then over WebSocket (`ws://`: Hrana over WebSocket, `GET /` upgraded).
+    for (i, url) in [app.base.clone(), app.base.replacen("http://", "ws://", 1)]
+        .iter()
+        .enumerate()
+    {
+        let owner = app.signup(&format!("Typescript{i}"));
+        let viewer = app.add_member(&owner, "viewer");
+        let other = app.signup(&format!("Elsewhere{i}"));
+        let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
+        let out = std::process::Command::new("node")
+            .arg("client_test.mjs")
+            .args([url, &key, &viewer.access_token, &other.access_token])
+            .current_dir(&dir)
+            .output()
+            .expect("run node");
+        assert!(
+            out.status.success(),
+            "{url}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // What the client wrote is there for every other route.
+        let n = app
+            .query(&owner.access_token, "SELECT count(*) FROM t")
+            .expect(200);
+        assert_eq!(n["rows"], json!([[5]]));
+    }
 }
 
 /// Finding 2: tenants each holding a transaction open pinned every database handle the
@@ -838,10 +844,13 @@ fn the_typescript_libsql_client_works_too() {
 /// any tenant can still open its database.
 #[test]
 fn held_transactions_cannot_take_every_database_handle() {
-    // 600 descriptors, 256 kept back and 260 for client connections: (600 - 516) / 7 = 12
-    // databases may be alive at once, 11 of them in the cache; 6 may be held by
-    // transactions.
-    let app = TestApp::spawn_with_open_files_limit(600, &["--max-connections", "260"]);
+    // 601 descriptors, 256 kept back, 260 for client connections and 1 for a WebSocket:
+    // (601 - 517) / 7 = 12 databases may be alive at once, 11 of them in the cache; 6 may
+    // be held by transactions.
+    let app = TestApp::spawn_with_open_files_limit(
+        601,
+        &["--max-connections", "260", "--max-websockets", "1"],
+    );
     let logs = app.wait_for_log("max_alive=");
     assert!(
         logs.contains("max_open_tenants=11") && logs.contains("max_alive=12"),

@@ -28,3 +28,4 @@ mod signup_policy;
 mod tls;
 mod tokens;
 mod two_factor;
+mod websocket;
