@@ -1335,3 +1335,67 @@ fn revoking_a_credential_ends_its_streams_and_frees_the_writer() {
         .expect(200);
     assert_eq!(rows["rows"], json!([["next writer"], ["next writer"]]));
 }
+
+/// The pure-Python client, `libsql-client` from PyPI (what Django's libSQL backend builds
+/// on): over `http://` it speaks Hrana over HTTP v1 (`/v1/execute`, `/v1/batch`), over
+/// `ws://` Hrana over WebSocket, where it also has interactive transactions. Installed into
+/// a virtual environment in `tests/clients/python/.venv` on first run.
+#[test]
+fn the_python_libsql_client_works_over_http_and_websocket() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let python = dir.join(".venv/bin/python");
+    let installed = std::process::Command::new(&python)
+        .args(["-c", "import libsql_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        let venv = std::process::Command::new("python3")
+            .args(["-m", "venv", ".venv"])
+            .current_dir(&dir)
+            .output()
+            .expect("python3 -m venv (Python 3 is needed for this test)");
+        assert!(
+            venv.status.success(),
+            "python3 -m venv: {}",
+            String::from_utf8_lossy(&venv.stderr)
+        );
+        let pip = std::process::Command::new(dir.join(".venv/bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg("requirements.txt")
+            .current_dir(&dir)
+            .output()
+            .expect("run pip");
+        assert!(
+            pip.status.success(),
+            "pip install: {}",
+            String::from_utf8_lossy(&pip.stderr)
+        );
+    }
+    let app = TestApp::spawn();
+    for (i, url) in [app.base.clone(), app.base.replacen("http://", "ws://", 1)]
+        .iter()
+        .enumerate()
+    {
+        let owner = app.signup(&format!("Python{i}"));
+        let viewer = app.add_member(&owner, "viewer");
+        let other = app.signup(&format!("Elsewhere{i}"));
+        let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
+        let out = std::process::Command::new(&python)
+            .arg("client_test.py")
+            .args([url, &key, &viewer.access_token, &other.access_token])
+            .current_dir(&dir)
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "{url}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // What the client wrote is there for every other route.
+        let n = app
+            .query(&owner.access_token, "SELECT count(*) FROM t")
+            .expect(200);
+        assert_eq!(n["rows"], json!([[5]]), "{url}");
+    }
+}
