@@ -100,8 +100,9 @@ impl Application {
             let placement = LocalPlacement::new(data_dir.join("tenants"))?;
             let migrations = match &migrations_dir {
                 Some(dir) => MigrationSet::from_dir(dir)
+                    .and_then(MigrationSet::for_tenants)
                     .with_context(|| format!("load tenant migrations from {}", dir.display()))?,
-                None => MigrationSet::embedded(&TENANT_DIR)?,
+                None => MigrationSet::embedded(&TENANT_DIR)?.for_tenants()?,
             };
             tracing::info!(
                 latest = migrations.latest_version(),

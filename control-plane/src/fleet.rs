@@ -15,8 +15,6 @@ use parking_lot::Mutex;
 
 use rusqlite::OpenFlags;
 use silo_provisioner::MigrationError;
-use silo_provisioner::local::TENANT_MIGRATIONS_TABLE;
-use silo_provisioner::migrations::current_version;
 use silo_tenant_runtime::TenantId;
 use silo_tenant_runtime::handle::open_keyed;
 
@@ -162,10 +160,21 @@ fn migrate_tenant(state: &AppState, tenant: TenantId) -> bool {
         // Wait for the tenant's own writers rather than failing.
         let _ = conn.busy_timeout(std::time::Duration::from_secs(30));
         let migrations = state.provisioner.migrations();
+        let known = state
+            .catalog
+            .tenant_migration_checksums()
+            .map_err(|e| cannot_open(e.to_string()))?;
         migrations
-            .apply(&mut conn, TENANT_MIGRATIONS_TABLE)
+            .apply_to_tenant(&mut conn, &known)
+            .and_then(|migrated| {
+                state
+                    .catalog
+                    .record_tenant_migrations(tenant, None, &migrated.to_record())
+                    .map_err(|e| MigrationError::Io(std::io::Error::other(e.to_string())))?;
+                Ok(migrated.version)
+            })
             .map_err(|e| {
-                let at = current_version(&conn, TENANT_MIGRATIONS_TABLE)
+                let at = silo_tenant_runtime::bookkeeping::version(&conn)
                     .ok()
                     .flatten()
                     .unwrap_or(0);

@@ -414,7 +414,7 @@ impl AppState {
         self.tenant_rates
             .set(tenant, std::num::NonZeroU32::new(plan.requests_per_minute));
         let token = self.unseal(tenant, &db_id, &sealed)?;
-        match TenantHandle::open_local(tenant, &path, &token, limits.clone()) {
+        let mut handle = match TenantHandle::open_local(tenant, &path, &token, limits.clone()) {
             Err(RuntimeError::WrongKey) if next.is_some() => {
                 let next = next.unwrap_or_default();
                 let token = self.unseal(tenant, &db_id, &next)?;
@@ -423,10 +423,25 @@ impl AppState {
                 self.catalog
                     .promote_next_db_token(tenant)
                     .map_err(|e| RuntimeError::Internal(e.to_string()))?;
-                Ok(handle)
+                handle
             }
-            other => other,
+            other => other?,
+        };
+        // An older silo's bookkeeping tables, moved into the header as the database opened:
+        // their checksums go where tenant migrations are recorded now.
+        if let Some(legacy) = handle.take_legacy_bookkeeping() {
+            let recorded: Vec<(u32, String, String)> = legacy
+                .applied
+                .iter()
+                .filter(|(v, _, _)| *v > 1)
+                .cloned()
+                .collect();
+            tracing::info!(tenant_id = %tenant, version = legacy.version(), "moved silo's bookkeeping tables out of the tenant database");
+            self.catalog
+                .record_tenant_migrations(tenant, None, &recorded)
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?;
         }
+        Ok(handle)
     }
 
     /// Creates a tenant and its database: generates its id and DB token, seals the token,

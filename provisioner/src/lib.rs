@@ -46,8 +46,16 @@ pub trait Ledger: Send + Sync {
     fn provisioning(&self) -> Result<Vec<TenantId>>;
     /// Whether this tenant is still recorded as `provisioning`.
     fn is_provisioning(&self, tenant: TenantId) -> Result<bool>;
-    /// `provisioning → active`, with the schema version the database is at.
-    fn mark_active(&self, tenant: TenantId, schema_version: u32) -> Result<()>;
+    /// `provisioning → active`, with the schema version the database is at; records the
+    /// tenant migrations seen for the first time, `(version, name, checksum)`.
+    fn mark_active(
+        &self,
+        tenant: TenantId,
+        schema_version: u32,
+        migrations: &[(u32, String, String)],
+    ) -> Result<()>;
+    /// The checksum of every tenant migration when it was first applied, by version.
+    fn migration_checksums(&self) -> Result<std::collections::HashMap<u32, String>>;
     /// Removes every record of a tenant that never became active. Must do nothing to a
     /// tenant that is no longer `provisioning`.
     fn forget(&self, tenant: TenantId) -> Result<()>;
@@ -88,13 +96,16 @@ impl Provisioner {
     /// Creates the database of a tenant whose intent is recorded, then marks it active. On
     /// failure the tenant is rolled back (file and records removed). Blocking.
     pub fn provision(&self, ledger: &dyn Ledger, tenant: TenantId, token: &DbToken) -> Result<()> {
-        let result = self.placement.create(tenant, token, &self.migrations).and_then(|version| {
-            if let Some(pause) = self.pause_before_activation {
-                tracing::warn!(tenant_id = %tenant, ?pause, "test pause point: database published, tenant not yet active");
-                std::thread::sleep(pause);
-            }
-            ledger.mark_active(tenant, version)
-        });
+        let result = ledger
+            .migration_checksums()
+            .and_then(|known| self.placement.create(tenant, token, &self.migrations, &known))
+            .and_then(|migrated| {
+                if let Some(pause) = self.pause_before_activation {
+                    tracing::warn!(tenant_id = %tenant, ?pause, "test pause point: database published, tenant not yet active");
+                    std::thread::sleep(pause);
+                }
+                ledger.mark_active(tenant, migrated.version, &migrated.to_record())
+            });
         if let Err(e) = &result {
             tracing::error!(tenant_id = %tenant, error = %e, "provisioning failed; rolling back");
             if let Err(rollback) = self.roll_back(ledger, tenant) {

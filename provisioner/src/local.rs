@@ -12,11 +12,9 @@ use rusqlite::OpenFlags;
 use silo_crypto::DbToken;
 use silo_tenant_runtime::{TenantId, handle::open_keyed, tenant_db_path};
 
-use crate::migrations::MigrationSet;
+use crate::migrations::{MigrationSet, TenantMigrated};
 use crate::{ProvisionError, Result};
 
-/// Bookkeeping table of applied tenant migrations, inside each tenant database.
-pub const TENANT_MIGRATIONS_TABLE: &str = "_silo_migrations";
 const CREATING_SUFFIX: &str = ".db.creating";
 /// SQLite's companion files of a database in WAL (and, transiently, rollback) mode.
 const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
@@ -45,44 +43,41 @@ impl LocalPlacement {
         self.tenants_dir.join(format!(".{tenant}{CREATING_SUFFIX}"))
     }
 
-    /// Creates the tenant's encrypted database keyed with `token`, applies `migrations`, and
-    /// publishes it. Idempotent: if the database was already published (a retry after a
-    /// crash), it checks that `token` opens it and brings it up to date. Returns the schema
-    /// version. Blocking.
+    /// Creates the tenant's encrypted database keyed with `token`, applies `migrations`
+    /// (checked against the checksums the catalog knows, `known`), and publishes it.
+    /// Idempotent: if the database was already published (a retry after a crash), it checks
+    /// that `token` opens it and brings it up to date. Blocking.
     pub fn create(
         &self,
         tenant: TenantId,
         token: &DbToken,
         migrations: &MigrationSet,
-    ) -> Result<u32> {
+        known: &std::collections::HashMap<u32, String>,
+    ) -> Result<TenantMigrated> {
         let final_path = self.path(tenant);
         if final_path.exists() {
             let mut conn = open_keyed(&final_path, token, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-            return Ok(migrations.apply(&mut conn, TENANT_MIGRATIONS_TABLE)?);
+            return Ok(migrations.apply_to_tenant(&mut conn, known)?);
         }
         let tmp = self.creating_path(tenant);
         remove_with_companions(&tmp)?;
-        let version = {
+        let migrated = {
             let mut conn = open_keyed(
                 &tmp,
                 token,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
             )?;
-            let version = migrations.apply(&mut conn, TENANT_MIGRATIONS_TABLE)?;
-            conn.execute(
-                "INSERT OR REPLACE INTO _silo_meta (key, value) VALUES ('tenant_id', ?1)",
-                [tenant.to_string()],
-            )?;
+            let migrated = migrations.apply_to_tenant(&mut conn, known)?;
             // Closing the only connection checkpoints the WAL into the file and removes it.
             conn.close().map_err(|(_, e)| e)?;
-            version
+            migrated
         };
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| io("fsync new tenant database", e))?;
         fs::rename(&tmp, &final_path).map_err(|e| io("publish tenant database", e))?;
         self.sync_dir()?;
-        Ok(version)
+        Ok(migrated)
     }
 
     /// Re-keys the tenant's database from `old` to `new` (SQLCipher `PRAGMA rekey`, raw
@@ -192,7 +187,14 @@ mod tests {
     fn setup() -> (tempfile::TempDir, LocalPlacement, MigrationSet) {
         let dir = tempfile::tempdir().unwrap();
         let placement = LocalPlacement::new(dir.path().join("tenants")).unwrap();
-        (dir, placement, MigrationSet::embedded(&TENANT_DIR).unwrap())
+        (
+            dir,
+            placement,
+            MigrationSet::embedded(&TENANT_DIR)
+                .unwrap()
+                .for_tenants()
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -200,9 +202,10 @@ mod tests {
         let (_d, p, m) = setup();
         let t = TenantId::generate();
         let token = DbToken::generate();
-        let v = p.create(t, &token, &m).unwrap();
+        let known = Default::default();
+        let v = p.create(t, &token, &m, &known).unwrap().version;
         assert_eq!(v, m.latest_version());
-        assert_eq!(p.create(t, &token, &m).unwrap(), v);
+        assert_eq!(p.create(t, &token, &m, &known).unwrap().version, v);
         let bytes = fs::read(p.path(t)).unwrap();
         assert!(!bytes.starts_with(b"SQLite format 3"));
         let names: Vec<_> = fs::read_dir(p.tenants_dir())
@@ -210,23 +213,28 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+        // The tenant's database holds no object of silo's; its version is in the header.
         let conn = open_keyed(&p.path(t), &token, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        let stored: String = conn
-            .query_row(
-                "SELECT value FROM _silo_meta WHERE key = 'tenant_id'",
-                [],
-                |r| r.get(0),
-            )
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(stored, t.to_string());
+        assert_eq!(objects, 0);
+        assert_eq!(
+            silo_tenant_runtime::bookkeeping::version(&conn).unwrap(),
+            Some(v)
+        );
     }
 
     #[test]
     fn a_retry_with_another_token_is_refused() {
         let (_d, p, m) = setup();
         let t = TenantId::generate();
-        p.create(t, &DbToken::generate(), &m).unwrap();
-        assert!(p.create(t, &DbToken::generate(), &m).is_err());
+        p.create(t, &DbToken::generate(), &m, &Default::default())
+            .unwrap();
+        assert!(
+            p.create(t, &DbToken::generate(), &m, &Default::default())
+                .is_err()
+        );
     }
 
     #[test]
@@ -234,7 +242,7 @@ mod tests {
         let (_d, p, m) = setup();
         let t = TenantId::generate();
         let old = DbToken::generate();
-        p.create(t, &old, &m).unwrap();
+        p.create(t, &old, &m, &Default::default()).unwrap();
         {
             let conn = open_keyed(&p.path(t), &old, OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
             conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
@@ -257,7 +265,8 @@ mod tests {
     fn destroy_and_sweep_leave_nothing_behind() {
         let (_d, p, m) = setup();
         let t = TenantId::generate();
-        p.create(t, &DbToken::generate(), &m).unwrap();
+        p.create(t, &DbToken::generate(), &m, &Default::default())
+            .unwrap();
         fs::write(p.creating_path(TenantId::generate()), b"half").unwrap();
         assert_eq!(p.sweep_unpublished().unwrap(), 1);
         p.destroy(t).unwrap();

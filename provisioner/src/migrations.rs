@@ -2,13 +2,18 @@
 //! they changed, each with the SHA-256 of its text so a changed file is noticed (drift)
 //! instead of silently re-run or skipped.
 //!
-//! The same machinery serves the catalog (`schemas/catalog/`) and every tenant database
-//! (`schemas/tenant/`); only the bookkeeping table differs.
+//! The same files serve the catalog (`schemas/catalog/`, recorded in a table of the catalog)
+//! and every tenant database (`schemas/tenant/`): a tenant database records only its version,
+//! in its header (`silo_tenant_runtime::bookkeeping`), never in a table its tools would see;
+//! the checksums of tenant migrations are kept in the catalog, once per migration.
 
 use std::path::Path;
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
+use silo_tenant_runtime::bookkeeping;
 
 /// `schemas/catalog/`, compiled into the binary.
 pub static CATALOG_DIR: include_dir::Dir<'_> =
@@ -43,6 +48,10 @@ pub enum MigrationError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "tenant migration version 1 is silo's own; number your migrations from 0002 (the file {0} has other content)"
+    )]
+    ReservedVersion(String),
     #[error("read migrations: {0}")]
     Io(#[from] std::io::Error),
     #[error("migration bookkeeping: {0}")]
@@ -120,6 +129,90 @@ impl MigrationSet {
         Ok(MigrationSet { migrations })
     }
 
+    /// As a set of tenant migrations: version 1 is silo's own placeholder (an older silo's
+    /// `0001_silo_meta.sql`, which made a `_silo_meta` table, counts as it), added if the
+    /// set lacks it, so an operator's folder need not carry it.
+    pub fn for_tenants(mut self) -> Result<Self, MigrationError> {
+        let builtin = Self::embedded(&TENANT_DIR)?
+            .migrations
+            .into_iter()
+            .find(|m| m.version == 1)
+            .ok_or(MigrationError::Unknown(1))?;
+        match self.migrations.iter().position(|m| m.version == 1) {
+            Some(i) => {
+                let mine = &self.migrations[i];
+                if mine.checksum != builtin.checksum && mine.checksum != LEGACY_SILO_META_CHECKSUM {
+                    return Err(MigrationError::ReservedVersion(format!(
+                        "0001_{}.sql",
+                        mine.name
+                    )));
+                }
+                self.migrations[i] = builtin;
+            }
+            None => self.migrations.insert(0, builtin),
+        }
+        Ok(self)
+    }
+
+    /// Brings a tenant database up to date: moves an older silo's bookkeeping tables into
+    /// the header first, checks the migrations it has against `known` (the checksums the
+    /// catalog recorded when each was first applied), then applies the rest, each in its
+    /// own transaction together with the new version in the header (all of a migration or
+    /// none of it).
+    pub fn apply_to_tenant(
+        &self,
+        conn: &mut Connection,
+        known: &HashMap<u32, String>,
+    ) -> Result<TenantMigrated, MigrationError> {
+        let legacy = bookkeeping::take_over_legacy(conn)?;
+        let at = bookkeeping::version(conn)?.unwrap_or(0);
+        if at > 0 && !self.migrations.iter().any(|m| m.version == at) {
+            return Err(MigrationError::Unknown(at));
+        }
+        for m in self
+            .migrations
+            .iter()
+            .filter(|m| m.version <= at && m.version > 1)
+        {
+            let recorded = known.get(&m.version).or_else(|| {
+                legacy.as_ref().and_then(|l| {
+                    l.applied
+                        .iter()
+                        .find(|(v, _, _)| *v == m.version)
+                        .map(|(_, _, c)| c)
+                })
+            });
+            if let Some(recorded) = recorded
+                && recorded != &m.checksum
+            {
+                return Err(MigrationError::Drift {
+                    version: m.version,
+                    name: m.name.clone(),
+                    recorded: recorded.clone(),
+                    file: m.checksum.clone(),
+                });
+            }
+        }
+        let mut applied = Vec::new();
+        for m in self.migrations.iter().filter(|m| m.version > at) {
+            let failed = |source| MigrationError::Failed {
+                version: m.version,
+                name: m.name.clone(),
+                source,
+            };
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute_batch(&m.sql).map_err(failed)?;
+            tx.execute_batch(&bookkeeping::set_version_sql(m.version))?;
+            tx.commit().map_err(failed)?;
+            applied.push(m.clone());
+        }
+        Ok(TenantMigrated {
+            version: bookkeeping::version(conn)?.unwrap_or(0),
+            applied,
+            legacy,
+        })
+    }
+
     pub fn latest_version(&self) -> u32 {
         self.migrations.last().map_or(0, |m| m.version)
     }
@@ -183,6 +276,42 @@ impl MigrationSet {
             tx.commit().map_err(failed)?;
         }
         Ok(current_version(conn, table)?.unwrap_or(0))
+    }
+}
+
+/// The checksum of the first `0001_silo_meta.sql`, which made the `_silo_meta` table.
+const LEGACY_SILO_META_CHECKSUM: &str =
+    "7b61a9d9f24b396e8c1df1cbd86c8d3556d5f0510426c768e77493c0b531ca1b";
+
+/// What [`MigrationSet::apply_to_tenant`] did.
+#[derive(Debug)]
+pub struct TenantMigrated {
+    /// The version the database is at now.
+    pub version: u32,
+    /// The migrations applied now, in order: the catalog records the first application of
+    /// each (with its checksum).
+    pub applied: Vec<Migration>,
+    /// An older silo's bookkeeping, moved into the header now (its checksums go to the
+    /// catalog too).
+    pub legacy: Option<bookkeeping::Legacy>,
+}
+
+impl TenantMigrated {
+    /// `(version, name, checksum)` of every migration the catalog should know of now.
+    pub fn to_record(&self) -> Vec<(u32, String, String)> {
+        let mut out: Vec<(u32, String, String)> = self
+            .legacy
+            .iter()
+            .flat_map(|l| l.applied.iter().cloned())
+            .filter(|(v, _, _)| *v > 1)
+            .collect();
+        out.extend(
+            self.applied
+                .iter()
+                .filter(|m| m.version > 1)
+                .map(|m| (m.version, m.name.clone(), m.checksum.clone())),
+        );
+        out
     }
 }
 

@@ -1,6 +1,3 @@
--- silo's own facts about this tenant database (which tenant it belongs to, …).
--- Tenants can read tables named _silo_*; the sandbox refuses any change to them.
-CREATE TABLE _silo_meta (
-    key   TEXT PRIMARY KEY NOT NULL,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
+-- Version 1 is silo's own. It once made a table `_silo_meta` in every tenant database; silo
+-- now keeps nothing there (the schema version is in the file header: see
+-- tenant-runtime/src/bookkeeping.rs), so this migration does nothing. Number yours from 0002.

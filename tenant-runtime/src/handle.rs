@@ -149,6 +149,8 @@ pub struct TenantHandle {
     writer_back: Condvar,
     readers: Mutex<Readers>,
     reader_back: Condvar,
+    /// Set when opening moved an older silo's bookkeeping tables (see `bookkeeping`).
+    legacy: Option<crate::bookkeeping::Legacy>,
     /// Its place among the handles the store allows alive at once, if the store opened it.
     /// Declared last: given back after the connections above have closed.
     slot: Option<LiveSlot>,
@@ -178,7 +180,15 @@ impl TenantHandle {
         token: &DbToken,
         limits: ExecLimits,
     ) -> Result<Self> {
-        let writer = open_conn(path, token, &limits, AccessLevel::ReadOnly)?;
+        // An older silo's bookkeeping tables move into the header before the sandbox is on.
+        let mut legacy = None;
+        let writer = open_conn(
+            path,
+            token,
+            &limits,
+            AccessLevel::ReadOnly,
+            Some(&mut legacy),
+        )?;
         metrics::counter!("silo_tenant_connections_opened_total", "kind" => "writer").increment(1);
         Ok(TenantHandle {
             tenant,
@@ -190,7 +200,14 @@ impl TenantHandle {
             readers: Mutex::new(Readers::default()),
             reader_back: Condvar::new(),
             slot: None,
+            legacy,
         })
+    }
+
+    /// What an older silo's bookkeeping tables said, if opening this handle moved them into
+    /// the header (once per database): the caller records it where it keeps migrations.
+    pub fn take_legacy_bookkeeping(&mut self) -> Option<crate::bookkeeping::Legacy> {
+        self.legacy.take()
     }
 
     /// Counts this handle against the store's limit until it closes.
@@ -446,8 +463,13 @@ impl TenantHandle {
                 // Opened outside the lock: other readers come and go meanwhile.
                 readers.opened += 1;
                 drop(readers);
-                return match open_conn(&self.path, &self.token, &self.limits, AccessLevel::ReadOnly)
-                {
+                return match open_conn(
+                    &self.path,
+                    &self.token,
+                    &self.limits,
+                    AccessLevel::ReadOnly,
+                    None,
+                ) {
                     Ok(conn) => {
                         metrics::counter!("silo_tenant_connections_opened_total", "kind" => "reader")
                             .increment(1);
@@ -489,11 +511,14 @@ fn plain_select(sql: &str) -> bool {
 }
 
 /// Opens one sandboxed connection of a tenant database, starting at `level`.
+/// Opens one connection of a tenant with its settings and sandbox. `legacy`: for the
+/// writer, where to put what [`crate::bookkeeping::take_over_legacy`] moved, if anything.
 fn open_conn(
     path: &Path,
     token: &DbToken,
     limits: &ExecLimits,
     level: AccessLevel,
+    legacy: Option<&mut Option<crate::bookkeeping::Legacy>>,
 ) -> Result<Conn> {
     let mut conn = open_keyed(path, token, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| {
         match sandbox::error_code(&e) {
@@ -505,6 +530,10 @@ fn open_conn(
     conn.busy_timeout(limits.busy_timeout)
         .map_err(|e| RuntimeError::Internal(e.to_string()))?;
     conn.set_prepared_statement_cache_capacity(64);
+    if let Some(legacy) = legacy {
+        *legacy = crate::bookkeeping::take_over_legacy(&conn)
+            .map_err(|e| RuntimeError::Internal(format!("move legacy bookkeeping: {e}")))?;
+    }
     // The sandbox starts at the lowest access level; so does the run-time guard.
     // Sorts, DISTINCT and index builds that spill do so in memory: a temporary file would
     // hold the tenant's rows in plaintext (SQLCipher does not encrypt temporary files).

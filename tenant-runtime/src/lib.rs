@@ -11,6 +11,7 @@
 //!
 //! Nothing here is shared between tenants: no connection, statement cache or file handle.
 
+pub mod bookkeeping;
 pub mod error;
 pub mod export;
 pub mod handle;

@@ -790,6 +790,54 @@ impl Catalog {
     }
 }
 
+/// Records tenant migrations not recorded yet (the first application of each is kept).
+fn record_tenant_migrations(
+    conn: &rusqlite::Connection,
+    migrations: &[(u32, String, String)],
+) -> rusqlite::Result<()> {
+    if migrations.is_empty() {
+        return Ok(());
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO tenant_migrations (version, name, checksum) VALUES (?1, ?2, ?3)",
+    )?;
+    for (version, name, checksum) in migrations {
+        insert.execute(params![version, name, checksum])?;
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// The checksum of every tenant migration when it was first applied, by version.
+    pub fn tenant_migration_checksums(&self) -> Result<std::collections::HashMap<u32, String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT version, checksum FROM tenant_migrations")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records tenant migrations applied (or found applied by an older silo), keeping the
+    /// first record of each; and the tenant's version, if given.
+    pub fn record_tenant_migrations(
+        &self,
+        tenant: TenantId,
+        schema_version: Option<u32>,
+        migrations: &[(u32, String, String)],
+    ) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        record_tenant_migrations(&tx, migrations)?;
+        if let Some(v) = schema_version {
+            tx.execute(
+                "UPDATE tenants SET schema_version = ?2 WHERE id = ?1",
+                params![tenant.to_string(), v],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 impl Ledger for Catalog {
     fn provisioning(&self) -> silo_provisioner::Result<Vec<TenantId>> {
         let conn = self.lock();
@@ -812,9 +860,15 @@ impl Ledger for Catalog {
             .map_err(ledger_err)
     }
 
-    fn mark_active(&self, tenant: TenantId, schema_version: u32) -> silo_provisioner::Result<()> {
-        let changed = self
-            .lock()
+    fn mark_active(
+        &self,
+        tenant: TenantId,
+        schema_version: u32,
+        migrations: &[(u32, String, String)],
+    ) -> silo_provisioner::Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(ledger_err)?;
+        let changed = tx
             .execute(
                 "UPDATE tenants SET status = 'active', schema_version = ?2,
                         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
@@ -822,13 +876,20 @@ impl Ledger for Catalog {
                 params![tenant.to_string(), schema_version],
             )
             .map_err(ledger_err)?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(ProvisionError::Ledger(format!(
+        if changed != 1 {
+            return Err(ProvisionError::Ledger(format!(
                 "tenant {tenant} is no longer provisioning"
-            )))
+            )));
         }
+        record_tenant_migrations(&tx, migrations).map_err(ledger_err)?;
+        tx.commit().map_err(ledger_err)
+    }
+
+    fn migration_checksums(
+        &self,
+    ) -> silo_provisioner::Result<std::collections::HashMap<u32, String>> {
+        self.tenant_migration_checksums()
+            .map_err(|e| ProvisionError::Ledger(e.to_string()))
     }
 
     fn forget(&self, tenant: TenantId) -> silo_provisioner::Result<()> {

@@ -128,13 +128,11 @@ fn concurrent_signups_with_one_email_make_exactly_one_tenant() {
 fn the_database_is_ready_when_signup_returns_and_survives_a_restart() {
     let mut app = TestApp::spawn();
     let a = app.signup("Alpha");
+    // Ready, and holding nothing of silo's: the tenant's tools see an empty database.
     let body = app
-        .query(
-            &a.access_token,
-            "SELECT value FROM _silo_meta WHERE key = 'tenant_id'",
-        )
+        .query(&a.access_token, "SELECT count(*) FROM sqlite_master")
         .expect(200);
-    assert_eq!(body["rows"][0][0], serde_json::json!(a.id));
+    assert_eq!(body["rows"], serde_json::json!([[0]]));
     app.query(&a.access_token, "CREATE TABLE kept (x)")
         .expect(200);
     app.query(&a.access_token, "INSERT INTO kept VALUES (42)")
@@ -145,4 +143,54 @@ fn the_database_is_ready_when_signup_returns_and_survives_a_restart() {
     let me = app.get("/v1/me", Some(&a.access_token)).expect(200);
     assert_eq!(me["tenant"]["id"], serde_json::json!(a.id));
     assert_eq!(me["role"], serde_json::json!("owner"));
+}
+
+/// Databases made by an older silo held its bookkeeping as tables (`_silo_migrations`,
+/// `_silo_meta`) that every schema tool saw. Opening such a database moves them into the
+/// file header, in one transaction, and the tenant's data stays as it was.
+#[test]
+fn an_older_silos_bookkeeping_tables_leave_the_tenant_database() {
+    let mut app = TestApp::spawn();
+    let a = app.signup("Legacy");
+    app.query(&a.access_token, "CREATE TABLE notes (body TEXT)")
+        .expect(200);
+    app.query(&a.access_token, "INSERT INTO notes VALUES ('kept')")
+        .expect(200);
+    app.stop();
+    // Made as the older silo made it: both tables, version 1 recorded with the checksum of
+    // the old `0001_silo_meta.sql`, no mark in the header.
+    {
+        let conn = rusqlite::Connection::open(app.tenant_db_path(&a.id)).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA key = \"x'{}'\";",
+            hex::encode(app.db_token(&a.id))
+        ))
+        .expect("key");
+        conn.execute_batch(
+            "PRAGMA application_id = 0;
+             CREATE TABLE _silo_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO _silo_meta VALUES ('tenant_id', 'x');
+             CREATE TABLE _silo_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 checksum TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT 'then');
+             INSERT INTO _silo_migrations (version, name, checksum) VALUES (1, 'silo_meta',
+                 '7b61a9d9f24b396e8c1df1cbd86c8d3556d5f0510426c768e77493c0b531ca1b');",
+        )
+        .expect("legacy tables");
+    }
+    app.start();
+    let objects = app
+        .query(
+            &a.access_token,
+            "SELECT name FROM sqlite_master ORDER BY name",
+        )
+        .expect(200);
+    assert_eq!(objects["rows"], serde_json::json!([["notes"]]));
+    let kept = app
+        .query(&a.access_token, "SELECT body FROM notes")
+        .expect(200);
+    assert_eq!(kept["rows"], serde_json::json!([["kept"]]));
+    let version = app
+        .query(&a.access_token, "PRAGMA application_id")
+        .expect(200);
+    assert_eq!(version["rows"], serde_json::json!([[0x5110_0001]]));
 }
