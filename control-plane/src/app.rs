@@ -190,9 +190,12 @@ impl Application {
                 idle: Duration::from_millis(args.stream_idle_ms.max(1)),
                 transaction: Duration::from_millis(args.stream_transaction_ms.max(1)),
             }),
+            // WebSockets hold what they buffer in a budget of their own, as large as the
+            // one of HTTP answers.
             sockets: crate::sockets::Sockets::new(
                 max_websockets,
                 args.max_connections_per_address.max(1),
+                (args.max_buffered_responses_mb as usize).saturating_mul(1024 * 1024),
             ),
             credentials: Arc::default(),
             metrics_token: args.metrics_token.clone(),

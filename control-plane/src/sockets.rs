@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 use silo_tenant_runtime::TenantId;
 use silo_tenant_runtime::hrana::SqlBudget;
 
-/// Sockets one tenant may hold open at once (an application keeps one per process).
+/// Sockets one tenant may hold open at once (an application keeps one per process); never
+/// more than a quarter of the server's.
 pub const MAX_SOCKETS_PER_TENANT: usize = 256;
 
 /// Why a socket was refused.
@@ -25,11 +26,17 @@ pub enum SocketRefusal {
     AddressFull,
     /// The tenant's cap.
     TenantFull,
+    /// The cap of sockets that have not said `hello` yet.
+    TooManyStrangers,
 }
 
 #[derive(Default)]
 struct Counts {
     total: usize,
+    /// Sockets not bound to a tenant yet (no `hello` accepted).
+    strangers: usize,
+    /// Tasks of sockets (their streams) still running, the socket itself perhaps gone.
+    tasks: usize,
     per_address: HashMap<IpAddr, usize>,
     /// Sockets per tenant, and the stored-SQL account they share.
     per_tenant: HashMap<TenantId, (usize, SqlBudget)>,
@@ -38,6 +45,12 @@ struct Counts {
 struct Inner {
     max_total: usize,
     max_per_address: usize,
+    max_per_tenant: usize,
+    max_strangers: usize,
+    /// Bytes held for sockets (requests read, answers not yet written, cursors not yet
+    /// fetched), and the most they may hold together.
+    buffered: std::sync::atomic::AtomicUsize,
+    max_buffered: usize,
     counts: Mutex<Counts>,
     /// Set when the server stops: every socket says goodbye and closes.
     closing: tokio::sync::watch::Sender<bool>,
@@ -52,11 +65,20 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    pub fn new(max_total: usize, max_per_address: usize) -> Self {
+    /// At most `max_total` sockets, `max_per_address` from one address, holding
+    /// `max_buffered` bytes together. A quarter of the sockets may belong to one tenant, and
+    /// a quarter may be waiting for their `hello`: neither one tenant nor anonymous clients
+    /// can take every socket.
+    pub fn new(max_total: usize, max_per_address: usize, max_buffered: usize) -> Self {
+        let max_total = max_total.max(1);
         Sockets {
             inner: Arc::new(Inner {
-                max_total: max_total.max(1),
+                max_total,
                 max_per_address: max_per_address.max(1),
+                max_per_tenant: (max_total / 4).clamp(1, MAX_SOCKETS_PER_TENANT),
+                max_strangers: (max_total / 4).max(1),
+                buffered: std::sync::atomic::AtomicUsize::new(0),
+                max_buffered: max_buffered.max(1),
                 counts: Mutex::default(),
                 closing: tokio::sync::watch::channel(false).0,
                 empty: tokio::sync::Notify::new(),
@@ -70,18 +92,45 @@ impl Sockets {
         if counts.total >= self.inner.max_total {
             return Err(SocketRefusal::Full);
         }
+        if counts.strangers >= self.inner.max_strangers {
+            return Err(SocketRefusal::TooManyStrangers);
+        }
         let of_address = counts.per_address.entry(ip).or_default();
         if *of_address >= self.inner.max_per_address {
             return Err(SocketRefusal::AddressFull);
         }
         *of_address += 1;
         counts.total += 1;
+        counts.strangers += 1;
         metrics::gauge!("silo_websockets_open").set(counts.total as f64);
         Ok(SocketSlot {
             inner: self.inner.clone(),
             ip,
             tenant: None,
         })
+    }
+
+    /// Holds `bytes` for a socket until the charge drops; `None` past the budget.
+    pub fn charge(&self, bytes: usize) -> Option<Charge> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.inner.max_buffered;
+        self.inner
+            .buffered
+            .fetch_update(Relaxed, Relaxed, |held| {
+                held.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .ok()?;
+        Some(Charge {
+            inner: self.inner.clone(),
+            bytes,
+        })
+    }
+
+    /// Bytes held for sockets now.
+    pub fn buffered(&self) -> usize {
+        self.inner
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Answers once the server is stopping (at once if it already is).
@@ -94,14 +143,26 @@ impl Sockets {
         self.inner.closing.send_replace(true);
     }
 
-    /// Waits until no socket is open.
+    /// Waits until no socket is open and none of their tasks runs.
     pub async fn wait_empty(&self) {
         loop {
             let notified = self.inner.empty.notified();
-            if self.open() == 0 {
-                return;
+            {
+                let counts = self.inner.counts.lock();
+                if counts.total == 0 && counts.tasks == 0 {
+                    return;
+                }
             }
             notified.await;
+        }
+    }
+
+    /// Counts a task of a socket (a stream's) until the guard drops: the server waits for
+    /// it before closing the tenant databases.
+    pub fn task(&self) -> TaskGuard {
+        self.inner.counts.lock().tasks += 1;
+        TaskGuard {
+            inner: self.inner.clone(),
         }
     }
 
@@ -130,16 +191,32 @@ impl SocketSlot {
                 .map(|(_, b)| b.clone())
                 .unwrap_or_default());
         }
+        let max_per_tenant = self.inner.max_per_tenant;
         let (of_tenant, budget) = counts.per_tenant.entry(tenant).or_default();
-        if *of_tenant >= MAX_SOCKETS_PER_TENANT {
+        if *of_tenant >= max_per_tenant {
             return Err(SocketRefusal::TenantFull);
         }
         *of_tenant += 1;
         let budget = budget.clone();
-        if let Some(old) = self.tenant.replace(tenant) {
-            uncount_tenant(&mut counts.per_tenant, &old);
+        match self.tenant.replace(tenant) {
+            Some(old) => uncount_tenant(&mut counts.per_tenant, &old),
+            None => counts.strangers -= 1,
         }
         Ok(budget)
+    }
+}
+
+/// Bytes a socket holds in the shared budget (see [`Sockets::charge`]).
+pub struct Charge {
+    inner: Arc<Inner>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.inner
+            .buffered
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -166,11 +243,27 @@ impl Drop for SocketSlot {
         let mut counts = self.inner.counts.lock();
         counts.total -= 1;
         uncount(&mut counts.per_address, &self.ip);
-        if let Some(tenant) = self.tenant {
-            uncount_tenant(&mut counts.per_tenant, &tenant);
+        match self.tenant {
+            Some(tenant) => uncount_tenant(&mut counts.per_tenant, &tenant),
+            None => counts.strangers -= 1,
         }
         metrics::gauge!("silo_websockets_open").set(counts.total as f64);
-        if counts.total == 0 {
+        if counts.total == 0 && counts.tasks == 0 {
+            self.inner.empty.notify_waiters();
+        }
+    }
+}
+
+/// One running task of a socket (see [`Sockets::task`]).
+pub struct TaskGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        let mut counts = self.inner.counts.lock();
+        counts.tasks -= 1;
+        if counts.total == 0 && counts.tasks == 0 {
             self.inner.empty.notify_waiters();
         }
     }
@@ -186,14 +279,18 @@ mod tests {
 
     #[test]
     fn caps_hold_and_counts_return_when_slots_drop() {
-        let sockets = Sockets::new(3, 2);
+        let sockets = Sockets::new(12, 2, 1);
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
         let s1 = sockets.admit(a).expect("first");
         let mut s2 = sockets.admit(a).expect("second");
         assert_eq!(sockets.admit(a).err(), Some(SocketRefusal::AddressFull));
+        // A quarter of the sockets may wait for their hello: three here.
         let s3 = sockets.admit(b).expect("other address");
-        assert_eq!(sockets.admit(b).err(), Some(SocketRefusal::Full));
+        assert_eq!(
+            sockets.admit([10, 0, 0, 3].into()).err(),
+            Some(SocketRefusal::TooManyStrangers)
+        );
         drop(s1);
         assert_eq!(sockets.open(), 2);
         let tenant = tenant_id(7);
@@ -208,8 +305,34 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_budget_is_shared_and_given_back() {
+        let sockets = Sockets::new(4, 4, 100);
+        let a = sockets.charge(60).expect("within");
+        assert!(sockets.charge(41).is_none());
+        let b = sockets.charge(40).expect("exactly full");
+        drop(a);
+        assert_eq!(sockets.buffered(), 40);
+        drop(b);
+        assert_eq!(sockets.buffered(), 0);
+    }
+
+    #[test]
     fn a_tenant_cannot_take_every_socket() {
-        let sockets = Sockets::new(MAX_SOCKETS_PER_TENANT + 10, usize::MAX);
+        // On a small server a tenant gets a quarter of the sockets.
+        let small = Sockets::new(8, usize::MAX, 1);
+        let mut held = Vec::new();
+        for i in 0..2 {
+            let mut slot = small.admit([10, 1, 0, i].into()).expect("admit");
+            slot.bind(tenant_id(3)).expect("under the cap");
+            held.push(slot);
+        }
+        let mut third = small.admit([10, 1, 0, 9].into()).expect("admit");
+        assert_eq!(
+            third.bind(tenant_id(3)).err(),
+            Some(SocketRefusal::TenantFull)
+        );
+        drop((held, third));
+        let sockets = Sockets::new(4 * MAX_SOCKETS_PER_TENANT + 40, usize::MAX, 1);
         let tenant = tenant_id(1);
         let mut held = Vec::new();
         for i in 0..MAX_SOCKETS_PER_TENANT {

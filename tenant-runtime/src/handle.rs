@@ -897,7 +897,7 @@ pub(crate) fn run_with(
 }
 
 /// The statement is a PRAGMA (after leading blanks and comments).
-fn is_pragma(sql: &str) -> bool {
+pub(crate) fn is_pragma(sql: &str) -> bool {
     let mut rest = sql;
     loop {
         rest = rest.trim_start();

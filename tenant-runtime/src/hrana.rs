@@ -588,16 +588,17 @@ impl Session {
         level: AccessLevel,
         stmt: Stmt,
     ) -> (StreamResult, Outcome) {
-        if self.lease.is_none() && self.session_pragmas.is_empty() && !self.closed {
-            let ran = self
-                .sql_text(stmt.sql.clone(), stmt.sql_id)
-                .and_then(|sql| {
-                    handle
-                        .run_one(level, &sql, |conn, sandbox, limits| {
-                            execute_outside_stream(conn, sandbox, limits, &sql, &stmt)
-                        })
-                        .map(|ran| ran.map(|r| (r, sql)))
-                });
+        // A PRAGMA may set something for the stream: it goes the stream's way.
+        let text = self.sql_text(stmt.sql.clone(), stmt.sql_id);
+        let pragma = text.as_deref().is_ok_and(crate::handle::is_pragma);
+        if self.lease.is_none() && self.session_pragmas.is_empty() && !self.closed && !pragma {
+            let ran = text.and_then(|sql| {
+                handle
+                    .run_one(level, &sql, |conn, sandbox, limits| {
+                        execute_outside_stream(conn, sandbox, limits, &sql, &stmt)
+                    })
+                    .map(|ran| ran.map(|r| (r, sql)))
+            });
             match ran {
                 Ok(Some(((result, changed), sql))) => {
                     let mut outcome = Outcome::default();
@@ -761,6 +762,11 @@ impl Session {
         self.budget.take(sql.len())?;
         self.sqls.insert(sql_id, sql);
         Ok(())
+    }
+
+    /// Whether a text is stored under `sql_id`.
+    pub fn has_sql(&self, sql_id: i32) -> bool {
+        self.sqls.contains_key(&sql_id)
     }
 
     /// Forgets the text stored under `sql_id`, if any (`close_sql`).

@@ -10,11 +10,13 @@
 //! The credential of `hello` is checked again before every request, so a revoked key, an
 //! ended session or a changed role takes effect at the next request, as over HTTP.
 //!
-//! Limits: sockets per server, address and tenant (`sockets`); requests in flight per
+//! Limits: sockets per server, address and tenant, and those waiting for `hello`
+//! (`sockets`); streams per connection, one cursor per stream; requests in flight per
 //! connection (past them the connection is not read, and TCP pushes back, as the spec
-//! asks); the request body limit per message; `hello` within 10 s; a connection with no
-//! message and nothing in flight for 5 minutes is closed (clients reconnect on their next
-//! query).
+//! asks); the request body limit per message; requests read, answers not yet written and
+//! cursors not yet fetched held in one byte budget of all sockets (past it, `BUSY`); `hello`
+//! within 10 s; an answer written within 30 s; a connection with no message and nothing in
+//! flight for 5 minutes is closed (clients reconnect on their next query).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +31,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use silo_tenant_runtime::TenantId;
 use silo_tenant_runtime::hrana::{
-    Batch, CursorEntry, HError, Session, Stmt, StreamRequest, StreamResult, WriteJson,
+    Batch, HError, Session, Stmt, StreamRequest, StreamResult, WriteJson,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -38,7 +40,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::data::{audit_schema_change, data_access};
 use crate::http::hrana::run_on_entry;
-use crate::sockets::{SocketRefusal, SocketSlot};
+use crate::sockets::{Charge, SocketRefusal, SocketSlot, Sockets};
 use crate::state::AppState;
 use crate::streams::{BatonError, StreamEntry, StreamId};
 
@@ -50,10 +52,16 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 /// A connection with no message from its client and nothing in flight this long is closed.
 const IDLE: Duration = Duration::from_secs(300);
 /// Requests of one connection in flight (running, queued on a stream, or answered but not
-/// yet written). Past it the connection is not read until one is written.
-const MAX_OUTSTANDING: u32 = 16;
-/// Cursors one connection may hold open.
-const MAX_CURSORS: usize = 128;
+/// yet written). Past it the connection is not read until one is written. Generous: a
+/// stream waiting for the tenant's writer must not keep the request that frees it (another
+/// stream's `COMMIT`) from being read; memory is bounded by the byte budget.
+const MAX_OUTSTANDING: u32 = 128;
+/// Streams one connection may hold open (or failed to open and not yet closed).
+const MAX_STREAMS: usize = 128;
+/// Cursors one connection may hold open (one per stream).
+const MAX_CURSORS: usize = MAX_STREAMS;
+/// Time to write one message to a client that does not read.
+const SEND_WITHIN: Duration = Duration::from_secs(30);
 
 /// Close codes (RFC 6455).
 const CLOSE_NORMAL: u16 = 1000;
@@ -232,9 +240,52 @@ enum WsRequest {
     },
 }
 
-/// A message for the client, and the in-flight place of the request it answers (given
-/// back once it is written).
-type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
+/// A message for the client, the in-flight place of the request it answers, and its bytes
+/// in the sockets' budget: both given back once it is written.
+struct Outgoing {
+    bytes: Vec<u8>,
+    _permit: Option<OwnedSemaphorePermit>,
+    _charge: Option<Charge>,
+}
+
+impl Outgoing {
+    /// A message that answers no request (`hello_ok`, `hello_error`).
+    fn bare(bytes: Vec<u8>) -> Self {
+        Outgoing {
+            bytes,
+            _permit: None,
+            _charge: None,
+        }
+    }
+
+    /// The answer to `request_id`, held in the budget; past it, a `BUSY` error instead.
+    fn answer(
+        sockets: &Sockets,
+        request_id: i32,
+        result: Result<Vec<u8>, HError>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let bytes = response(request_id, result);
+        let charge = sockets.charge(bytes.len());
+        let bytes = if charge.is_some() {
+            bytes
+        } else {
+            response(request_id, Err(busy()))
+        };
+        Outgoing {
+            bytes,
+            _permit: Some(permit),
+            _charge: charge,
+        }
+    }
+}
+
+fn busy() -> HError {
+    HError {
+        message: "the server holds as many WebSocket answers as it may; retry shortly".to_owned(),
+        code: "BUSY".to_owned(),
+    }
+}
 
 /// What a stream's task is asked to do.
 enum Job {
@@ -250,6 +301,8 @@ struct Queued {
     principal: Arc<Principal>,
     job: Job,
     permit: OwnedSemaphorePermit,
+    /// The request's size, held in the budget until it has run.
+    _charge: Option<Charge>,
 }
 
 enum StreamSlot {
@@ -295,10 +348,8 @@ impl Connection {
             let may_read = self.outstanding.available_permits() > 0;
             tokio::select! {
                 biased;
-                Some((bytes, permit)) = out_rx.recv() => {
-                    let sent = socket.send(Message::Text(text(bytes))).await;
-                    drop(permit);
-                    if sent.is_err() {
+                Some(out) = out_rx.recv() => {
+                    if !send(&mut socket, out).await {
                         break None;
                     }
                 }
@@ -354,17 +405,19 @@ impl Connection {
             let all = MAX_OUTSTANDING as usize;
             let flush = async {
                 loop {
-                    while let Ok((bytes, permit)) = out_rx.try_recv() {
-                        let _ = socket.send(Message::Text(text(bytes))).await;
-                        drop(permit);
+                    while let Ok(out) = out_rx.try_recv() {
+                        if !send(&mut socket, out).await {
+                            return;
+                        }
                     }
                     if self.outstanding.available_permits() == all {
                         break;
                     }
                     match out_rx.recv().await {
-                        Some((bytes, permit)) => {
-                            let _ = socket.send(Message::Text(text(bytes))).await;
-                            drop(permit);
+                        Some(out) => {
+                            if !send(&mut socket, out).await {
+                                return;
+                            }
                         }
                         None => break,
                     }
@@ -373,12 +426,14 @@ impl Connection {
             let _ = tokio::time::timeout(Duration::from_secs(10), flush).await;
             let mut reason = reason;
             truncate_at_char(&mut reason, 120);
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
+            let _ = tokio::time::timeout(
+                SEND_WITHIN,
+                socket.send(Message::Close(Some(CloseFrame {
                     code,
                     reason: Utf8Bytes::from(reason),
-                })))
-                .await;
+                }))),
+            )
+            .await;
         }
     }
 
@@ -409,7 +464,15 @@ impl Connection {
                         "too many requests in flight".to_owned(),
                     )));
                 };
-                self.request(request_id, request, permit, out).await
+                let Some(charge) = self.state.sockets.charge(text.len()) else {
+                    let _ = out.send(Outgoing {
+                        bytes: response(request_id, Err(busy())),
+                        _permit: Some(permit),
+                        _charge: None,
+                    });
+                    return Ok(());
+                };
+                self.request(request_id, request, permit, charge, out).await
             }
         }
     }
@@ -427,7 +490,7 @@ impl Connection {
             }
             .write_json(&mut bytes);
             bytes.push(b'}');
-            let _ = out.send((bytes, None));
+            let _ = out.send(Outgoing::bare(bytes));
             Err(Some(Close(CLOSE_POLICY, "hello refused".to_owned())))
         };
         let Some(jwt) = jwt.map(SecretString::from) else {
@@ -464,7 +527,7 @@ impl Connection {
             tracing::Span::current().record("tenant_id", principal.tenant.hex().as_str());
         }
         self.token = Some(jwt);
-        let _ = out.send((br#"{"type":"hello_ok"}"#.to_vec(), None));
+        let _ = out.send(Outgoing::bare(br#"{"type":"hello_ok"}"#.to_vec()));
         Ok(())
     }
 
@@ -473,10 +536,12 @@ impl Connection {
         request_id: i32,
         request: WsRequest,
         permit: OwnedSemaphorePermit,
+        charge: Charge,
         out: &mpsc::UnboundedSender<Outgoing>,
     ) -> Result<(), Option<Close>> {
+        let sockets = self.state.sockets.clone();
         let respond_now = |result: Result<Vec<u8>, HError>, permit| {
-            let _ = out.send((response(request_id, result), Some(permit)));
+            let _ = out.send(Outgoing::answer(&sockets, request_id, result, permit));
         };
         // The credential again: revoked keys, ended sessions and changed roles count now.
         let Some(token) = &self.token else {
@@ -503,6 +568,16 @@ impl Connection {
                 return Ok(());
             }
             WsRequest::StoreSql { sql_id, sql } => {
+                if self.sqls.has_sql(sql_id) {
+                    respond_now(
+                        Err(invalid(format!("sql_id {sql_id} is already in use"))),
+                        permit,
+                    );
+                    return Err(Some(Close(
+                        CLOSE_PROTOCOL,
+                        format!("store_sql with sql_id {sql_id}, which is in use"),
+                    )));
+                }
                 let result = self
                     .sqls
                     .store_sql(sql_id, sql)
@@ -525,6 +600,7 @@ impl Connection {
                         principal,
                         job: Job::Close,
                         permit,
+                        _charge: Some(charge),
                     };
                     if let Err(mpsc::error::SendError(q)) = tx.send(queued) {
                         respond_now(Ok(br#"{"type":"close_stream"}"#.to_vec()), q.permit);
@@ -558,6 +634,15 @@ impl Connection {
                 cursor_id,
                 batch,
             } => {
+                if self.cursors.values().any(|s| *s == stream_id) {
+                    respond_now(
+                        Err(invalid(format!(
+                            "stream {stream_id} holds an open cursor; close it first"
+                        ))),
+                        permit,
+                    );
+                    return Ok(());
+                }
                 if self.cursors.contains_key(&cursor_id) {
                     respond_now(
                         Err(invalid(format!("cursor {cursor_id} is already open"))),
@@ -575,6 +660,11 @@ impl Connection {
                     return Ok(());
                 }
                 self.cursors.insert(cursor_id, stream_id);
+                let mut request = StreamRequest::Batch { batch };
+                self.sqls.inline_stored_sql(&mut request);
+                let StreamRequest::Batch { batch } = request else {
+                    return Err(None);
+                };
                 (stream_id, Job::OpenCursor { cursor_id, batch })
             }
             WsRequest::FetchCursor {
@@ -616,6 +706,7 @@ impl Connection {
             principal,
             job,
             permit,
+            _charge: Some(charge),
         };
         match self.streams.get(&stream_id) {
             Some(StreamSlot::Open(tx)) => {
@@ -644,6 +735,11 @@ impl Connection {
         if self.streams.contains_key(&stream_id) {
             return Err(invalid(format!("stream {stream_id} is already open")));
         }
+        if self.streams.len() >= MAX_STREAMS {
+            return Err(invalid(format!(
+                "a connection holds at most {MAX_STREAMS} streams; close some first"
+            )));
+        }
         let credential = crate::http::hrana::credential_of(principal);
         match self.state.streams.create_for_socket(
             principal.tenant,
@@ -656,10 +752,14 @@ impl Connection {
                 let worker = StreamTask {
                     state: self.state.clone(),
                     meta: self.meta.clone(),
-                    id,
-                    entry,
                     out: out.clone(),
                     cursors: HashMap::new(),
+                    cleanup: Cleanup {
+                        streams: self.state.streams.clone(),
+                        id,
+                        held: Some((entry.clone(), self.state.sockets.task())),
+                    },
+                    entry,
                 };
                 tokio::spawn(tracing::Instrument::instrument(
                     worker.run(rx),
@@ -683,33 +783,66 @@ impl Connection {
 struct StreamTask {
     state: AppState,
     meta: LazyMeta,
-    id: StreamId,
     entry: Arc<StreamEntry>,
     out: mpsc::UnboundedSender<Outgoing>,
-    /// Entries of this stream's open cursors not fetched yet.
-    cursors: HashMap<i32, VecDeque<CursorEntry>>,
+    /// This stream's open cursor (one at a time): its entries not fetched yet, as JSON,
+    /// and their bytes in the budget.
+    cursors: HashMap<i32, (VecDeque<Vec<u8>>, Option<Charge>)>,
+    cleanup: Cleanup,
+}
+
+/// Closes a stream however its task ends (the client closed it, the socket went, or the
+/// task was dropped): out of the registry, and whatever transaction it holds rolled back,
+/// on a blocking thread (that is database work). The socket's task count is held until
+/// then, so the server never closes the tenant databases under it.
+struct Cleanup {
+    streams: crate::streams::Streams,
+    id: StreamId,
+    held: Option<(Arc<StreamEntry>, crate::sockets::TaskGuard)>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some((entry, task)) = self.held.take() else {
+            return;
+        };
+        let (streams, id) = (self.streams.clone(), self.id);
+        let close = move || {
+            streams.remove(&id);
+            entry.state.lock().session.close();
+            drop(task);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(close);
+            }
+            Err(_) => close(),
+        }
+    }
 }
 
 impl StreamTask {
     async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Queued>) {
         while let Some(queued) = jobs.recv().await {
+            // The socket is gone: nobody waits for what is queued.
+            if self.out.is_closed() {
+                break;
+            }
             let closing = matches!(queued.job, Job::Close);
             let result = self.job(&queued.principal, queued.job).await;
-            let _ = self
-                .out
-                .send((response(queued.request_id, result), Some(queued.permit)));
+            let answer = Outgoing::answer(
+                &self.state.sockets,
+                queued.request_id,
+                result,
+                queued.permit,
+            );
+            let _ = self.out.send(answer);
             if closing {
                 break;
             }
         }
-        // The connection closed the stream, or is gone: out of the registry, and whatever
-        // transaction it holds rolled back (on a blocking thread: that is database work).
-        let (streams, id, entry) = (self.state.streams.clone(), self.id, self.entry);
-        let _ = tokio::task::spawn_blocking(move || {
-            streams.remove(&id);
-            entry.state.lock().session.close();
-        })
-        .await;
+        // `cleanup` closes the stream as the task ends.
+        drop(self.cleanup);
     }
 
     async fn job(&mut self, principal: &Principal, job: Job) -> Result<Vec<u8>, HError> {
@@ -744,14 +877,24 @@ impl StreamTask {
                         session.cursor(handle, level, batch)
                     })
                     .await?;
-                self.cursors.insert(cursor_id, entries.into());
+                let entries: VecDeque<Vec<u8>> = entries
+                    .iter()
+                    .map(|e| {
+                        let mut bytes = Vec::new();
+                        e.write_json(&mut bytes);
+                        bytes
+                    })
+                    .collect();
+                let held = entries.iter().map(Vec::len).sum();
+                let charge = self.state.sockets.charge(held).ok_or_else(busy)?;
+                self.cursors.insert(cursor_id, (entries, Some(charge)));
                 Ok(br#"{"type":"open_cursor"}"#.to_vec())
             }
             Job::FetchCursor {
                 cursor_id,
                 max_count,
             } => {
-                let Some(entries) = self.cursors.get_mut(&cursor_id) else {
+                let Some((entries, _)) = self.cursors.get_mut(&cursor_id) else {
                     return Err(invalid(format!(
                         "cursor {cursor_id} did not open; close it and open another"
                     )));
@@ -762,7 +905,7 @@ impl StreamTask {
                     if i > 0 {
                         bytes.push(b',');
                     }
-                    entry.write_json(&mut bytes);
+                    bytes.extend_from_slice(&entry);
                 }
                 bytes.extend_from_slice(br#"],"done":"#);
                 bytes.extend_from_slice(if entries.is_empty() {
@@ -821,6 +964,12 @@ impl StreamTask {
         }
         Ok(out)
     }
+}
+
+/// Writes one message within [`SEND_WITHIN`]; `false` if the client is gone or stuck.
+async fn send(socket: &mut WebSocket, out: Outgoing) -> bool {
+    let sent = tokio::time::timeout(SEND_WITHIN, socket.send(Message::Text(text(out.bytes)))).await;
+    matches!(sent, Ok(Ok(())))
 }
 
 async fn authenticate(

@@ -426,3 +426,136 @@ fn a_stopping_server_says_goodbye_on_every_socket() {
     assert!(reason.contains("shutting down"), "{reason}");
     let _app = stopper.join().expect("stopped");
 }
+
+/// What a review of the first version found: a stream's PRAGMA held only for one statement,
+/// a cursor ignored stored SQL, a stream could hold many cursors, a reused `sql_id` was not
+/// a protocol error, and a stream waiting for the tenant's writer could keep the `COMMIT`
+/// that frees it from being read.
+#[test]
+fn streams_keep_their_pragmas_and_cursors_their_rules_and_a_waiting_stream_blocks_nobody() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Review");
+    let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
+    app.query(
+        &owner.access_token,
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY)",
+    )
+    .expect(200);
+    app.query(
+        &owner.access_token,
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent(id))",
+    )
+    .expect(200);
+    let (mut ws, _) = connect(&app, "hrana3").expect("upgrade");
+    hello(&mut ws, &key);
+    ok(&mut ws, 1, json!({"type": "open_stream", "stream_id": 1}));
+    ok(&mut ws, 2, json!({"type": "open_stream", "stream_id": 2}));
+    // A PRAGMA set on a stream holds for that stream's next statements, and no other's.
+    ok(
+        &mut ws,
+        3,
+        json!({"type": "execute", "stream_id": 1, "stmt": stmt("PRAGMA foreign_keys = OFF")}),
+    );
+    let fk = ok(
+        &mut ws,
+        4,
+        json!({"type": "execute", "stream_id": 1, "stmt": stmt("PRAGMA foreign_keys")}),
+    );
+    assert_eq!(fk["result"]["rows"][0][0]["value"], "0", "{fk}");
+    ok(
+        &mut ws,
+        5,
+        json!({"type": "execute", "stream_id": 1, "stmt": stmt("INSERT INTO child VALUES (1, 99)")}),
+    );
+    let other = request(
+        &mut ws,
+        6,
+        json!({"type": "execute", "stream_id": 2, "stmt": stmt("INSERT INTO child VALUES (2, 99)")}),
+    );
+    assert_eq!(other["type"], "response_error", "{other}");
+    assert!(
+        other["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("FOREIGN KEY"),
+        "{other}"
+    );
+
+    // A cursor's batch may use stored SQL; a stream holds one cursor at a time.
+    ok(
+        &mut ws,
+        7,
+        json!({"type": "store_sql", "sql_id": 5, "sql": "SELECT id FROM child"}),
+    );
+    ok(
+        &mut ws,
+        8,
+        json!({"type": "open_cursor", "stream_id": 2, "cursor_id": 1,
+               "batch": {"steps": [{"stmt": {"sql_id": 5}}]}}),
+    );
+    let second = request(
+        &mut ws,
+        9,
+        json!({"type": "open_cursor", "stream_id": 2, "cursor_id": 2,
+               "batch": {"steps": [{"stmt": stmt("SELECT 1")}]}}),
+    );
+    assert_eq!(second["type"], "response_error", "{second}");
+    let fetched = ok(
+        &mut ws,
+        10,
+        json!({"type": "fetch_cursor", "cursor_id": 1, "max_count": 10}),
+    );
+    let kinds: Vec<&str> = fetched["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["step_begin", "row", "step_end"], "{fetched}");
+    ok(&mut ws, 11, json!({"type": "close_cursor", "cursor_id": 1}));
+
+    // Stream 1 holds the writer; stream 2 queues writes behind it; stream 1's COMMIT is
+    // still read and run, and then every queued write goes through.
+    ok(
+        &mut ws,
+        12,
+        json!({"type": "execute", "stream_id": 1, "stmt": stmt("BEGIN IMMEDIATE")}),
+    );
+    ok(
+        &mut ws,
+        13,
+        json!({"type": "execute", "stream_id": 1, "stmt": stmt("INSERT INTO parent VALUES (1)")}),
+    );
+    for i in 0..20 {
+        send(
+            &mut ws,
+            json!({"type": "request", "request_id": 100 + i, "request":
+                {"type": "execute", "stream_id": 2, "stmt": stmt(&format!("INSERT INTO parent VALUES ({})", 10 + i))}}),
+        );
+    }
+    send(
+        &mut ws,
+        json!({"type": "request", "request_id": 14, "request":
+            {"type": "execute", "stream_id": 1, "stmt": stmt("COMMIT")}}),
+    );
+    let mut answered = std::collections::HashMap::new();
+    while answered.len() < 21 {
+        let answer = json_message(&mut ws);
+        answered.insert(answer["request_id"].as_i64().unwrap_or(-1), answer);
+    }
+    for (id, answer) in &answered {
+        assert_eq!(answer["type"], "response_ok", "request {id}: {answer}");
+    }
+    let n = app
+        .query(&owner.access_token, "SELECT count(*) FROM parent")
+        .expect(200);
+    assert_eq!(n["rows"], json!([[21]]));
+
+    // Storing under an id in use is a protocol error.
+    send(
+        &mut ws,
+        json!({"type": "request", "request_id": 15, "request": {"type": "store_sql", "sql_id": 5, "sql": "SELECT 2"}}),
+    );
+    let (code, _) = closed_with(&mut ws);
+    assert_eq!(code, CloseCode::Protocol);
+}
