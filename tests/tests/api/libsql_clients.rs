@@ -1399,3 +1399,58 @@ fn the_python_libsql_client_works_over_http_and_websocket() {
         assert_eq!(n["rows"], json!([[5]]), "{url}");
     }
 }
+
+/// drizzle-orm and drizzle-kit, the real packages from npm (installed into
+/// `tests/clients/drizzle` on first run), as their docs tell users to run them: `drizzle-kit
+/// push` of a table rebuild while another table references it (the data loss: the
+/// rebuild's `DROP TABLE` cascaded), and drizzle-orm's `migrate()` of migrations made by
+/// `drizzle-kit generate` (its `PRAGMA foreign_keys=OFF` steps were refused and Node exited
+/// 1). See `tests/clients/drizzle/drizzle_test.mjs`.
+#[test]
+fn drizzle_push_and_migrate_keep_every_row_and_exit_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/drizzle");
+    if !dir.join("node_modules/drizzle-kit").exists() {
+        // Optional packages stay: esbuild (drizzle-kit's loader) ships its binary as one.
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .expect("run npm (Node.js is needed for this test)");
+        assert!(
+            out.status.success(),
+            "npm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let app = TestApp::spawn();
+    let a = app.signup("DrizzlePush");
+    let b = app.signup("DrizzleMigrate");
+    let out = std::process::Command::new("node")
+        .arg("drizzle_test.mjs")
+        .args([&app.base, &a.access_token, &b.access_token])
+        .current_dir(&dir)
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Seen from silo: every row is there, and the tenant's database holds only its tables.
+    let posts = app
+        .query(&a.access_token, "SELECT count(*) FROM posts")
+        .expect(200);
+    assert_eq!(posts["rows"], json!([[3]]));
+    let tables = app
+        .query(
+            &a.access_token,
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+        )
+        .expect(200);
+    assert_eq!(tables["rows"], json!([["posts"], ["users"]]));
+    let migrated = app
+        .query(&b.access_token, "SELECT count(*) FROM __drizzle_migrations")
+        .expect(200);
+    assert_eq!(migrated["rows"], json!([[2]]));
+}
