@@ -1342,35 +1342,7 @@ fn revoking_a_credential_ends_its_streams_and_frees_the_writer() {
 /// a virtual environment in `tests/clients/python/.venv` on first run.
 #[test]
 fn the_python_libsql_client_works_over_http_and_websocket() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
-    let python = dir.join(".venv/bin/python");
-    let installed = std::process::Command::new(&python)
-        .args(["-c", "import libsql_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        let venv = std::process::Command::new("python3")
-            .args(["-m", "venv", ".venv"])
-            .current_dir(&dir)
-            .output()
-            .expect("python3 -m venv (Python 3 is needed for this test)");
-        assert!(
-            venv.status.success(),
-            "python3 -m venv: {}",
-            String::from_utf8_lossy(&venv.stderr)
-        );
-        let pip = std::process::Command::new(dir.join(".venv/bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg("requirements.txt")
-            .current_dir(&dir)
-            .output()
-            .expect("run pip");
-        assert!(
-            pip.status.success(),
-            "pip install: {}",
-            String::from_utf8_lossy(&pip.stderr)
-        );
-    }
+    let (dir, python) = python_env();
     let app = TestApp::spawn();
     for (i, url) in [app.base.clone(), app.base.replacen("http://", "ws://", 1)]
         .iter()
@@ -1453,4 +1425,100 @@ fn drizzle_push_and_migrate_keep_every_row_and_exit_cleanly() {
         .query(&b.access_token, "SELECT count(*) FROM __drizzle_migrations")
         .expect(200);
     assert_eq!(migrated["rows"], json!([[2]]));
+}
+
+/// The virtual environment of `tests/clients/python` with `requirements.txt` installed
+/// (again when that file changed): its directory and its interpreter.
+fn python_env() -> (std::path::PathBuf, std::path::PathBuf) {
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let python = dir.join(".venv/bin/python");
+    let mut ready = READY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *ready {
+        return (dir, python);
+    }
+    let wanted = std::fs::read_to_string(dir.join("requirements.txt")).expect("requirements");
+    let stamp = dir.join(".venv/installed-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        if !python.exists() {
+            let venv = std::process::Command::new("python3")
+                .args(["-m", "venv", ".venv"])
+                .current_dir(&dir)
+                .output()
+                .expect("python3 -m venv (Python 3 is needed for this test)");
+            assert!(
+                venv.status.success(),
+                "python3 -m venv: {}",
+                String::from_utf8_lossy(&venv.stderr)
+            );
+        }
+        let pip = std::process::Command::new(dir.join(".venv/bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg("requirements.txt")
+            .current_dir(&dir)
+            .output()
+            .expect("run pip");
+        assert!(
+            pip.status.success(),
+            "pip install: {}",
+            String::from_utf8_lossy(&pip.stderr)
+        );
+        std::fs::write(&stamp, &wanted).expect("stamp");
+    }
+    *ready = true;
+    (dir, python)
+}
+
+/// SQLAlchemy through `sqlalchemy-libsql` (`create_all`, reflection, transactions) and
+/// Django through `django-libsql-backend` (`migrate` with a table rebuild, the ORM), the
+/// real packages from PyPI. See `tests/clients/python/`.
+#[test]
+fn sqlalchemy_and_django_work_through_their_libsql_backends() {
+    let (dir, python) = python_env();
+    let app = TestApp::spawn();
+    for (script, org) in [
+        ("sqlalchemy_test.py", "Alchemy"),
+        ("django_test.py", "Django"),
+    ] {
+        let owner = app.signup(org);
+        let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
+        let out = std::process::Command::new(&python)
+            .arg(script)
+            .args([&app.base, &key])
+            .current_dir(&dir)
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "{script}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Seen from silo: the tables the ORM made, and nothing of silo's among them.
+        let tables = app
+            .query(
+                &owner.access_token,
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            )
+            .expect(200);
+        let names: Vec<String> = tables["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r[0].as_str().map(str::to_owned))
+            .collect();
+        let expected: &[&str] = if org == "Alchemy" {
+            &["posts", "users"]
+        } else {
+            &[
+                "django_migrations",
+                "shop_customer",
+                "shop_order",
+                "sqlite_sequence",
+            ]
+        };
+        assert_eq!(names, expected, "{script}");
+    }
 }
