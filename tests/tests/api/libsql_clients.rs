@@ -1522,3 +1522,51 @@ fn sqlalchemy_and_django_work_through_their_libsql_backends() {
         assert_eq!(names, expected, "{script}");
     }
 }
+
+/// knex (`alterTable`, `dropColumn`: table rebuilds) through `@libsql/knex-libsql`, and
+/// kysely (blobs, transactions, introspection) through `@libsql/kysely-libsql`, the real
+/// packages from npm (installed into `tests/clients/query-builders` on first run).
+#[test]
+fn knex_and_kysely_work_through_their_libsql_dialects() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/query-builders");
+    if !dir.join("node_modules/@libsql/kysely-libsql").exists() {
+        // Optional packages stay: the `libsql` driver ships its native binary as one.
+        let out = std::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .expect("run npm (Node.js is needed for this test)");
+        assert!(
+            out.status.success(),
+            "npm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let app = TestApp::spawn();
+    for (script, org, table) in [
+        ("knex_test.mjs", "Knex", "books"),
+        ("kysely_test.mjs", "Kysely", "pets"),
+    ] {
+        let owner = app.signup(org);
+        let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
+        let out = std::process::Command::new("node")
+            .arg(script)
+            .args([&app.base, &key])
+            .current_dir(&dir)
+            .output()
+            .expect("run node");
+        assert!(
+            out.status.success(),
+            "{script}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n = app
+            .query(
+                &owner.access_token,
+                &format!("SELECT count(*) FROM {table}"),
+            )
+            .expect(200);
+        assert_eq!(n["rows"], json!([[2]]), "{script}");
+    }
+}
