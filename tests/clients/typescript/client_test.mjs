@@ -1,6 +1,7 @@
 // The TypeScript libSQL client (@libsql/client) against a running silo, over HTTP for an
 // http:// URL and over WebSocket (Hrana over WebSocket) for a ws:// one.
 // Usage: node client_test.mjs <url> <owner token> <viewer token> <other tenant's token>
+//        [<owner's session token> <key id>: revoke the owner token, an API key, at the end]
 // Exits non-zero with a message on the first failed check.
 import assert from "node:assert/strict";
 
@@ -9,7 +10,7 @@ const { createClient } = await import(
   url.startsWith("ws") ? "@libsql/client/ws" : "@libsql/client/http"
 );
 
-const [, ownerToken, viewerToken, otherToken] = process.argv.slice(2);
+const [, ownerToken, viewerToken, otherToken, sessionToken, keyId] = process.argv.slice(2);
 const db = createClient({ url, authToken: ownerToken, intMode: "bigint" });
 const viewer = createClient({ url, authToken: viewerToken });
 const other = createClient({ url, authToken: otherToken });
@@ -99,6 +100,31 @@ const parallel = await Promise.all([1, 2, 3, 4].map(() => db.execute("SELECT cou
 assert.deepEqual(parallel.map((r) => r.rows[0].n), [5n, 5n, 5n, 5n]);
 await held.commit();
 assert.equal((await db.execute("SELECT count(*) AS n FROM m")).rows[0].n, 3n);
+
+// 10,000 rows in batches of 2,500 (a batch's body stays under the 1 MiB default
+// --max-body-bytes), and read back in one answer.
+await db.execute("CREATE TABLE many(i INTEGER PRIMARY KEY, s TEXT)");
+for (let from = 0; from < 10000; from += 2500) {
+  const inserts = Array.from({ length: 2500 }, (_, k) => ({
+    sql: "INSERT INTO many VALUES (?, ?)",
+    args: [from + k, `row ${from + k}`],
+  }));
+  await db.batch(inserts, "write");
+}
+const many = await db.execute("SELECT i, s FROM many ORDER BY i");
+assert.equal(many.rows.length, 10000);
+assert.equal(many.rows[9999].s, "row 9999");
+
+// A revoked credential stops working at once, on this transport too.
+if (sessionToken && keyId) {
+  const base = url.replace(/^ws/, "http").replace(/^libsql:\/\/([^?]*)\?tls=0/, "http://$1");
+  const revoked = await fetch(`${base}/v1/api-keys/${keyId}`, {
+    method: "DELETE",
+    headers: { authorization: `Bearer ${sessionToken}` },
+  });
+  assert.equal(revoked.status, 204);
+  await rejects(db.execute("SELECT 1"), /revoked|no longer|invalid|unauthenticated|401|closed/i, "revoked key");
+}
 
 db.close();
 viewer.close();

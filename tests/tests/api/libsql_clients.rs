@@ -809,18 +809,31 @@ fn the_typescript_libsql_client_works_too() {
         );
     }
     let app = TestApp::spawn();
-    // Over HTTP, then over WebSocket (`ws://`: Hrana over WebSocket, `GET /` upgraded).
-    for (i, url) in [app.base.clone(), app.base.replacen("http://", "ws://", 1)]
-        .iter()
-        .enumerate()
+    // Over HTTP, over WebSocket (`ws://`: Hrana over WebSocket, `GET /` upgraded), and with
+    // a `libsql://` URL without TLS (which the client speaks over HTTP).
+    let libsql = format!("libsql://{}?tls=0", app.base.trim_start_matches("http://"));
+    for (i, url) in [
+        app.base.clone(),
+        app.base.replacen("http://", "ws://", 1),
+        libsql,
+    ]
+    .iter()
+    .enumerate()
     {
         let owner = app.signup(&format!("Typescript{i}"));
         let viewer = app.add_member(&owner, "viewer");
         let other = app.signup(&format!("Elsewhere{i}"));
-        let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
+        let (key_id, key) = app.create_key(&owner, &["db:admin"], json!({}));
         let out = std::process::Command::new("node")
             .arg("client_test.mjs")
-            .args([url, &key, &viewer.access_token, &other.access_token])
+            .args([
+                url,
+                &key,
+                &viewer.access_token,
+                &other.access_token,
+                &owner.access_token,
+                &key_id,
+            ])
             .current_dir(&dir)
             .output()
             .expect("run node");
