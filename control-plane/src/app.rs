@@ -131,11 +131,14 @@ impl Application {
             .max_websockets
             .unwrap_or((max_connections / 4).max(16))
             .max(1);
-        let (max_handles, max_live) = handle_budget(
+        let (max_handles, max_live, max_readers) = handle_budget(
             open_files,
             (max_connections + max_websockets) as u64,
             args.max_open_tenants,
             args.tenant_readers,
+        );
+        silo_tenant_runtime::handle::set_max_readers(
+            usize::try_from(max_readers).unwrap_or(usize::MAX),
         );
         // Half the databases that may be open can be held by libSQL transactions; the rest
         // stay for tenants that just run a statement.
@@ -389,10 +392,13 @@ impl Application {
 }
 
 /// File descriptors one open tenant database costs: its writer holds the database file and
-/// its WAL, the WAL index (`-shm`) is one per file and process; each reader adds two more.
-fn fds_per_handle(readers: usize) -> u64 {
-    3 + 2 * readers as u64
-}
+/// its WAL (the WAL index lives in the process, under the `unix-excl` VFS). Each reader it
+/// opens adds as many, from a budget all handles share (`tenant-runtime`'s
+/// `set_max_readers`): most handles never open one (measured by
+/// `tenant-runtime/benches/handle_memory.rs`), so sizing every handle for all its readers
+/// kept two-thirds of the descriptors unused.
+const FDS_PER_HANDLE: u64 = 2;
+const FDS_PER_READER: u64 = 2;
 
 /// Descriptors kept for everything but tenant databases and client connections: the
 /// catalog, exports, logs, the listener.
@@ -401,18 +407,25 @@ const FD_RESERVE: u64 = 256;
 const DEFAULT_MAX_HANDLES: u64 = 10_000;
 
 /// Sizes the handle cache from the open-files limit `soft`, less what `connections` client
-/// connections and the reserve need; `configured` (SILO_MAX_OPEN_TENANTS) is honoured up to that. Answers the
-/// cache size and the most handles alive at once (the cache's plus those evicted while in
-/// use): that one is what the descriptors allow, and the cache keeps a tenth of it free
-/// for handles held by requests and libSQL transactions.
+/// connections and the reserve need: a quarter of the rest for reader connections (shared
+/// by all handles; none when `readers` is 0), the remainder for handles.
+/// `configured` (SILO_MAX_OPEN_TENANTS) is honoured up to that. Answers the cache size, the
+/// most handles alive at once (the cache's plus those evicted while in use: what the
+/// descriptors allow; the cache keeps a tenth of it free for handles held by requests and
+/// libSQL transactions) and the most readers open at once.
 fn handle_budget(
     soft: u64,
     connections: u64,
     configured: Option<u64>,
     readers: usize,
-) -> (u64, u64) {
-    let per = fds_per_handle(readers);
-    let live = (soft.saturating_sub(FD_RESERVE + connections) / per).max(1);
+) -> (u64, u64, u64) {
+    let for_tenants = soft.saturating_sub(FD_RESERVE + connections);
+    let max_readers = if readers == 0 {
+        0
+    } else {
+        for_tenants / 4 / FDS_PER_READER
+    };
+    let live = (for_tenants.saturating_sub(max_readers * FDS_PER_READER) / FDS_PER_HANDLE).max(1);
     let fits = (live - live / 10).max(1);
     let budget = match configured {
         Some(n) if n > fits => {
@@ -429,12 +442,13 @@ fn handle_budget(
     };
     tracing::info!(
         open_files_limit = soft,
-        fds_per_tenant = per,
+        fds_per_tenant = FDS_PER_HANDLE,
         max_open_tenants = budget,
         max_alive = live,
+        max_readers,
         "tenant handle cache sized"
     );
-    (budget, live.max(budget))
+    (budget, live.max(budget), max_readers)
 }
 
 /// Raises the open-files soft limit to the hard limit and answers it.

@@ -161,6 +161,47 @@ struct Readers {
     idle: Vec<Conn>,
     /// Readers in existence, idle or leased.
     opened: usize,
+    /// Their places in the server's reader budget, given back when the handle closes.
+    slots: Vec<ReaderSlot>,
+}
+
+/// Reader connections open in all handles, and how many may be (the server sets it from
+/// the descriptors it has: see [`set_max_readers`]). A handle costs 2 descriptors (its
+/// writer's database file and WAL) until it opens readers, 2 more each; sizing the handle
+/// cache as if every handle had all its readers left two-thirds of the descriptors unused.
+static OPEN_READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MAX_READERS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Sets how many reader connections all handles together may hold open.
+pub fn set_max_readers(n: usize) {
+    MAX_READERS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reader connections open now, in all handles.
+pub fn open_readers() -> usize {
+    OPEN_READERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One reader's place in the server's budget.
+#[derive(Debug)]
+struct ReaderSlot;
+
+impl ReaderSlot {
+    fn take() -> Option<ReaderSlot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = MAX_READERS.load(Relaxed);
+        OPEN_READERS
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| ReaderSlot)
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        OPEN_READERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for TenantHandle {
@@ -254,16 +295,19 @@ impl TenantHandle {
                 return lease.run(level, false, query);
             }
             let deadline = std::time::Instant::now() + self.limits.busy_timeout;
-            let mut reader = self.take_reader(deadline).map(|(conn, _)| Lease {
-                handle: self.clone(),
-                conn: Some(conn),
-                writer: false,
-            })?;
-            match reader.run(AccessLevel::ReadOnly, false, &query) {
-                // It writes after all (a function with side effects is refused on readers):
-                // the writer's turn.
-                Err(RuntimeError::Forbidden(_)) => {}
-                other => return other,
+            // No reader to be had (the server's budget is spent): the writer's turn.
+            if let Some((conn, _)) = self.take_reader(deadline)? {
+                let mut reader = Lease {
+                    handle: self.clone(),
+                    conn: Some(conn),
+                    writer: false,
+                };
+                match reader.run(AccessLevel::ReadOnly, false, &query) {
+                    // It writes after all (a function with side effects is refused on
+                    // readers): the writer's turn.
+                    Err(RuntimeError::Forbidden(_)) => {}
+                    other => return other,
+                }
             }
         }
         let mut lease = self.lease(level)?;
@@ -421,16 +465,21 @@ impl TenantHandle {
         Ok((before, size()))
     }
 
-    /// Takes a connection for a request at `level`: a reader for read-only callers, the
-    /// writer for everyone else. Waits up to the busy timeout for one to come back, then
-    /// answers [`RuntimeError::Busy`] (the writer) or [`RuntimeError::ReadersBusy`] (every
-    /// reader). Blocking.
+    /// Takes a connection for a request at `level`: a reader for read-only callers (the
+    /// writer, at their level, when the handle has no reader and the server's reader budget
+    /// is spent), the writer for everyone else. Waits up to the busy timeout for one to come
+    /// back, then answers [`RuntimeError::Busy`] (the writer) or
+    /// [`RuntimeError::ReadersBusy`] (every reader). Blocking.
     pub fn lease(self: &Arc<Self>, level: AccessLevel) -> Result<Lease> {
         let deadline = std::time::Instant::now() + self.limits.busy_timeout;
-        let conn = if level == AccessLevel::ReadOnly && self.limits.readers > 0 {
+        let reader = if level == AccessLevel::ReadOnly && self.limits.readers > 0 {
             self.take_reader(deadline)?
         } else {
-            self.take_writer(deadline)?
+            None
+        };
+        let conn = match reader {
+            Some(conn) => conn,
+            None => self.take_writer(deadline)?,
         };
         Ok(Lease {
             handle: self.clone(),
@@ -453,34 +502,51 @@ impl TenantHandle {
         }
     }
 
-    fn take_reader(&self, deadline: std::time::Instant) -> Result<(Conn, bool)> {
+    /// A reader of this handle: an idle one, a new one if the handle and the server's
+    /// reader budget allow, else the next one given back. `None`: the handle has no reader
+    /// and the server's budget is spent; use the writer.
+    fn take_reader(&self, deadline: std::time::Instant) -> Result<Option<(Conn, bool)>> {
         let mut readers = self.readers.lock();
         loop {
             if let Some(conn) = readers.idle.pop() {
-                return Ok((conn, false));
+                return Ok(Some((conn, false)));
             }
             if readers.opened < self.limits.readers {
-                // Opened outside the lock: other readers come and go meanwhile.
-                readers.opened += 1;
-                drop(readers);
-                return match open_conn(
-                    &self.path,
-                    &self.token,
-                    &self.limits,
-                    AccessLevel::ReadOnly,
-                    None,
-                ) {
-                    Ok(conn) => {
-                        metrics::counter!("silo_tenant_connections_opened_total", "kind" => "reader")
-                            .increment(1);
-                        Ok((conn, false))
+                match ReaderSlot::take() {
+                    Some(slot) => {
+                        // Opened outside the lock: other readers come and go meanwhile.
+                        readers.opened += 1;
+                        readers.slots.push(slot);
+                        drop(readers);
+                        return match open_conn(
+                            &self.path,
+                            &self.token,
+                            &self.limits,
+                            AccessLevel::ReadOnly,
+                            None,
+                        ) {
+                            Ok(conn) => {
+                                metrics::counter!("silo_tenant_connections_opened_total", "kind" => "reader")
+                                    .increment(1);
+                                Ok(Some((conn, false)))
+                            }
+                            Err(e) => {
+                                let mut readers = self.readers.lock();
+                                readers.opened -= 1;
+                                readers.slots.pop();
+                                drop(readers);
+                                self.reader_back.notify_one();
+                                Err(e)
+                            }
+                        };
                     }
-                    Err(e) => {
-                        self.readers.lock().opened -= 1;
-                        self.reader_back.notify_one();
-                        Err(e)
+                    None if readers.opened == 0 => {
+                        metrics::counter!("silo_tenant_reader_budget_spent_total").increment(1);
+                        return Ok(None);
                     }
-                };
+                    // Wait for one of its own.
+                    None => {}
+                }
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {

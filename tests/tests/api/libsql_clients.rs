@@ -857,16 +857,19 @@ fn the_typescript_libsql_client_works_too() {
 /// any tenant can still open its database.
 #[test]
 fn held_transactions_cannot_take_every_database_handle() {
-    // 601 descriptors, 256 kept back, 260 for client connections and 1 for a WebSocket:
-    // (601 - 517) / 7 = 12 databases may be alive at once, 11 of them in the cache; 6 may
-    // be held by transactions.
+    // 549 descriptors, 256 kept back, 260 for client connections and 1 for a WebSocket:
+    // 32 for tenant databases, a quarter of them (8) for 4 readers shared by all, and
+    // 24 / 2 = 12 databases may be alive at once, 11 of them in the cache; 6 may be held
+    // by transactions.
     let app = TestApp::spawn_with_open_files_limit(
-        601,
+        549,
         &["--max-connections", "260", "--max-websockets", "1"],
     );
     let logs = app.wait_for_log("max_alive=");
     assert!(
-        logs.contains("max_open_tenants=11") && logs.contains("max_alive=12"),
+        logs.contains("max_open_tenants=11")
+            && logs.contains("max_alive=12")
+            && logs.contains("max_readers=4"),
         "{logs}"
     );
     let tenants: Vec<Tenant> = (0..14).map(|i| app.signup(&format!("Held{i}"))).collect();
@@ -1582,4 +1585,40 @@ fn knex_and_kysely_work_through_their_libsql_dialects() {
             .expect(200);
         assert_eq!(n["rows"], json!([[2]]), "{script}");
     }
+}
+
+/// Readers come from one budget of all handles (a handle costs 2 descriptors until it opens
+/// one): once it is spent, a tenant whose handle has no reader reads on its writer, at the
+/// caller's level, so a viewer still reads and still cannot write.
+#[test]
+fn reads_go_to_the_writer_when_the_reader_budget_is_spent() {
+    // 525 descriptors, 256 kept back, 260 for client connections and 1 for a WebSocket:
+    // 8 for tenant databases, a quarter of them for 1 reader shared by all, 3 handles.
+    let app = TestApp::spawn_with_open_files_limit(
+        525,
+        &["--max-connections", "260", "--max-websockets", "1"],
+    );
+    let logs = app.wait_for_log("max_readers=");
+    assert!(
+        logs.contains("max_readers=1") && logs.contains("max_alive=3"),
+        "{logs}"
+    );
+    let tenants: Vec<Tenant> = (0..3).map(|i| app.signup(&format!("Reader{i}"))).collect();
+    for t in &tenants {
+        app.query(&t.access_token, "CREATE TABLE t(x)").expect(200);
+        app.query(&t.access_token, "INSERT INTO t VALUES (1)")
+            .expect(200);
+        let viewer = app.add_member(t, "viewer");
+        let n = app
+            .query(&viewer.access_token, "SELECT count(*) FROM t")
+            .expect(200);
+        assert_eq!(n["rows"], json!([[1]]));
+        app.query(&viewer.access_token, "DELETE FROM t")
+            .expect_error(403, "sql_forbidden");
+    }
+    assert!(
+        app.metrics()
+            .contains("silo_tenant_reader_budget_spent_total"),
+        "the budget was never spent"
+    );
 }
