@@ -95,7 +95,7 @@ impl Application {
         let catalog_keys = CatalogKeys::from_keyring(&keyring)?;
         let (catalog, provisioner) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             crate::auth::warm_up();
-            let catalog = Catalog::open(&data_dir.join("catalog.db"), &catalog_keys)
+            let catalog = Catalog::open(&data_dir.join(crate::keys::CATALOG_FILE), &catalog_keys)
                 .context("open catalog")?;
             let placement = LocalPlacement::new(data_dir.join("tenants"))?;
             let migrations = match &migrations_dir {

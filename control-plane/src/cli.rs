@@ -344,7 +344,7 @@ pub fn init(args: &InitArgs) -> CliResult {
     })?;
     // A catalog already here is encrypted under its server's key: generating one now would
     // re-encrypt it under a key that server does not have.
-    if args.data_dir.join("catalog.db").exists()
+    if args.data_dir.join(crate::keys::CATALOG_FILE).exists()
         && args.master_key.is_none()
         && args.master_key_file.is_none()
         && !args.data_dir.join(crate::keys::GENERATED_KEY_FILE).exists()
@@ -364,7 +364,7 @@ pub fn init(args: &InitArgs) -> CliResult {
     )
     .map_err(|e| CliError(format!("{e:#}")))?;
     let keys = crate::catalog::CatalogKeys::from_keyring(&keyring)?;
-    let catalog = Catalog::open(&args.data_dir.join("catalog.db"), &keys)?;
+    let catalog = Catalog::open(&args.data_dir.join(crate::keys::CATALOG_FILE), &keys)?;
     if catalog.admin_token_count()? > 0 {
         return Err(CliError(
             "this data directory is already initialised; create more tokens with `silo admin-token create`".to_owned(),

@@ -20,6 +20,8 @@ pub enum KeySource {
 }
 
 pub const GENERATED_KEY_FILE: &str = "master.key";
+/// The catalog's file in the data directory.
+pub const CATALOG_FILE: &str = "catalog.db";
 
 /// The keyring from the configured key, the key file, or `<data-dir>/master.key`
 /// (generated there only if `generate`).
@@ -38,6 +40,20 @@ pub fn load_keys(
         (read_key_file(path)?, KeySource::File(path.to_path_buf()))
     } else {
         let path = data_dir.join(GENERATED_KEY_FILE);
+        // Only a new data directory gets a generated key: one with a catalog was set up
+        // under a key, and a new one would split the fleet across two keys (or, the catalog
+        // being encrypted, merely fail to open it, leaving a stray key file behind).
+        let catalog = data_dir.join(CATALOG_FILE);
+        if !path.exists() && generate && catalog.exists() {
+            bail!(
+                "no master key is configured and {} holds no generated one, but {} exists: this \
+                 data directory was set up under a master key. Give that key \
+                 (SILO_MASTER_KEY or --master-key-file); silo generates a key only for a new \
+                 data directory",
+                path.display(),
+                catalog.display()
+            );
+        }
         let key = if path.exists() || !generate {
             read_key_file(&path)?
         } else {

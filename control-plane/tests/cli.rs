@@ -125,3 +125,42 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
         "{stderr}"
     );
 }
+
+/// Issue 20, finding 1: started once with `--master-key-file`, then restarted without it (a
+/// forgotten env file), silo generated a new `master.key` and served with it. Now a data
+/// directory that has a catalog never gets a generated key: start-up stops, says why, and
+/// leaves no key file behind.
+#[test]
+fn a_data_directory_set_up_under_a_key_never_gets_a_generated_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("k1");
+    std::fs::write(&key_file, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").expect("key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let data = dir.path().join("data");
+    let init = silo()
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .arg("--master-key-file")
+        .arg(&key_file)
+        .output()
+        .expect("silo init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let out = silo()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("SILO_MASTER_KEY")
+        .output()
+        .expect("run silo");
+    assert!(!out.status.success(), "started without its key");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("set up under a master key"), "{stderr}");
+    assert!(!data.join("master.key").exists(), "a key was generated");
+}
