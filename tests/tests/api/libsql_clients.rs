@@ -790,24 +790,8 @@ fn sandbox_refusals_and_opens_are_counted_in_metrics() {
 /// installed from the npm registry into `tests/clients/typescript` on first run.
 #[test]
 fn the_typescript_libsql_client_works_too() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/typescript");
-    let node_ok = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(node_ok, "Node.js is needed for this test (node on PATH)");
-    if !dir.join("node_modules/@libsql/client").exists() {
-        let out = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--omit=optional"])
-            .current_dir(&dir)
-            .output()
-            .expect("run npm");
-        assert!(
-            out.status.success(),
-            "npm install: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // Optional packages left out: the client's native SQLite, which it does not need here.
+    let dir = npm_dir("typescript", "node_modules/@libsql/client", true);
     let app = TestApp::spawn();
     // Over HTTP, over WebSocket (`ws://`: Hrana over WebSocket, `GET /` upgraded), and with
     // a `libsql://` URL without TLS (which the client speaks over HTTP).
@@ -824,24 +808,18 @@ fn the_typescript_libsql_client_works_too() {
         let viewer = app.add_member(&owner, "viewer");
         let other = app.signup(&format!("Elsewhere{i}"));
         let (key_id, key) = app.create_key(&owner, &["db:admin"], json!({}));
-        let out = std::process::Command::new("node")
-            .arg("client_test.mjs")
-            .args([
+        run_client(
+            "node",
+            &dir,
+            "client_test.mjs",
+            &[
                 url,
                 &key,
                 &viewer.access_token,
                 &other.access_token,
                 &owner.access_token,
                 &key_id,
-            ])
-            .current_dir(&dir)
-            .output()
-            .expect("run node");
-        assert!(
-            out.status.success(),
-            "{url}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            ],
         );
         // What the client wrote is there for every other route.
         let n = app
@@ -1368,17 +1346,11 @@ fn the_python_libsql_client_works_over_http_and_websocket() {
         let viewer = app.add_member(&owner, "viewer");
         let other = app.signup(&format!("Elsewhere{i}"));
         let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
-        let out = std::process::Command::new(&python)
-            .arg("client_test.py")
-            .args([url, &key, &viewer.access_token, &other.access_token])
-            .current_dir(&dir)
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "{url}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_client(
+            &python,
+            &dir,
+            "client_test.py",
+            &[url, &key, &viewer.access_token, &other.access_token],
         );
         // What the client wrote is there for every other route.
         let n = app
@@ -1396,34 +1368,16 @@ fn the_python_libsql_client_works_over_http_and_websocket() {
 /// 1). See `tests/clients/drizzle/drizzle_test.mjs`.
 #[test]
 fn drizzle_push_and_migrate_keep_every_row_and_exit_cleanly() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/drizzle");
-    if !dir.join("node_modules/drizzle-kit").exists() {
-        // Optional packages stay: esbuild (drizzle-kit's loader) ships its binary as one.
-        let out = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .output()
-            .expect("run npm (Node.js is needed for this test)");
-        assert!(
-            out.status.success(),
-            "npm install: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // Optional packages stay: esbuild (drizzle-kit's loader) ships its binary as one.
+    let dir = npm_dir("drizzle", "node_modules/drizzle-kit", false);
     let app = TestApp::spawn();
     let a = app.signup("DrizzlePush");
     let b = app.signup("DrizzleMigrate");
-    let out = std::process::Command::new("node")
-        .arg("drizzle_test.mjs")
-        .args([&app.base, &a.access_token, &b.access_token])
-        .current_dir(&dir)
-        .output()
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_client(
+        "node",
+        &dir,
+        "drizzle_test.mjs",
+        &[&app.base, &a.access_token, &b.access_token],
     );
     // Seen from silo: every row is there, and the tenant's database holds only its tables.
     let posts = app
@@ -1500,18 +1454,7 @@ fn sqlalchemy_and_django_work_through_their_libsql_backends() {
     ] {
         let owner = app.signup(org);
         let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
-        let out = std::process::Command::new(&python)
-            .arg(script)
-            .args([&app.base, &key])
-            .current_dir(&dir)
-            .output()
-            .expect("run python");
-        assert!(
-            out.status.success(),
-            "{script}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_client(&python, &dir, script, &[&app.base, &key]);
         // Seen from silo: the tables the ORM made, and nothing of silo's among them.
         let tables = app
             .query(
@@ -1544,20 +1487,12 @@ fn sqlalchemy_and_django_work_through_their_libsql_backends() {
 /// packages from npm (installed into `tests/clients/query-builders` on first run).
 #[test]
 fn knex_and_kysely_work_through_their_libsql_dialects() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/query-builders");
-    if !dir.join("node_modules/@libsql/kysely-libsql").exists() {
-        // Optional packages stay: the `libsql` driver ships its native binary as one.
-        let out = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .output()
-            .expect("run npm (Node.js is needed for this test)");
-        assert!(
-            out.status.success(),
-            "npm install: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // Optional packages stay: the `libsql` driver ships its native binary as one.
+    let dir = npm_dir(
+        "query-builders",
+        "node_modules/@libsql/kysely-libsql",
+        false,
+    );
     let app = TestApp::spawn();
     for (script, org, table) in [
         ("knex_test.mjs", "Knex", "books"),
@@ -1565,18 +1500,7 @@ fn knex_and_kysely_work_through_their_libsql_dialects() {
     ] {
         let owner = app.signup(org);
         let (_, key) = app.create_key(&owner, &["db:admin"], json!({}));
-        let out = std::process::Command::new("node")
-            .arg(script)
-            .args([&app.base, &key])
-            .current_dir(&dir)
-            .output()
-            .expect("run node");
-        assert!(
-            out.status.success(),
-            "{script}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_client("node", &dir, script, &[&app.base, &key]);
         let n = app
             .query(
                 &owner.access_token,
@@ -1620,5 +1544,53 @@ fn reads_go_to_the_writer_when_the_reader_budget_is_spent() {
         app.metrics()
             .contains("silo_tenant_reader_budget_spent_total"),
         "the budget was never spent"
+    );
+}
+
+/// `tests/clients/<name>`, with its npm packages installed if `marker` (a path inside it)
+/// is missing; `omit_optional` leaves optional packages out.
+fn npm_dir(name: &str, marker: &str, omit_optional: bool) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name);
+    if !dir.join(marker).exists() {
+        let mut npm = std::process::Command::new("npm");
+        npm.args(["install", "--no-audit", "--no-fund"]);
+        if omit_optional {
+            npm.arg("--omit=optional");
+        }
+        let out = npm
+            .current_dir(&dir)
+            .output()
+            .expect("run npm (Node.js is needed for this test)");
+        assert!(
+            out.status.success(),
+            "npm install in {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// Runs `program script args…` in `dir` and fails the test, with its output, unless it
+/// succeeds.
+fn run_client(
+    program: impl AsRef<std::ffi::OsStr>,
+    dir: &std::path::Path,
+    script: &str,
+    args: &[&str],
+) {
+    let out = std::process::Command::new(program)
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run the client");
+    assert!(
+        out.status.success(),
+        "{script} {}\n{}\n{}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
