@@ -67,6 +67,26 @@ pub struct Migration {
     pub checksum: String,
 }
 
+impl Migration {
+    /// Runs this migration and `record` (its bookkeeping) in one transaction: all of it or
+    /// none of it.
+    fn apply_with(
+        &self,
+        conn: &mut Connection,
+        record: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), MigrationError> {
+        let failed = |source| MigrationError::Failed {
+            version: self.version,
+            name: self.name.clone(),
+            source,
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(&self.sql).map_err(failed)?;
+        record(&tx)?;
+        tx.commit().map_err(failed)
+    }
+}
+
 /// An ordered set of migrations.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationSet {
@@ -195,15 +215,9 @@ impl MigrationSet {
         }
         let mut applied = Vec::new();
         for m in self.migrations.iter().filter(|m| m.version > at) {
-            let failed = |source| MigrationError::Failed {
-                version: m.version,
-                name: m.name.clone(),
-                source,
-            };
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute_batch(&m.sql).map_err(failed)?;
-            tx.execute_batch(&bookkeeping::set_version_sql(m.version))?;
-            tx.commit().map_err(failed)?;
+            m.apply_with(conn, |tx| {
+                tx.execute_batch(&bookkeeping::set_version_sql(m.version))
+            })?;
             applied.push(m.clone());
         }
         Ok(TenantMigrated {
@@ -262,18 +276,13 @@ impl MigrationSet {
             .iter()
             .filter(|m| !recorded.iter().any(|(v, _)| *v == m.version))
         {
-            let failed = |source| MigrationError::Failed {
-                version: m.version,
-                name: m.name.clone(),
-                source,
-            };
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute_batch(&m.sql).map_err(failed)?;
-            tx.execute(
-                &format!("INSERT INTO {table} (version, name, checksum) VALUES (?1, ?2, ?3)"),
-                rusqlite::params![m.version, m.name, m.checksum],
-            )?;
-            tx.commit().map_err(failed)?;
+            m.apply_with(conn, |tx| {
+                tx.execute(
+                    &format!("INSERT INTO {table} (version, name, checksum) VALUES (?1, ?2, ?3)"),
+                    rusqlite::params![m.version, m.name, m.checksum],
+                )
+                .map(drop)
+            })?;
         }
         Ok(current_version(conn, table)?.unwrap_or(0))
     }
@@ -392,6 +401,86 @@ mod tests {
             edited.apply(&mut conn, "m"),
             Err(MigrationError::Drift { version: 1, .. })
         ));
+    }
+
+    fn tenant_set(files: &[(&str, &str)]) -> MigrationSet {
+        set(files).unwrap().for_tenants().unwrap()
+    }
+
+    #[test]
+    fn version_1_is_silos_own_in_every_tenant_set() {
+        // Added when missing; an older silo's 0001 counts as it; any other 0001 is refused.
+        let s = tenant_set(&[("0002_notes.sql", "CREATE TABLE notes(x);")]);
+        assert_eq!(s.iter().map(|m| m.version).collect::<Vec<_>>(), [1, 2]);
+        // The older silo's file, byte for byte.
+        let old = "-- silo's own facts about this tenant database (which tenant it belongs to, \u{2026}).\n\
+                   -- Tenants can read tables named _silo_*; the sandbox refuses any change to them.\n\
+                   CREATE TABLE _silo_meta (\n    key   TEXT PRIMARY KEY NOT NULL,\n    \
+                   value TEXT NOT NULL\n) WITHOUT ROWID;\n";
+        let legacy = set(&[("0001_silo_meta.sql", old)]).unwrap();
+        assert_eq!(legacy.migrations[0].checksum, LEGACY_SILO_META_CHECKSUM);
+        let replaced = legacy.for_tenants().unwrap();
+        assert!(!replaced.migrations[0].sql.contains("CREATE TABLE"));
+        assert!(matches!(
+            set(&[("0001_mine.sql", "CREATE TABLE mine(x);")])
+                .unwrap()
+                .for_tenants(),
+            Err(MigrationError::ReservedVersion(_))
+        ));
+    }
+
+    #[test]
+    fn tenant_migrations_record_their_version_in_the_header_only() {
+        let s = tenant_set(&[
+            ("0002_a.sql", "CREATE TABLE a(x);"),
+            ("0003_b.sql", "ALTER TABLE a ADD COLUMN y;"),
+        ]);
+        let mut conn = Connection::open_in_memory().unwrap();
+        let known = HashMap::new();
+        let done = s.apply_to_tenant(&mut conn, &known).unwrap();
+        assert_eq!(done.version, 3);
+        assert_eq!(done.applied.len(), 3);
+        // Silo's own version 1 is not recorded in the catalog: only the tenant's.
+        assert_eq!(
+            done.to_record().iter().map(|r| r.0).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tables, ["a"]);
+        // Again: nothing to do.
+        assert!(
+            s.apply_to_tenant(&mut conn, &known)
+                .unwrap()
+                .applied
+                .is_empty()
+        );
+        // A file edited after the catalog recorded it is drift.
+        let known: HashMap<u32, String> = [(2, "0".repeat(64))].into_iter().collect();
+        assert!(matches!(
+            s.apply_to_tenant(&mut conn, &known),
+            Err(MigrationError::Drift { version: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_failing_tenant_migration_leaves_the_header_at_the_previous_version() {
+        let s = tenant_set(&[
+            ("0002_a.sql", "CREATE TABLE a(x);"),
+            ("0003_b.sql", "CREATE TABLE b(x); CREATE TABLE a(x);"),
+        ]);
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert!(matches!(
+            s.apply_to_tenant(&mut conn, &HashMap::new()),
+            Err(MigrationError::Failed { version: 3, .. })
+        ));
+        assert_eq!(bookkeeping::version(&conn).unwrap(), Some(2));
+        assert!(conn.prepare("SELECT * FROM b").is_err());
     }
 
     #[test]
