@@ -60,6 +60,8 @@ const MAX_OUTSTANDING: u32 = 128;
 const MAX_STREAMS: usize = 128;
 /// Cursors one connection may hold open (one per stream).
 const MAX_CURSORS: usize = MAX_STREAMS;
+/// How often an open connection's credential is checked again.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// Time to write one message to a client that does not read.
 const SEND_WITHIN: Duration = Duration::from_secs(30);
 
@@ -339,6 +341,11 @@ impl Connection {
         }
         let hello_by = tokio::time::Instant::now() + HELLO_WITHIN;
         let mut last_message = tokio::time::Instant::now();
+        // The credential is checked again every second, requests or not: a revoked key, an
+        // ended session, an expired access token or a suspended tenant closes the socket
+        // within a second (and every request checks it too).
+        let mut recheck = tokio::time::interval(RECHECK_EVERY);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let close = loop {
             let idle_at = if self.token.is_none() {
                 hello_by
@@ -355,6 +362,17 @@ impl Connection {
                 }
                 _ = closing.changed() => {
                     break Some(Close(CLOSE_GOING_AWAY, "the server is shutting down".to_owned()));
+                }
+                _ = recheck.tick(), if self.token.is_some() => {
+                    if let Some(token) = &self.token
+                        && authenticate(&self.state, token, self.ip).await.is_err()
+                    {
+                        break Some(Close(
+                            CLOSE_POLICY,
+                            "the credential no longer holds; connect again with a valid one"
+                                .to_owned(),
+                        ));
+                    }
                 }
                 message = socket.recv(), if may_read => {
                     last_message = tokio::time::Instant::now();

@@ -559,3 +559,37 @@ fn streams_keep_their_pragmas_and_cursors_their_rules_and_a_waiting_stream_block
     let (code, _) = closed_with(&mut ws);
     assert_eq!(code, CloseCode::Protocol);
 }
+
+/// "Stale or revoked tokens close the socket immediately": an idle connection whose key is
+/// revoked, or whose user's sessions all end, is closed within a second or so, with no
+/// request needed.
+#[test]
+fn a_revoked_credential_closes_an_idle_socket() {
+    let app = TestApp::spawn();
+    let owner = app.signup("Revoked");
+    let (key_id, key) = app.create_key(&owner, &["db:read"], json!({}));
+    let (mut by_key, _) = connect(&app, "hrana3").expect("upgrade");
+    hello(&mut by_key, &key);
+    let member = app.add_member(&owner, "member");
+    let (mut by_session, _) = connect(&app, "hrana2").expect("upgrade");
+    hello(&mut by_session, &member.access_token);
+
+    let revoked = app.request(
+        reqwest::Method::DELETE,
+        &format!("/v1/api-keys/{key_id}"),
+        Some(&owner.access_token),
+        None,
+    );
+    assert_eq!(revoked.status, 204);
+    let (code, reason) = closed_with(&mut by_key);
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("no longer holds"), "{reason}");
+
+    let ended = app.post(
+        "/v1/auth/sign-out-everywhere",
+        Some(&member.access_token),
+        json!({}),
+    );
+    assert!(ended.status < 300, "{}", ended.status);
+    assert_eq!(closed_with(&mut by_session).0, CloseCode::Policy);
+}
