@@ -104,6 +104,13 @@ pub fn open_keyed(path: &Path, token: &DbToken, flags: OpenFlags) -> rusqlite::R
         TENANT_VFS,
     )?;
     {
+        // Until one keying has succeeded in this process, keyings go one at a time: a CI run
+        // saw `PRAGMA key` fail once when several threads keyed their first connections at
+        // the same instant (SQLCipher sets up its crypto provider on first use); it could not
+        // be reproduced in 140 runs here. After the first, no lock.
+        static FIRST: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+        static KEYED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let _first = (!KEYED.load(std::sync::atomic::Ordering::Acquire)).then(|| FIRST.lock());
         let pragma = token.sqlcipher_key_pragma();
         // Never pass this error on as it is: some rusqlite errors quote the SQL, and this
         // SQL holds the key.
@@ -113,6 +120,7 @@ pub fn open_keyed(path: &Path, token: &DbToken, flags: OpenFlags) -> rusqlite::R
                 Some("keying the database failed".to_owned()),
             )
         })?;
+        KEYED.store(true, std::sync::atomic::Ordering::Release);
     }
     // The first read is what fails (SQLITE_NOTADB) when the key is wrong.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
