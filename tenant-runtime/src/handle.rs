@@ -169,8 +169,11 @@ struct Readers {
     idle: Vec<Conn>,
     /// Readers in existence, idle or leased.
     opened: usize,
-    /// Their places in the server's reader budget, given back when the handle closes.
+    /// Their places in the server's reader budget, given back when the handle closes or
+    /// its idle readers do.
     slots: Vec<ReaderSlot>,
+    /// When a reader was last given back.
+    last_back: Option<std::time::Instant>,
 }
 
 /// Reader connections open in all handles, and how many may be (the server sets it from
@@ -565,12 +568,38 @@ impl TenantHandle {
         }
     }
 
+    /// Closes this handle's idle readers if none was used for `idle_for`, giving their
+    /// places in the server's reader budget back: a cached handle of a quiet tenant must not
+    /// keep readers a busy tenant could use. Answers how many were closed. Blocking.
+    pub fn close_idle_readers(&self, idle_for: std::time::Duration) -> usize {
+        let (closing, slots) = {
+            let mut readers = self.readers.lock();
+            let quiet = readers.last_back.is_none_or(|t| t.elapsed() >= idle_for);
+            if !quiet || readers.idle.is_empty() {
+                return 0;
+            }
+            let idle = std::mem::take(&mut readers.idle);
+            readers.opened -= idle.len();
+            let keep = readers.slots.len().saturating_sub(idle.len());
+            let slots = readers.slots.split_off(keep);
+            (idle, slots)
+        };
+        let n = closing.len();
+        // The connections close first, outside the lock; then their places go back.
+        drop(closing);
+        drop(slots);
+        n
+    }
+
     fn give_back(&self, conn: Conn, writer: bool) {
         if writer {
             *self.writer.lock() = Some(conn);
             self.writer_back.notify_one();
         } else {
-            self.readers.lock().idle.push(conn);
+            let mut readers = self.readers.lock();
+            readers.idle.push(conn);
+            readers.last_back = Some(std::time::Instant::now());
+            drop(readers);
             self.reader_back.notify_one();
         }
     }
@@ -1161,6 +1190,25 @@ mod tests {
             sql: sql.to_owned(),
             params: Params::None,
         }
+    }
+
+    #[test]
+    fn idle_readers_close_and_give_their_places_back() {
+        let (_d, h, _t) = fresh();
+        h.execute(&s("CREATE TABLE t(x)"), ALL).unwrap();
+        // A read-only caller opens a reader.
+        h.execute(&s("SELECT count(*) FROM t"), AccessLevel::ReadOnly)
+            .unwrap();
+        assert_eq!(h.open_connections(), 2);
+        // Used just now: kept for a while.
+        assert_eq!(h.close_idle_readers(Duration::from_secs(60)), 0);
+        assert_eq!(h.close_idle_readers(Duration::ZERO), 1);
+        assert_eq!(h.open_connections(), 1);
+        assert!(h.readers.lock().slots.is_empty());
+        // The next read opens one again.
+        h.execute(&s("SELECT count(*) FROM t"), AccessLevel::ReadOnly)
+            .unwrap();
+        assert_eq!(h.open_connections(), 2);
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::handle::{ExecLimits, LiveSlot, TenantHandle};
 
 /// Where local tenant databases live: `<dir>/<tenant-id>.db`. The file name comes from the
 /// server-generated [`TenantId`] only, never from user input.
+/// A handle's readers unused this long are closed by [`TenantStore::run_maintenance`].
+pub const READER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub fn tenant_db_path(tenants_dir: &Path, tenant: TenantId) -> PathBuf {
     tenants_dir.join(format!("{tenant}.db"))
 }
@@ -209,10 +212,21 @@ impl TenantStore {
         self.inner.cache.run_pending_tasks();
     }
 
-    /// Applies pending evictions (idle handles) now. The server calls this on a timer so
+    /// Applies pending evictions (idle handles) now, and closes readers unused for
+    /// [`READER_IDLE`]. The server calls this on a timer so
     /// idle handles close even without traffic.
     pub fn run_maintenance(&self) {
         self.inner.cache.run_pending_tasks();
+        // Readers of quiet tenants go back to the server's budget.
+        let closed: usize = self
+            .inner
+            .cache
+            .iter()
+            .map(|(_, handle)| handle.close_idle_readers(READER_IDLE))
+            .sum();
+        if closed > 0 {
+            metrics::counter!("silo_tenant_idle_readers_closed_total").increment(closed as u64);
+        }
         self.inner.live.lock().retain(|_, h| h.strong_count() > 0);
         metrics::gauge!("silo_tenant_handles_open").set(self.live_handles() as f64);
     }
