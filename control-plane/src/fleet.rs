@@ -169,7 +169,7 @@ fn migrate_tenant(state: &AppState, tenant: TenantId) -> bool {
             .and_then(|migrated| {
                 state
                     .catalog
-                    .record_tenant_migrations(tenant, None, &migrated.to_record())
+                    .record_tenant_migrations(&migrated.to_record())
                     .map_err(|e| MigrationError::Io(std::io::Error::other(e.to_string())))?;
                 Ok(migrated.version)
             })

@@ -126,6 +126,19 @@ impl Sockets {
         })
     }
 
+    /// Holds `bytes` whatever the budget says: for what already exists and must go out (the
+    /// answer of work that ran). New work is refused at the budget instead ([`Self::charge`]),
+    /// so the overshoot is bounded by what is in flight.
+    pub fn charge_anyway(&self, bytes: usize) -> Charge {
+        self.inner
+            .buffered
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Charge {
+            inner: self.inner.clone(),
+            bytes,
+        }
+    }
+
     /// Bytes held for sockets now.
     pub fn buffered(&self) -> usize {
         self.inner
@@ -210,6 +223,17 @@ impl SocketSlot {
 pub struct Charge {
     inner: Arc<Inner>,
     bytes: usize,
+}
+
+impl Charge {
+    /// Gives `n` of the held bytes back now (they left the socket's keeping).
+    pub fn release(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        self.inner
+            .buffered
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Drop for Charge {
@@ -310,6 +334,11 @@ mod tests {
         let a = sockets.charge(60).expect("within");
         assert!(sockets.charge(41).is_none());
         let b = sockets.charge(40).expect("exactly full");
+        let mut over = sockets.charge_anyway(10);
+        assert_eq!(sockets.buffered(), 110);
+        over.release(4);
+        assert_eq!(sockets.buffered(), 106);
+        drop(over);
         drop(a);
         assert_eq!(sockets.buffered(), 40);
         drop(b);

@@ -430,15 +430,10 @@ impl AppState {
         // An older silo's bookkeeping tables, moved into the header as the database opened:
         // their checksums go where tenant migrations are recorded now.
         if let Some(legacy) = handle.take_legacy_bookkeeping() {
-            let recorded: Vec<(u32, String, String)> = legacy
-                .applied
-                .iter()
-                .filter(|(v, _, _)| *v > 1)
-                .cloned()
-                .collect();
+            let recorded: Vec<(u32, String, String)> = legacy.to_record().collect();
             tracing::info!(tenant_id = %tenant, version = legacy.version(), "moved silo's bookkeeping tables out of the tenant database");
             self.catalog
-                .record_tenant_migrations(tenant, None, &recorded)
+                .record_tenant_migrations(&recorded)
                 .map_err(|e| RuntimeError::Internal(e.to_string()))?;
         }
         Ok(handle)

@@ -153,13 +153,29 @@ fn a_data_directory_set_up_under_a_key_never_gets_a_generated_one() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let out = silo()
+    let mut child = silo()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .env_remove("SILO_MASTER_KEY")
-        .output()
+        .env_remove("SILO_MASTER_KEY_FILE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run silo");
-    assert!(!out.status.success(), "started without its key");
+    // A server that started anyway would never exit: give it 20 s, then fail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("started without its key");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success(), "started without its key");
+    let out = child.wait_with_output().expect("output");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("set up under a master key"), "{stderr}");
     assert!(!data.join("master.key").exists(), "a key was generated");

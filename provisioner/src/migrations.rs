@@ -308,12 +308,8 @@ pub struct TenantMigrated {
 impl TenantMigrated {
     /// `(version, name, checksum)` of every migration the catalog should know of now.
     pub fn to_record(&self) -> Vec<(u32, String, String)> {
-        let mut out: Vec<(u32, String, String)> = self
-            .legacy
-            .iter()
-            .flat_map(|l| l.applied.iter().cloned())
-            .filter(|(v, _, _)| *v > 1)
-            .collect();
+        let mut out: Vec<(u32, String, String)> =
+            self.legacy.iter().flat_map(|l| l.to_record()).collect();
         out.extend(
             self.applied
                 .iter()

@@ -42,6 +42,12 @@ impl Legacy {
     pub fn version(&self) -> u32 {
         self.applied.iter().map(|(v, _, _)| *v).max().unwrap_or(0)
     }
+
+    /// The migrations the catalog should record, `(version, name, checksum)`: all but
+    /// version 1, which is silo's own.
+    pub fn to_record(&self) -> impl Iterator<Item = (u32, String, String)> + '_ {
+        self.applied.iter().filter(|(v, _, _)| *v > 1).cloned()
+    }
 }
 
 /// Moves an older silo's bookkeeping tables into the header: reads `_silo_migrations`,
@@ -65,6 +71,11 @@ pub fn take_over_legacy(conn: &Connection) -> rusqlite::Result<Option<Legacy>> {
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let moved = (|| {
+        // Looked at again under the write lock: another connection (a migration, another
+        // opening) may have moved them meanwhile.
+        if version(conn)?.is_some() {
+            return Ok(None);
+        }
         let applied: Vec<(u32, String, String)> = conn
             .prepare("SELECT version, name, checksum FROM _silo_migrations ORDER BY version")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -74,12 +85,12 @@ pub fn take_over_legacy(conn: &Connection) -> rusqlite::Result<Option<Legacy>> {
             "DROP TABLE _silo_migrations; DROP TABLE IF EXISTS _silo_meta; {};",
             set_version_sql(legacy.version())
         ))?;
-        Ok(legacy)
+        Ok(Some(legacy))
     })();
     match moved {
         Ok(legacy) => {
             conn.execute_batch("COMMIT")?;
-            Ok(Some(legacy))
+            Ok(legacy)
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");

@@ -90,6 +90,28 @@ pub struct Statement {
 /// connection of this process uses another VFS on the same file.
 pub const TENANT_VFS: &str = "unix-excl";
 
+/// Runs `pragma` (a `PRAGMA key = …` statement: secret) on `conn`, for every SQLCipher
+/// database of silo (tenants' and the catalog). Its error is replaced, never passed on:
+/// some rusqlite errors quote the SQL, and this SQL holds the key.
+///
+/// Until one keying has succeeded in this process, keyings go one at a time: a CI run saw
+/// `PRAGMA key` fail once when several threads keyed their first connections at the same
+/// instant (SQLCipher sets up its crypto provider on first use); it could not be
+/// reproduced in 140 runs here. After the first, no lock.
+pub fn key_connection(conn: &Connection, pragma: &secrecy::SecretString) -> rusqlite::Result<()> {
+    static FIRST: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    static KEYED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let _first = (!KEYED.load(std::sync::atomic::Ordering::Acquire)).then(|| FIRST.lock());
+    conn.execute_batch(pragma.expose_secret()).map_err(|_| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some("keying the database failed".to_owned()),
+        )
+    })?;
+    KEYED.store(true, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
 /// Opens an existing local tenant database file with its raw SQLCipher key and checks that
 /// the key opens it. Used by the runtime for every handle and by the provisioner to create
 /// and migrate new databases (with `OpenFlags::SQLITE_OPEN_CREATE`).
@@ -103,25 +125,7 @@ pub fn open_keyed(path: &Path, token: &DbToken, flags: OpenFlags) -> rusqlite::R
         flags | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         TENANT_VFS,
     )?;
-    {
-        // Until one keying has succeeded in this process, keyings go one at a time: a CI run
-        // saw `PRAGMA key` fail once when several threads keyed their first connections at
-        // the same instant (SQLCipher sets up its crypto provider on first use); it could not
-        // be reproduced in 140 runs here. After the first, no lock.
-        static FIRST: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
-        static KEYED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let _first = (!KEYED.load(std::sync::atomic::Ordering::Acquire)).then(|| FIRST.lock());
-        let pragma = token.sqlcipher_key_pragma();
-        // Never pass this error on as it is: some rusqlite errors quote the SQL, and this
-        // SQL holds the key.
-        conn.execute_batch(pragma.expose_secret()).map_err(|_| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                Some("keying the database failed".to_owned()),
-            )
-        })?;
-        KEYED.store(true, std::sync::atomic::Ordering::Release);
-    }
+    key_connection(&conn, &token.sqlcipher_key_pragma())?;
     // The first read is what fails (SQLITE_NOTADB) when the key is wrong.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
     conn.execute_batch(

@@ -588,32 +588,26 @@ impl Session {
         level: AccessLevel,
         stmt: Stmt,
     ) -> (StreamResult, Outcome) {
-        // A PRAGMA may set something for the stream: it goes the stream's way.
-        let text = self.sql_text(stmt.sql.clone(), stmt.sql_id);
-        let pragma = text.as_deref().is_ok_and(crate::handle::is_pragma);
+        // A PRAGMA may set something for the stream: it goes the stream's way. (Stored SQL
+        // is put in place by the caller; an `sql_id` left here goes the stream's way too.)
+        let pragma =
+            stmt.sql_id.is_some() || stmt.sql.as_deref().is_none_or(crate::handle::is_pragma);
         if self.lease.is_none() && self.session_pragmas.is_empty() && !self.closed && !pragma {
-            let ran = text.and_then(|sql| {
-                handle
-                    .run_one(level, &sql, |conn, sandbox, limits| {
-                        execute_outside_stream(conn, sandbox, limits, &sql, &stmt)
-                    })
-                    .map(|ran| ran.map(|r| (r, sql)))
-            });
-            match ran {
-                Ok(Some(((result, changed), sql))) => {
+            match execute_alone(handle, level, &stmt) {
+                Some(Ok((result, changed))) => {
                     let mut outcome = Outcome::default();
                     if changed {
-                        outcome.schema_changes.push(sql);
+                        outcome.schema_changes.extend(stmt.sql);
                     }
                     let response = StreamResponse::Execute { result };
                     return (StreamResult::Ok { response }, outcome);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let error = HError::from(&e);
                     return (StreamResult::Error { error }, Outcome::default());
                 }
                 // A transaction statement: the stream's own connection, below.
-                Ok(None) => {}
+                None => {}
             }
         }
         let (mut results, outcome) =
@@ -1048,8 +1042,8 @@ fn eval_cond(cond: &BatchCond, done: &BatchResult, conn: &Connection) -> bool {
 }
 
 /// Binds Hrana arguments: positional ones to `?1…?n` in order, named ones by their name
-/// with or without its prefix (`:a`, `@a`, `$a`). Parameters given no value stay NULL, as
-/// in sqld.
+/// with or without its prefix (`:a`, `@a`, `$a`). A parameter given no value is an error,
+/// as in sqld (`value for parameter … not found`).
 fn bind_hrana(prepared: &mut rusqlite::Statement<'_>, stmt: &Stmt) -> Result<()> {
     let count = prepared.parameter_count();
     if stmt.args.len() > count {

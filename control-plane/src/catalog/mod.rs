@@ -270,12 +270,10 @@ pub const CATALOG_KEY_LABEL: &str = "catalog-db";
 fn try_key(conn: &Connection, key: Option<&secrecy::SecretString>) -> rusqlite::Result<()> {
     use secrecy::ExposeSecret as _;
     if let Some(key) = key {
-        // The statement holds the key: kept secret (zeroed when dropped), and its error,
-        // which could quote it, replaced.
+        // The statement holds the key: kept secret (zeroed when dropped).
         let statement: secrecy::SecretString =
             format!("PRAGMA key = \"{}\";", key.expose_secret()).into();
-        conn.execute_batch(statement.expose_secret())
-            .map_err(|_| rusqlite::Error::InvalidQuery)?;
+        silo_tenant_runtime::handle::key_connection(conn, &statement)?;
     }
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
 }
@@ -817,23 +815,9 @@ impl Catalog {
     }
 
     /// Records tenant migrations applied (or found applied by an older silo), keeping the
-    /// first record of each; and the tenant's version, if given.
-    pub fn record_tenant_migrations(
-        &self,
-        tenant: TenantId,
-        schema_version: Option<u32>,
-        migrations: &[(u32, String, String)],
-    ) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        record_tenant_migrations(&tx, migrations)?;
-        if let Some(v) = schema_version {
-            tx.execute(
-                "UPDATE tenants SET schema_version = ?2 WHERE id = ?1",
-                params![tenant.to_string(), v],
-            )?;
-        }
-        tx.commit()?;
+    /// first record of each.
+    pub fn record_tenant_migrations(&self, migrations: &[(u32, String, String)]) -> Result<()> {
+        record_tenant_migrations(&self.lock(), migrations)?;
         Ok(())
     }
 }

@@ -260,7 +260,9 @@ impl Outgoing {
         }
     }
 
-    /// The answer to `request_id`, held in the budget; past it, a `BUSY` error instead.
+    /// The answer to `request_id`, held in the budget until written. Never replaced, even
+    /// past the budget: the work ran (a write may have committed), and a `BUSY` would
+    /// invite the client to run it again. New requests are what the budget refuses.
     fn answer(
         sockets: &Sockets,
         request_id: i32,
@@ -268,16 +270,11 @@ impl Outgoing {
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let bytes = response(request_id, result);
-        let charge = sockets.charge(bytes.len());
-        let bytes = if charge.is_some() {
-            bytes
-        } else {
-            response(request_id, Err(busy()))
-        };
+        let charge = sockets.charge_anyway(bytes.len());
         Outgoing {
             bytes,
             _permit: Some(permit),
-            _charge: charge,
+            _charge: Some(charge),
         }
     }
 }
@@ -652,6 +649,13 @@ impl Connection {
                 cursor_id,
                 batch,
             } => {
+                if !matches!(self.streams.get(&stream_id), Some(StreamSlot::Open(_))) {
+                    respond_now(
+                        Err(invalid(format!("no stream {stream_id} is open"))),
+                        permit,
+                    );
+                    return Ok(());
+                }
                 if self.cursors.values().any(|s| *s == stream_id) {
                     respond_now(
                         Err(invalid(format!(
@@ -904,7 +908,8 @@ impl StreamTask {
                     })
                     .collect();
                 let held = entries.iter().map(Vec::len).sum();
-                let charge = self.state.sockets.charge(held).ok_or_else(busy)?;
+                // The batch ran: its entries are kept whatever the budget says (see `Outgoing::answer`).
+                let charge = self.state.sockets.charge_anyway(held);
                 self.cursors.insert(cursor_id, (entries, Some(charge)));
                 Ok(br#"{"type":"open_cursor"}"#.to_vec())
             }
@@ -912,18 +917,24 @@ impl StreamTask {
                 cursor_id,
                 max_count,
             } => {
-                let Some((entries, _)) = self.cursors.get_mut(&cursor_id) else {
+                let Some((entries, charge)) = self.cursors.get_mut(&cursor_id) else {
                     return Err(invalid(format!(
                         "cursor {cursor_id} did not open; close it and open another"
                     )));
                 };
                 let n = entries.len().min(max_count as usize);
                 let mut bytes = br#"{"type":"fetch_cursor","entries":["#.to_vec();
+                let mut taken = 0;
                 for (i, entry) in entries.drain(..n).enumerate() {
                     if i > 0 {
                         bytes.push(b',');
                     }
                     bytes.extend_from_slice(&entry);
+                    taken += entry.len();
+                }
+                // Those bytes now belong to the answer, which holds them in the budget.
+                if let Some(charge) = charge {
+                    charge.release(taken);
                 }
                 bytes.extend_from_slice(br#"],"done":"#);
                 bytes.extend_from_slice(if entries.is_empty() {

@@ -581,9 +581,16 @@ fn a_revoked_credential_closes_an_idle_socket() {
         None,
     );
     assert_eq!(revoked.status, 204);
+    let revoked_at = std::time::Instant::now();
     let (code, reason) = closed_with(&mut by_key);
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("no longer holds"), "{reason}");
+    // Checked every second: closed well before the socket's 20 s read timeout.
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        revoked_at.elapsed()
+    );
 
     let ended = app.post(
         "/v1/auth/sign-out-everywhere",
